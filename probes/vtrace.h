@@ -1,0 +1,82 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * vtrace.h - the one record every vtrace probe emits.
+ *
+ * Fixed 48-byte little-endian layout, mirrored field by field by
+ * vtrace/events.py (RECORD_DTYPE); tests/unit/test_events.py parses this file
+ * and fails if the two ever disagree. Keep members naturally aligned so that
+ * neither side needs packing pragmas.
+ *
+ * Per-kind meaning of id/len/aux/aux2/arg is documented in vtrace/events.py
+ * (KIND_FIELDS) and docs/events.md.
+ */
+#ifndef __VTRACE_H
+#define __VTRACE_H
+
+#define VTRACE_RECORD_VERSION 1
+#define VTRACE_NO_QUEUE 0xffff
+
+enum vtrace_layer {
+	VTRACE_LAYER_VTRACE = 0,	/* vtrace itself: lost events */
+	VTRACE_LAYER_VHOST = 1,
+	VTRACE_LAYER_VIRTIO_GUEST = 2,
+	VTRACE_LAYER_VFIO = 3,
+	VTRACE_LAYER_KVM = 4,
+	VTRACE_LAYER_IOMMU = 5,
+};
+
+enum vtrace_kind {
+	/* ring data path */
+	VTRACE_AVAIL = 1,		/* driver made a buffer available */
+	VTRACE_FETCH = 2,		/* device fetched a descriptor chain */
+	VTRACE_USED = 3,		/* device put a buffer in the used ring */
+	VTRACE_KICK = 4,		/* driver -> device notification */
+	VTRACE_KICK_SUPPRESSED = 5,	/* driver skipped a kick (suppression) */
+	VTRACE_SIGNAL = 6,		/* device -> driver notification */
+	VTRACE_SIGNAL_SUPPRESSED = 7,	/* device decided no signal was needed */
+	VTRACE_NOTIFY_ENABLE = 8,
+	VTRACE_NOTIFY_DISABLE = 9,
+	/* ring and device lifecycle */
+	VTRACE_VRING_BASE_GET = 16,
+	VTRACE_VRING_BASE_SET = 17,
+	VTRACE_SUSPEND = 18,
+	VTRACE_RESUME = 19,
+	VTRACE_RESET = 20,
+	VTRACE_QUEUE_RESET = 21,
+	/* virtio admin commands */
+	VTRACE_ADMIN_SUBMIT = 32,
+	VTRACE_ADMIN_COMPLETE = 33,
+	/* kvm */
+	VTRACE_KVM_EXIT = 48,
+	VTRACE_KVM_PIO = 49,
+	VTRACE_KVM_MMIO = 50,
+	VTRACE_KVM_USERSPACE_EXIT = 51,
+	VTRACE_KVM_IOEVENTFD = 52,
+	VTRACE_KVM_IRQFD = 53,
+	VTRACE_KVM_SET_IRQ = 54,
+	VTRACE_KVM_MSI = 55,
+	VTRACE_NONCOHERENT_DMA_REGISTER = 56,
+	VTRACE_NONCOHERENT_DMA_UNREGISTER = 57,
+	/* vfio / iommu */
+	VTRACE_DMA_MAP = 64,
+	VTRACE_DMA_UNMAP = 65,
+	VTRACE_MIGRATION_STATE = 66,
+	/* vtrace itself */
+	VTRACE_LOST = 255,		/* arg = number of records lost */
+};
+
+struct vtrace_event {
+	__u64 ts;	/*  0: bpf_ktime_get_ns(), CLOCK_MONOTONIC */
+	__u64 obj;	/*  8: kernel object the event is about (vq, device, kvm) */
+	__u64 arg;	/* 16: wide payload (ring index, bytes, latency, gpa) */
+	__u32 pid;	/* 24: tgid of the task that hit the probe */
+	__u32 id;	/* 28: head id, opcode, exit reason, port, gsi */
+	__u32 len;	/* 32: byte length or status */
+	__u32 aux;	/* 36: kind-specific */
+	__u32 aux2;	/* 40: kind-specific */
+	__u16 queue;	/* 44: virtqueue index, VTRACE_NO_QUEUE if none */
+	__u8 kind;	/* 46: enum vtrace_kind */
+	__u8 layer;	/* 47: enum vtrace_layer */
+};
+
+#endif /* __VTRACE_H */

@@ -1,0 +1,741 @@
+"""Aggregator: batches of events in, immutable Snapshots out.
+
+Per object (a virtqueue, a device, a VM's kvm, the admin queue) it keeps
+counters per event kind, the in-flight set (head -> time made available),
+log2 completion-latency histograms, exact per-interval percentiles, admin
+commands by opcode and status, kvm exits by reason, DMA bytes, lifecycle
+state and what was in flight at the last suspend.
+
+Everything per event is done with numpy over the whole batch: one bincount
+for the counters, one stable sort on (object, head) to pair each USED with
+the AVAIL/FETCH that started it. Python loops run only over rare events
+(lifecycle, admin commands) and over objects, never over buffers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+
+from vtrace import admin as admin_codes
+from vtrace.events import (KNOWN_KINDS, NO_QUEUE, Batch, Kind, Layer, ObjectInfo, ProbeStatus,
+                           layer_name)
+
+# Dense kind index: counters are a (slots x NK) matrix.
+_KINDS = [int(k) for k in Kind]
+NK = len(_KINDS) + 1
+K_UNKNOWN = NK - 1
+KIDX = np.full(256, K_UNKNOWN, dtype=np.int64)
+for _i, _k in enumerate(_KINDS):
+    KIDX[_k] = _i
+KI = {Kind(k): i for i, k in enumerate(_KINDS)}
+
+NBUCKETS = 64  # log2(ns) buckets: bucket b holds [2^b, 2^(b+1)) ns; bucket 0 also holds 0
+LIFECYCLE_KINDS = np.array([Kind.SUSPEND, Kind.RESUME, Kind.RESET, Kind.QUEUE_RESET,
+                            Kind.VRING_BASE_GET, Kind.VRING_BASE_SET], dtype=np.uint8)
+_IS_LIFECYCLE = np.zeros(256, dtype=bool)
+_IS_LIFECYCLE[LIFECYCLE_KINDS] = True
+
+SAMPLE_CAP = 2_000_000  # latency samples kept per interval before decimation
+SUSPEND_LIST_CAP = 4096
+TIMELINE_LEN = 32
+
+
+def log2_bucket(ns: np.ndarray) -> np.ndarray:
+    """floor(log2(ns)) for ns >= 1, 0 for ns <= 1; exact for all int64 via the float exponent."""
+    f = np.maximum(ns, 1).astype(np.float64)
+    return ((f.view(np.int64) >> 52) - 1023).clip(0, NBUCKETS - 1)
+
+
+def bucket_upper_seconds(b: int) -> float:
+    """Upper bound (exclusive) of log2 bucket b, in seconds: 2^(b+1) ns."""
+    return float(2 ** (b + 1)) / 1e9
+
+
+def percentile_from_hist(hist: np.ndarray, q: float) -> float | None:
+    """Estimate from log2 buckets (geometric midpoint); only when exact samples are gone."""
+    total = int(hist.sum())
+    if total == 0:
+        return None
+    rank = max(1, int(np.ceil(q * total)))
+    b = int(np.searchsorted(np.cumsum(hist), rank))
+    return float(2 ** b * np.sqrt(2))
+
+
+@dataclass(frozen=True)
+class SuspendRecord:
+    ts: int
+    reason: str  # "suspend" (device) or "stop" (GET_VRING_BASE)
+    heads: tuple[int, ...]  # in flight at that moment
+    ages_ns: tuple[int, ...]
+    truncated: int = 0  # heads beyond SUSPEND_LIST_CAP
+    base: int | None = None  # last_avail_idx returned by GET_VRING_BASE
+    restored_base: int | None = None  # what SET_VRING_BASE later restored
+
+
+@dataclass(frozen=True)
+class LifecycleEvent:
+    ts: int
+    what: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    obj: int
+    vm: str
+    device: str
+    dev_type: str
+    queue: int
+    name: str
+    size: int
+    layer: str
+    pid: int
+    state: str
+    # lifetime totals
+    avail_total: int
+    fetch_total: int
+    used_total: int
+    used_bytes_total: int
+    kicks_total: int
+    kicks_suppressed_total: int
+    signals_total: int
+    signals_suppressed_total: int
+    notify_enable_total: int
+    notify_disable_total: int
+    orphan_used_total: int
+    # this interval
+    avail_rate: float
+    used_rate: float
+    used_bytes_rate: float
+    kick_rate: float
+    signal_rate: float
+    kicks_per_buffer: float | None
+    signals_per_buffer: float | None
+    in_flight: int
+    in_flight_max: int  # this interval
+    in_flight_max_total: int
+    latency_count: int
+    latency_sum_ns: int
+    latency_hist: np.ndarray  # read-only, NBUCKETS log2 ns buckets, lifetime
+    p50_ns: float | None  # this interval
+    p99_ns: float | None
+    latency_exact: bool
+    last_suspend: SuspendRecord | None
+    timeline: tuple[LifecycleEvent, ...]
+    last_seen: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.vm}/{self.device}/{self.name or self.queue}"
+
+
+@dataclass(frozen=True)
+class AdminStats:
+    opcode: int
+    opcode_name: str
+    status: int
+    status_name: str
+    count: int
+    latency_sum_ns: int
+    latency_hist: np.ndarray  # read-only log2 ns buckets
+    qualifiers: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class VmStats:
+    vm: str
+    pid: int
+    exits_by_reason: tuple[tuple[int, int], ...]
+    pio_total: int
+    mmio_total: int
+    userspace_exits_total: int
+    ioeventfd_total: int
+    irqfd_total: int
+    set_irq_total: int
+    msi_total: int
+    noncoherent_dma: bool
+    noncoherent_registers_total: int
+    dma_map_total: int
+    dma_map_bytes_total: int
+    dma_unmap_total: int
+    dma_unmap_bytes_total: int
+    migration_state: int | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What every output reads. Immutable; arrays inside are read-only."""
+
+    source: dict
+    probes: tuple[ProbeStatus, ...]
+    wall_time: float
+    ts_first: int | None
+    ts_end: int
+    interval_ns: int
+    events_total: int
+    events_rate: float
+    events_by_kind: tuple[tuple[str, int], ...]
+    lost_total: int
+    unknown_kind_total: int
+    unidentified_total: int
+    queues: tuple[QueueStats, ...]
+    admin: tuple[AdminStats, ...]
+    vms: tuple[VmStats, ...]
+    divergences: tuple[tuple[str, str, int], ...] = ()  # (rule, severity, count)
+    damage: str | None = None  # set when the source could not read all of its input
+    _inflight_key: np.ndarray = field(default=None, repr=False)
+    _inflight_ts: np.ndarray = field(default=None, repr=False)
+    _slot_of_obj: dict = field(default=None, repr=False)
+
+    @property
+    def simulated(self) -> bool:
+        return bool(self.source.get("simulated"))
+
+    def in_flight_buffers(self, obj: int) -> list[tuple[int, int]]:
+        """(head, age_ns) of every buffer in flight on ``obj`` now, oldest first."""
+        slot = (self._slot_of_obj or {}).get(obj)
+        if slot is None or self._inflight_key is None:
+            return []
+        m = (self._inflight_key >> 32) == slot
+        heads = self._inflight_key[m] & 0xFFFFFFFF
+        ages = self.ts_end - self._inflight_ts[m]
+        o = np.argsort(-ages, kind="stable")
+        return [(int(h), int(a)) for h, a in zip(heads[o], ages[o])]
+
+
+def _ro(a: np.ndarray) -> np.ndarray:
+    a = np.array(a, copy=True)
+    a.flags.writeable = False
+    return a
+
+
+class _AdminAcc:
+    __slots__ = ("count", "lat_sum", "hist", "qual")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.lat_sum = 0
+        self.hist = np.zeros(NBUCKETS, dtype=np.int64)
+        self.qual: dict[int, int] = {}
+
+
+class Aggregator:
+    def __init__(self, *, evict_after_s: float = 600.0, sample_cap: int = SAMPLE_CAP):
+        self.evict_ns = int(evict_after_s * 1e9)
+        self.sample_cap = sample_cap
+        self.source: dict = {}
+        self.probes: tuple[ProbeStatus, ...] = ()
+        self.damage: str | None = None
+        cap = 64
+        self._cap = cap
+        self.info: list[ObjectInfo | None] = []
+        self.cnt = np.zeros((cap, NK), dtype=np.int64)
+        self.used_bytes = np.zeros(cap, dtype=np.int64)
+        self.hist = np.zeros((cap, NBUCKETS), dtype=np.int64)
+        self.lat_sum = np.zeros(cap, dtype=np.int64)
+        self.inflight_max = np.zeros(cap, dtype=np.int64)  # this interval
+        self.inflight_max_total = np.zeros(cap, dtype=np.int64)
+        self.orphans = np.zeros(cap, dtype=np.int64)
+        self.last_seen = np.zeros(cap, dtype=np.int64)
+        self.dma_bytes = np.zeros((cap, 2), dtype=np.int64)
+        self.active = np.zeros(cap, dtype=bool)
+        self.state: dict[int, str] = {}
+        self.suspend: dict[int, SuspendRecord] = {}
+        self.timeline: dict[int, deque] = {}
+        self.exits: dict[int, dict[int, int]] = {}
+        self.migration: dict[int, int] = {}
+        self._free: list[int] = []
+        self._slot: dict[int, int] = {}
+        self._by_device: dict[tuple[str, str], list[int]] = {}
+        self._sorted_obj = np.zeros(0, dtype=np.uint64)
+        self._sorted_slot = np.zeros(0, dtype=np.int64)
+        self._dirty = False
+        # in-flight carry: key = slot << 32 | head, ts it became available
+        self.c_key = np.zeros(0, dtype=np.int64)
+        self.c_ts = np.zeros(0, dtype=np.int64)
+        self.admin: dict[tuple[int, int], _AdminAcc] = {}
+        self.events_total = 0
+        self.lost_total = 0
+        self.unknown_kinds = 0
+        self.unidentified = 0
+        self.ts_first: int | None = None
+        self.ts_end = 0
+        self._last_evict = 0
+        # interval state
+        self._prev_cnt = np.zeros((cap, NK), dtype=np.int64)
+        self._prev_bytes = np.zeros(cap, dtype=np.int64)
+        self._prev_events = 0
+        self._prev_end: int | None = None
+        self._samples: list[np.ndarray] = []
+        self._nsamples = 0
+        self._stride = 1
+        self._stride_phase = 0
+
+    # objects ---------------------------------------------------------------
+    def _grow(self, need: int) -> None:
+        cap = self._cap
+        while cap < need:
+            cap *= 2
+        if cap == self._cap:
+            return
+
+        def g(a):
+            shape = (cap,) + a.shape[1:]
+            b = np.zeros(shape, dtype=a.dtype)
+            b[: a.shape[0]] = a
+            return b
+
+        for name in ("cnt", "used_bytes", "hist", "lat_sum", "inflight_max", "inflight_max_total",
+                     "orphans", "last_seen", "dma_bytes", "active", "_prev_cnt", "_prev_bytes"):
+            setattr(self, name, g(getattr(self, name)))
+        self._cap = cap
+
+    def _alloc(self, info: ObjectInfo) -> int:
+        if self._free:
+            s = self._free.pop()
+            self.info[s] = info
+        else:
+            s = len(self.info)
+            self._grow(s + 1)
+            self.info.append(info)
+        for a in (self.cnt, self.hist, self.dma_bytes, self._prev_cnt):
+            a[s] = 0
+        for a in (self.used_bytes, self.lat_sum, self.inflight_max, self.inflight_max_total,
+                  self.orphans, self._prev_bytes):
+            a[s] = 0
+        self.active[s] = True
+        self.last_seen[s] = self.ts_end
+        self.state[s] = "running"
+        self._slot[info.obj] = s
+        self._by_device.setdefault((info.vm, info.device), []).append(s)
+        self._dirty = True
+        return s
+
+    def register(self, objects: Iterable[ObjectInfo]) -> None:
+        for info in objects:
+            s = self._slot.get(info.obj)
+            if s is None:
+                self._alloc(info)
+            elif self.info[s] != info:
+                # Same kernel object, refined identity (e.g. VM name learnt
+                # later): keep the counters, update the labels.
+                old = self.info[s]
+                self._by_device.get((old.vm, old.device), []).remove(s)
+                self._by_device.setdefault((info.vm, info.device), []).append(s)
+                self.info[s] = info
+
+    def _reindex(self) -> None:
+        objs = np.fromiter(self._slot.keys(), dtype=np.uint64, count=len(self._slot))
+        slots = np.fromiter(self._slot.values(), dtype=np.int64, count=len(self._slot))
+        o = np.argsort(objs)
+        self._sorted_obj, self._sorted_slot = objs[o], slots[o]
+        self._dirty = False
+
+    def _slots_of(self, ev: np.ndarray) -> np.ndarray:
+        if self._dirty:
+            self._reindex()
+        obj = ev["obj"]
+        so = self._sorted_obj
+        if so.size:
+            i = np.searchsorted(so, obj).clip(0, so.size - 1)
+            hit = so[i] == obj
+        else:
+            i = np.zeros(obj.size, dtype=np.int64)
+            hit = np.zeros(obj.size, dtype=bool)
+        if not hit.all():
+            # Objects no source introduced: keep them, under bounded labels.
+            miss = ev[~hit]
+            for o, first in zip(*np.unique(miss["obj"], return_index=True)):
+                e = miss[first]
+                self._alloc(ObjectInfo(obj=int(o), vm="unknown", device=layer_name(int(e["layer"])),
+                                       dev_type="unknown", queue=int(e["queue"]),
+                                       layer=int(e["layer"])))
+            self.unidentified += int((~hit).sum())
+            return self._slots_of(ev)
+        return self._sorted_slot[i]
+
+    # feeding -----------------------------------------------------------------
+    def set_source(self, info: dict) -> None:
+        self.source = dict(info)
+
+    def feed(self, batch: Batch) -> None:
+        if batch.objects:
+            self.register(batch.objects)
+        if batch.probes is not None:
+            self.probes = tuple(batch.probes)
+        ev = batch.events
+        self.ts_end = max(self.ts_end, int(batch.t_end))
+        n = ev.size
+        if n == 0:
+            self._maybe_evict()
+            return
+        if self.ts_first is None:
+            self.ts_first = int(ev["ts"][0])
+        self.events_total += n
+        kind = ev["kind"]
+        slot = self._slots_of(ev)
+        nslots = len(self.info)
+        kx = KIDX[kind]
+        delta = np.bincount(slot * NK + kx, minlength=nslots * NK).reshape(nslots, NK)
+        self.cnt[:nslots] += delta
+        self.last_seen[:nslots][delta.any(axis=1)] = self.ts_end
+        self.unknown_kinds += int(delta[:, K_UNKNOWN].sum())
+
+        used = kind == Kind.USED
+        if used.any():
+            self.used_bytes[:nslots] += np.bincount(slot[used], weights=ev["len"][used],
+                                                    minlength=nslots).astype(np.int64)
+        if delta[:, KI[Kind.LOST]].any():
+            self.lost_total += int(ev["arg"][kind == Kind.LOST].sum())
+        rare = kind >= Kind.ADMIN_SUBMIT
+        if rare.any():
+            self._rare(ev[rare], slot[rare], nslots)
+
+        life = np.flatnonzero(_IS_LIFECYCLE[kind])
+        start = 0
+        for p in life:
+            if p > start:
+                self._data(ev[start:p], slot[start:p])
+            self._lifecycle(ev[p], int(slot[p]))
+            start = p + 1
+        if start < n:
+            self._data(ev[start:], slot[start:])
+        self._maybe_evict()
+
+    def _rare(self, ev: np.ndarray, slot: np.ndarray, nslots: int) -> None:
+        kind = ev["kind"]
+        adm = kind == Kind.ADMIN_COMPLETE
+        if adm.any():
+            a = ev[adm]
+            key = (a["id"].astype(np.int64) << 32) | a["len"]
+            lat = a["arg"].astype(np.int64)
+            b = log2_bucket(lat)
+            for k in np.unique(key):
+                m = key == k
+                acc = self.admin.setdefault((int(k) >> 32, int(k) & 0xFFFFFFFF), _AdminAcc())
+                acc.count += int(m.sum())
+                acc.lat_sum += int(lat[m].sum())
+                acc.hist += np.bincount(b[m], minlength=NBUCKETS)
+                quals, qn = np.unique(a["aux2"][m], return_counts=True)
+                for q, c in zip(quals, qn):
+                    acc.qual[int(q)] = acc.qual.get(int(q), 0) + int(c)
+        ex = kind == Kind.KVM_EXIT
+        if ex.any():
+            key = (slot[ex].astype(np.int64) << 32) | ev["id"][ex]
+            for k, c in zip(*np.unique(key, return_counts=True)):
+                d = self.exits.setdefault(int(k) >> 32, {})
+                r = int(k) & 0xFFFFFFFF
+                d[r] = d.get(r, 0) + int(c)
+        for col, k in ((0, Kind.DMA_MAP), (1, Kind.DMA_UNMAP)):
+            m = kind == k
+            if m.any():
+                self.dma_bytes[:nslots, col] += np.bincount(
+                    slot[m], weights=ev["arg"][m].astype(np.float64), minlength=nslots).astype(np.int64)
+        mig = np.flatnonzero(kind == Kind.MIGRATION_STATE)
+        for i in mig:
+            self.migration[int(slot[i])] = int(ev["id"][i])
+
+    def _data(self, ev: np.ndarray, slot: np.ndarray) -> None:
+        kind = ev["kind"]
+        is_u = kind == Kind.USED
+        m = is_u | (kind == Kind.AVAIL) | (kind == Kind.FETCH)
+        if not m.any():
+            return
+        seg_slot = slot[m]
+        nc = self.c_key.size
+        key = np.concatenate((self.c_key, (seg_slot << 32) | ev["id"][m].astype(np.int64)))
+        ts = np.concatenate((self.c_ts, ev["ts"][m].astype(np.int64)))
+        u = np.concatenate((np.zeros(nc, dtype=bool), is_u[m]))
+        o = np.argsort(key, kind="stable")  # per key, time order survives
+        ks, tss, us = key[o], ts[o], u[o]
+        same = ks[1:] == ks[:-1]
+        # A second start for a head still in flight (AVAIL seen by the guest
+        # probe, FETCH by the host's; or a driver bug the checker reports)
+        # does not restart the clock.
+        dup = np.zeros(ks.size, dtype=bool)
+        dup[1:] = same & ~us[1:] & ~us[:-1]
+        if dup.any():
+            keep = ~dup
+            ks, tss, us, o = ks[keep], tss[keep], us[keep], o[keep]
+            same = ks[1:] == ks[:-1]
+        paired = np.zeros(ks.size, dtype=bool)
+        paired[1:] = same & us[1:] & ~us[:-1]
+        pi = np.flatnonzero(paired)
+        lat = tss[pi] - tss[pi - 1]
+        lslot = ks[pi] >> 32
+        nslots = len(self.info)
+        if lat.size:
+            b = log2_bucket(lat)
+            self.hist[:nslots] += np.bincount(lslot * NBUCKETS + b,
+                                              minlength=nslots * NBUCKETS).reshape(nslots, NBUCKETS)
+            self.lat_sum[:nslots] += np.bincount(lslot, weights=lat, minlength=nslots).astype(np.int64)
+            self._add_samples(lslot, lat)
+        orphan = us & ~paired
+        if orphan.any():
+            self.orphans[:nslots] += np.bincount(ks[orphan] >> 32, minlength=nslots)
+        followed = np.zeros(ks.size, dtype=bool)
+        followed[:-1] = paired[1:]
+        infl = ~us & ~followed
+        base = np.bincount(self.c_key >> 32, minlength=nslots) if nc else np.zeros(nslots, np.int64)
+        self.c_key, self.c_ts = ks[infl], tss[infl]
+        # In-flight maximum: walk each slot's deltas in time order.
+        d = np.zeros(key.size, dtype=np.int64)
+        d[o[~us & (o >= nc)]] = 1
+        d[o[pi]] = -1
+        d = d[nc:]
+        p = np.argsort(seg_slot, kind="stable")
+        ss, cs = seg_slot[p], np.cumsum(d[p])
+        first = np.flatnonzero(np.r_[True, ss[1:] != ss[:-1]])
+        gslot = ss[first]
+        before = np.r_[0, cs[:-1]][first]
+        peak = np.maximum.reduceat(cs, first) - before + base[gslot]
+        self.inflight_max[gslot] = np.maximum(self.inflight_max[gslot], peak)
+        self.inflight_max_total[gslot] = np.maximum(self.inflight_max_total[gslot], peak)
+        if any(self.state.get(int(s)) == "reset" for s in gslot):
+            for s in gslot:
+                if self.state.get(int(s)) == "reset":
+                    self.state[int(s)] = "running"
+
+    def _add_samples(self, lslot: np.ndarray, lat: np.ndarray) -> None:
+        if self._stride > 1:
+            idx = np.arange(self._stride_phase, lat.size, self._stride)
+            self._stride_phase = (self._stride_phase - lat.size) % self._stride
+            lslot, lat = lslot[idx], lat[idx]
+        k = (lslot << 40) | np.minimum(lat, (1 << 40) - 1)
+        self._samples.append(k)
+        self._nsamples += k.size
+        while self._nsamples > self.sample_cap:
+            # Keep every other sample of the sorted set: each slot's
+            # quantiles move by at most one rank; later samples thin alike.
+            allk = np.sort(np.concatenate(self._samples))[::2]
+            self._samples = [allk]
+            self._nsamples = allk.size
+            self._stride *= 2
+
+    # lifecycle ---------------------------------------------------------------
+    def _queue_slots(self, slot: int) -> list[int]:
+        info = self.info[slot]
+        if info is None:
+            return []
+        if info.queue != NO_QUEUE:
+            return [slot]
+        return [s for s in self._by_device.get((info.vm, info.device), [])
+                if self.info[s] is not None and self.info[s].queue != NO_QUEUE]
+
+    def _note(self, s: int, ts: int, what: str, detail: str = "") -> None:
+        self.timeline.setdefault(s, deque(maxlen=TIMELINE_LEN)).append(LifecycleEvent(ts, what, detail))
+
+    def _record_inflight(self, s: int, ts: int, reason: str) -> SuspendRecord:
+        m = (self.c_key >> 32) == s
+        heads = self.c_key[m] & 0xFFFFFFFF
+        ages = ts - self.c_ts[m]
+        o = np.argsort(-ages, kind="stable")
+        heads, ages = heads[o], ages[o]
+        extra = max(0, heads.size - SUSPEND_LIST_CAP)
+        return SuspendRecord(ts=ts, reason=reason, heads=tuple(int(h) for h in heads[:SUSPEND_LIST_CAP]),
+                             ages_ns=tuple(int(a) for a in ages[:SUSPEND_LIST_CAP]), truncated=extra)
+
+    def _drop_inflight(self, slots: list[int]) -> None:
+        if self.c_key.size:
+            keep = ~np.isin(self.c_key >> 32, slots)
+            self.c_key, self.c_ts = self.c_key[keep], self.c_ts[keep]
+
+    def _lifecycle(self, e, slot: int) -> None:
+        k = int(e["kind"])
+        ts = int(e["ts"])
+        qs = self._queue_slots(slot)
+        if k == Kind.SUSPEND:
+            for s in qs:
+                self.suspend[s] = self._record_inflight(s, ts, "suspend")
+                self.state[s] = "suspended"
+                self._note(s, ts, "suspend", f"{len(self.suspend[s].heads)} in flight")
+        elif k == Kind.VRING_BASE_GET:
+            base = int(e["id"])
+            for s in qs:
+                rec = self.suspend.get(s)
+                if self.state.get(s) != "suspended" or rec is None:
+                    rec = self._record_inflight(s, ts, "stop")
+                    self.state[s] = "stopped"
+                self.suspend[s] = SuspendRecord(rec.ts, rec.reason, rec.heads, rec.ages_ns,
+                                                rec.truncated, base, None)
+                self._note(s, ts, "get_vring_base", f"base {base}")
+        elif k == Kind.VRING_BASE_SET:
+            base = int(e["id"])
+            for s in qs:
+                rec = self.suspend.get(s)
+                if rec is not None:
+                    self.suspend[s] = SuspendRecord(rec.ts, rec.reason, rec.heads, rec.ages_ns,
+                                                    rec.truncated, rec.base, base)
+                if self.state.get(s) == "stopped":
+                    self.state[s] = "running"
+                self._note(s, ts, "set_vring_base", f"base {base}")
+        elif k == Kind.RESUME:
+            for s in qs:
+                self.state[s] = "running"
+                self._note(s, ts, "resume")
+        elif k in (Kind.RESET, Kind.QUEUE_RESET):
+            self._drop_inflight(qs)
+            what = "reset" if k == Kind.RESET else "queue_reset"
+            for s in qs:
+                self.state[s] = "reset"
+                self._note(s, ts, what)
+
+    def _maybe_evict(self) -> None:
+        if self.ts_end - self._last_evict < min(self.evict_ns, 10_000_000_000):
+            return
+        self._last_evict = self.ts_end
+        n = len(self.info)
+        gone = np.flatnonzero(self.active[:n] & (self.last_seen[:n] < self.ts_end - self.evict_ns))
+        if not gone.size:
+            return
+        self._drop_inflight([int(s) for s in gone])
+        for s in gone:
+            s = int(s)
+            info = self.info[s]
+            self.active[s] = False
+            self._slot.pop(info.obj, None)
+            self._by_device.get((info.vm, info.device), []).remove(s)
+            for d in (self.state, self.suspend, self.timeline, self.exits, self.migration):
+                d.pop(s, None)
+            self.info[s] = None
+            self._free.append(s)
+        self._dirty = True
+
+    # snapshot ------------------------------------------------------------
+    def _percentiles(self) -> dict[int, tuple[float, float]]:
+        if not self._samples:
+            return {}
+        k = np.sort(np.concatenate(self._samples))
+        s = k >> 40
+        v = (k & ((1 << 40) - 1)).astype(np.float64)
+        first = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+        cnt = np.diff(np.r_[first, s.size])
+        out = {}
+        # Nearest-rank percentiles (no interpolation): a value that was seen.
+        p50 = first + np.ceil(0.50 * cnt).astype(np.int64) - 1
+        p99 = first + np.ceil(0.99 * cnt).astype(np.int64) - 1
+        for sl, a, b in zip(s[first], v[p50], v[p99]):
+            out[int(sl)] = (float(a), float(b))
+        return out
+
+    def snapshot(self, *, close_interval: bool = True) -> Snapshot:
+        n = len(self.info)
+        end = self.ts_end
+        prev_end = self._prev_end if self._prev_end is not None else (self.ts_first or end)
+        interval = max(end - prev_end, 0)
+        secs = interval / 1e9 if interval > 0 else None
+        dc = self.cnt[:n] - self._prev_cnt[:n]
+        db = self.used_bytes[:n] - self._prev_bytes[:n]
+        pct = self._percentiles()
+        exact = self._stride == 1
+        c_slot = self.c_key >> 32
+        infl = np.bincount(c_slot, minlength=n) if c_slot.size else np.zeros(n, dtype=np.int64)
+
+        def rate(x):
+            return float(x) / secs if secs else 0.0
+
+        A, F, U = KI[Kind.AVAIL], KI[Kind.FETCH], KI[Kind.USED]
+        K, KS, S, SS = KI[Kind.KICK], KI[Kind.KICK_SUPPRESSED], KI[Kind.SIGNAL], KI[Kind.SIGNAL_SUPPRESSED]
+        queues = []
+        vms: dict[str, dict] = {}
+        for s in range(n):
+            info = self.info[s]
+            if info is None:
+                continue
+            c = self.cnt[s]
+            if info.queue == NO_QUEUE:
+                if info.layer in (Layer.KVM, Layer.VFIO, Layer.IOMMU) and info.dev_type != "admin-queue":
+                    self._vm_acc(vms, s, info, c)
+                continue
+            d = dc[s]
+            used_d = int(d[U])
+            p = pct.get(s)
+            if p is None and not exact:
+                p = (percentile_from_hist(self.hist[s], 0.5), percentile_from_hist(self.hist[s], 0.99))
+            queues.append(QueueStats(
+                obj=info.obj, vm=info.vm, device=info.device, dev_type=info.dev_type,
+                queue=info.queue, name=info.name or str(info.queue), size=info.size,
+                layer=layer_name(info.layer), pid=info.pid, state=self.state.get(s, "running"),
+                avail_total=int(c[A] + c[F]), fetch_total=int(c[F]), used_total=int(c[U]),
+                used_bytes_total=int(self.used_bytes[s]), kicks_total=int(c[K]),
+                kicks_suppressed_total=int(c[KS]), signals_total=int(c[S]),
+                signals_suppressed_total=int(c[SS]),
+                notify_enable_total=int(c[KI[Kind.NOTIFY_ENABLE]]),
+                notify_disable_total=int(c[KI[Kind.NOTIFY_DISABLE]]),
+                orphan_used_total=int(self.orphans[s]),
+                avail_rate=rate(d[A] + d[F]), used_rate=rate(used_d), used_bytes_rate=rate(db[s]),
+                kick_rate=rate(d[K]), signal_rate=rate(d[S]),
+                kicks_per_buffer=(float(d[K]) / used_d) if used_d else None,
+                signals_per_buffer=(float(d[S]) / used_d) if used_d else None,
+                in_flight=int(infl[s]), in_flight_max=int(max(self.inflight_max[s], infl[s])),
+                in_flight_max_total=int(max(self.inflight_max_total[s], infl[s])),
+                latency_count=int(self.hist[s].sum()), latency_sum_ns=int(self.lat_sum[s]),
+                latency_hist=_ro(self.hist[s]),
+                p50_ns=p[0] if p else None, p99_ns=p[1] if p else None,
+                latency_exact=exact, last_suspend=self.suspend.get(s),
+                timeline=tuple(self.timeline.get(s, ())), last_seen=int(self.last_seen[s]),
+            ))
+        admin = tuple(
+            AdminStats(opcode=op, opcode_name=admin_codes.opcode_name(op), status=st,
+                       status_name=admin_codes.status_name(st), count=a.count, latency_sum_ns=a.lat_sum,
+                       latency_hist=_ro(a.hist),
+                       qualifiers=tuple(sorted((admin_codes.qualifier_name(q), c) for q, c in a.qual.items())))
+            for (op, st), a in sorted(self.admin.items()))
+        kinds_total = self.cnt[:n].sum(axis=0)
+        by_kind = tuple((Kind(k).label, int(kinds_total[i])) for i, k in enumerate(_KINDS) if kinds_total[i])
+        if kinds_total[K_UNKNOWN]:
+            by_kind += (("unknown", int(kinds_total[K_UNKNOWN])),)
+        ev_rate = (self.events_total - self._prev_events) / secs if secs else 0.0
+        snap = Snapshot(
+            source=dict(self.source), probes=self.probes, wall_time=time.time(),
+            ts_first=self.ts_first, ts_end=end, interval_ns=interval,
+            events_total=self.events_total, events_rate=ev_rate, events_by_kind=by_kind,
+            lost_total=self.lost_total, unknown_kind_total=self.unknown_kinds,
+            unidentified_total=self.unidentified,
+            queues=tuple(queues), admin=admin,
+            vms=tuple(self._vm_stats(v) for _, v in sorted(vms.items())),
+            damage=self.damage,
+            _inflight_key=_ro(self.c_key), _inflight_ts=_ro(self.c_ts), _slot_of_obj=dict(self._slot),
+        )
+        if close_interval:
+            self._prev_cnt[:n] = self.cnt[:n]
+            self._prev_bytes[:n] = self.used_bytes[:n]
+            self._prev_events = self.events_total
+            self._prev_end = end
+            self.inflight_max[:n] = 0
+            self._samples, self._nsamples, self._stride, self._stride_phase = [], 0, 1, 0
+        return snap
+
+    def _vm_acc(self, vms: dict, s: int, info: ObjectInfo, c: np.ndarray) -> None:
+        v = vms.setdefault(info.vm, {"vm": info.vm, "pid": info.pid, "cnt": np.zeros(NK, np.int64),
+                                     "exits": {}, "dma": np.zeros(2, np.int64), "mig": None})
+        v["cnt"] = v["cnt"] + c
+        v["dma"] = v["dma"] + self.dma_bytes[s]
+        for r, k in self.exits.get(s, {}).items():
+            v["exits"][r] = v["exits"].get(r, 0) + k
+        if s in self.migration:
+            v["mig"] = self.migration[s]
+        if info.layer == Layer.KVM:
+            v["pid"] = info.pid
+
+    @staticmethod
+    def _vm_stats(v: dict) -> VmStats:
+        c = v["cnt"]
+        reg = int(c[KI[Kind.NONCOHERENT_DMA_REGISTER]])
+        unreg = int(c[KI[Kind.NONCOHERENT_DMA_UNREGISTER]])
+        return VmStats(
+            vm=v["vm"], pid=v["pid"], exits_by_reason=tuple(sorted(v["exits"].items())),
+            pio_total=int(c[KI[Kind.KVM_PIO]]), mmio_total=int(c[KI[Kind.KVM_MMIO]]),
+            userspace_exits_total=int(c[KI[Kind.KVM_USERSPACE_EXIT]]),
+            ioeventfd_total=int(c[KI[Kind.KVM_IOEVENTFD]]), irqfd_total=int(c[KI[Kind.KVM_IRQFD]]),
+            set_irq_total=int(c[KI[Kind.KVM_SET_IRQ]]), msi_total=int(c[KI[Kind.KVM_MSI]]),
+            noncoherent_dma=reg > unreg, noncoherent_registers_total=reg,
+            dma_map_total=int(c[KI[Kind.DMA_MAP]]), dma_map_bytes_total=int(v["dma"][0]),
+            dma_unmap_total=int(c[KI[Kind.DMA_UNMAP]]), dma_unmap_bytes_total=int(v["dma"][1]),
+            migration_state=v["mig"],
+        )

@@ -1,0 +1,254 @@
+"""Event kinds, the binary record, and the Batch every source yields.
+
+The record mirrors ``struct vtrace_event`` in probes/vtrace.h byte for byte
+(a unit test parses the header and compares). Events never travel one Python
+object each: a Batch carries a numpy structured array.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+
+RECORD_VERSION = 1
+NO_QUEUE = 0xFFFF
+
+
+class Layer(enum.IntEnum):
+    VTRACE = 0
+    VHOST = 1
+    VIRTIO_GUEST = 2
+    VFIO = 3
+    KVM = 4
+    IOMMU = 5
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+
+class Kind(enum.IntEnum):
+    AVAIL = 1
+    FETCH = 2
+    USED = 3
+    KICK = 4
+    KICK_SUPPRESSED = 5
+    SIGNAL = 6
+    SIGNAL_SUPPRESSED = 7
+    NOTIFY_ENABLE = 8
+    NOTIFY_DISABLE = 9
+    VRING_BASE_GET = 16
+    VRING_BASE_SET = 17
+    SUSPEND = 18
+    RESUME = 19
+    RESET = 20
+    QUEUE_RESET = 21
+    ADMIN_SUBMIT = 32
+    ADMIN_COMPLETE = 33
+    KVM_EXIT = 48
+    KVM_PIO = 49
+    KVM_MMIO = 50
+    KVM_USERSPACE_EXIT = 51
+    KVM_IOEVENTFD = 52
+    KVM_IRQFD = 53
+    KVM_SET_IRQ = 54
+    KVM_MSI = 55
+    NONCOHERENT_DMA_REGISTER = 56
+    NONCOHERENT_DMA_UNREGISTER = 57
+    DMA_MAP = 64
+    DMA_UNMAP = 65
+    MIGRATION_STATE = 66
+    LOST = 255
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+# What each payload field means, per kind. This table is the documentation
+# (docs/events.md is generated from the same words) and the JSONL schema.
+KIND_FIELDS: dict[Kind, dict[str, str]] = {
+    Kind.AVAIL: {"id": "head", "len": "writable_bytes", "aux": "readable_bytes",
+                 "aux2": "descs", "arg": "avail_idx"},
+    Kind.FETCH: {"id": "head", "len": "writable_bytes", "aux": "readable_bytes",
+                 "aux2": "descs", "arg": "last_avail_idx"},
+    Kind.USED: {"id": "head", "len": "used_len", "aux2": "descs", "arg": "used_idx"},
+    Kind.KICK: {"arg": "avail_idx"},
+    Kind.KICK_SUPPRESSED: {"arg": "avail_idx"},
+    Kind.SIGNAL: {"arg": "used_idx"},
+    Kind.SIGNAL_SUPPRESSED: {"arg": "used_idx"},
+    # id 0: device-side kick notifications (vhost_enable_notify);
+    # id 1: driver-side used-buffer interrupts (virtqueue_enable_cb).
+    Kind.NOTIFY_ENABLE: {"id": "side"},
+    Kind.NOTIFY_DISABLE: {"id": "side"},
+    Kind.VRING_BASE_GET: {"id": "base"},
+    Kind.VRING_BASE_SET: {"id": "base"},
+    Kind.SUSPEND: {},
+    Kind.RESUME: {},
+    Kind.RESET: {},
+    Kind.QUEUE_RESET: {},
+    Kind.ADMIN_SUBMIT: {"id": "opcode", "aux": "group_type", "aux2": "member_id"},
+    Kind.ADMIN_COMPLETE: {"id": "opcode", "len": "status", "aux": "group_type",
+                          "aux2": "status_qualifier", "arg": "latency_ns"},
+    Kind.KVM_EXIT: {"id": "reason"},
+    Kind.KVM_PIO: {"id": "port", "len": "size", "aux": "write", "arg": "value"},
+    Kind.KVM_MMIO: {"len": "size", "aux": "write", "arg": "gpa"},
+    Kind.KVM_USERSPACE_EXIT: {"id": "reason"},
+    Kind.KVM_IOEVENTFD: {"len": "size", "arg": "addr"},
+    Kind.KVM_IRQFD: {"id": "gsi"},
+    Kind.KVM_SET_IRQ: {"id": "gsi", "aux": "level"},
+    Kind.KVM_MSI: {"id": "data", "arg": "address"},
+    Kind.NONCOHERENT_DMA_REGISTER: {},
+    Kind.NONCOHERENT_DMA_UNREGISTER: {},
+    Kind.DMA_MAP: {"id": "iova_lo", "aux2": "iova_hi", "aux": "prot", "arg": "size"},
+    Kind.DMA_UNMAP: {"id": "iova_lo", "aux2": "iova_hi", "arg": "size"},
+    Kind.MIGRATION_STATE: {"id": "new_state", "aux": "old_state"},
+    Kind.LOST: {"arg": "count"},
+}
+
+# Little-endian on disk and in BPF; "<" makes that explicit for the rare
+# big-endian reader.
+RECORD_FIELDS: tuple[tuple[str, str], ...] = (
+    ("ts", "<u8"),
+    ("obj", "<u8"),
+    ("arg", "<u8"),
+    ("pid", "<u4"),
+    ("id", "<u4"),
+    ("len", "<u4"),
+    ("aux", "<u4"),
+    ("aux2", "<u4"),
+    ("queue", "<u2"),
+    ("kind", "u1"),
+    ("layer", "u1"),
+)
+RECORD_DTYPE = np.dtype(list(RECORD_FIELDS))
+RECORD_SIZE = RECORD_DTYPE.itemsize  # 48
+
+KNOWN_KINDS = np.zeros(256, dtype=bool)
+KNOWN_KINDS[[int(k) for k in Kind]] = True
+
+DATA_START_KINDS = (Kind.AVAIL, Kind.FETCH)
+
+
+def kind_name(k: int) -> str:
+    try:
+        return Kind(k).label
+    except ValueError:
+        return f"unknown:{k}"
+
+
+def layer_name(v: int) -> str:
+    try:
+        return Layer(v).label
+    except ValueError:
+        return f"unknown:{v}"
+
+
+_KIND_BY_LABEL = {k.label: k for k in Kind}
+_LAYER_BY_LABEL = {v.label: v for v in Layer}
+
+
+def parse_kind(label: str) -> int:
+    """Inverse of kind_name; raises ValueError with the bad label."""
+    if label in _KIND_BY_LABEL:
+        return int(_KIND_BY_LABEL[label])
+    if label.startswith("unknown:"):
+        return int(label.split(":", 1)[1])
+    raise ValueError(f"unknown event kind {label!r}")
+
+
+def parse_layer(label: str) -> int:
+    if label in _LAYER_BY_LABEL:
+        return int(_LAYER_BY_LABEL[label])
+    if label.startswith("unknown:"):
+        return int(label.split(":", 1)[1])
+    raise ValueError(f"unknown layer {label!r}")
+
+
+def empty(n: int = 0) -> np.ndarray:
+    return np.zeros(n, dtype=RECORD_DTYPE)
+
+
+def make(rows: Iterable[dict]) -> np.ndarray:
+    """Build a record array from dicts (tests, hand-written traces)."""
+    rows = list(rows)
+    out = empty(len(rows))
+    for i, row in enumerate(rows):
+        for k, v in row.items():
+            out[k][i] = int(v)
+    if len(rows):
+        missing_queue = [("queue" not in r) for r in rows]
+        out["queue"][np.array(missing_queue)] = NO_QUEUE
+    return out
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """Who a kernel object is: the identity the aggregator reports under.
+
+    ``obj`` is the pointer events carry. A queue object names its VM, device
+    and index; device- and VM-level objects (admin queue, kvm) leave
+    ``queue`` as NO_QUEUE.
+    """
+
+    obj: int
+    vm: str
+    device: str
+    dev_type: str = ""
+    queue: int = NO_QUEUE
+    name: str = ""
+    size: int = 0
+    layer: int = int(Layer.VHOST)
+    pid: int = 0
+    features: int = 0
+
+    def to_json(self) -> dict:
+        return {
+            "obj": self.obj, "vm": self.vm, "device": self.device,
+            "dev_type": self.dev_type, "queue": self.queue, "name": self.name,
+            "size": self.size, "layer": self.layer, "pid": self.pid,
+            "features": self.features,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ObjectInfo":
+        try:
+            return cls(
+                obj=int(d["obj"]), vm=str(d["vm"]), device=str(d["device"]),
+                dev_type=str(d.get("dev_type", "")),
+                queue=int(d.get("queue", NO_QUEUE)), name=str(d.get("name", "")),
+                size=int(d.get("size", 0)), layer=int(d.get("layer", Layer.VHOST)),
+                pid=int(d.get("pid", 0)), features=int(d.get("features", 0)),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"bad object record {d!r}: {e}") from None
+
+
+@dataclass(frozen=True)
+class ProbeStatus:
+    """One probe point as a source reports it (attached or why not)."""
+
+    layer: str
+    point: str
+    strategy: str
+    attached: bool
+    error: str = ""
+
+
+@dataclass
+class Batch:
+    """What a source yields: time-ordered events up to ``t_end``.
+
+    ``t_end`` lets rates be computed over quiet intervals. ``objects`` are
+    identities first seen in this batch; ``probes`` is set when the source's
+    probe set changed.
+    """
+
+    events: np.ndarray
+    t_end: int
+    objects: tuple[ObjectInfo, ...] = ()
+    probes: tuple[ProbeStatus, ...] | None = None
+    meta: dict = field(default_factory=dict)
