@@ -101,6 +101,7 @@ class QueueStats:
     fetch_total: int
     used_total: int
     used_bytes_total: int
+    read_bytes_total: int
     kicks_total: int
     kicks_suppressed_total: int
     signals_total: int
@@ -112,6 +113,7 @@ class QueueStats:
     avail_rate: float
     used_rate: float
     used_bytes_rate: float
+    read_bytes_rate: float
     kick_rate: float
     signal_rate: float
     kicks_per_buffer: float | None
@@ -132,6 +134,11 @@ class QueueStats:
     @property
     def label(self) -> str:
         return f"{self.vm}/{self.device}/{self.name or self.queue}"
+
+    @property
+    def bytes_rate(self) -> float:
+        """Bytes moved per second: read by the device plus written by it."""
+        return self.used_bytes_rate + self.read_bytes_rate
 
 
 @dataclass(frozen=True)
@@ -235,7 +242,8 @@ class Aggregator:
         self._cap = cap
         self.info: list[ObjectInfo | None] = []
         self.cnt = np.zeros((cap, NK), dtype=np.int64)
-        self.used_bytes = np.zeros(cap, dtype=np.int64)
+        self.used_bytes = np.zeros(cap, dtype=np.int64)  # device-written (used.len)
+        self.read_bytes = np.zeros(cap, dtype=np.int64)  # device-readable bytes of started chains
         self.hist = np.zeros((cap, NBUCKETS), dtype=np.int64)
         self.lat_sum = np.zeros(cap, dtype=np.int64)
         self.inflight_max = np.zeros(cap, dtype=np.int64)  # this interval
@@ -269,12 +277,15 @@ class Aggregator:
         # interval state
         self._prev_cnt = np.zeros((cap, NK), dtype=np.int64)
         self._prev_bytes = np.zeros(cap, dtype=np.int64)
+        self._prev_read = np.zeros(cap, dtype=np.int64)
         self._prev_events = 0
         self._prev_end: int | None = None
         self._samples: list[np.ndarray] = []
         self._nsamples = 0
         self._stride = 1
         self._stride_phase = 0
+        # vtrace's own records (lost events) carry object 0.
+        self._alloc(ObjectInfo(obj=0, vm="-", device="vtrace", dev_type="vtrace", layer=Layer.VTRACE))
 
     # objects ---------------------------------------------------------------
     def _grow(self, need: int) -> None:
@@ -290,8 +301,9 @@ class Aggregator:
             b[: a.shape[0]] = a
             return b
 
-        for name in ("cnt", "used_bytes", "hist", "lat_sum", "inflight_max", "inflight_max_total",
-                     "orphans", "last_seen", "dma_bytes", "active", "_prev_cnt", "_prev_bytes"):
+        for name in ("cnt", "used_bytes", "read_bytes", "hist", "lat_sum", "inflight_max", "inflight_max_total",
+                     "orphans", "last_seen", "dma_bytes", "active", "_prev_cnt", "_prev_bytes",
+                     "_prev_read"):
             setattr(self, name, g(getattr(self, name)))
         self._cap = cap
 
@@ -305,8 +317,8 @@ class Aggregator:
             self.info.append(info)
         for a in (self.cnt, self.hist, self.dma_bytes, self._prev_cnt):
             a[s] = 0
-        for a in (self.used_bytes, self.lat_sum, self.inflight_max, self.inflight_max_total,
-                  self.orphans, self._prev_bytes):
+        for a in (self.used_bytes, self.read_bytes, self.lat_sum, self.inflight_max, self.inflight_max_total,
+                  self.orphans, self._prev_bytes, self._prev_read):
             a[s] = 0
         self.active[s] = True
         self.last_seen[s] = self.ts_end
@@ -389,6 +401,10 @@ class Aggregator:
         used = kind == Kind.USED
         if used.any():
             self.used_bytes[:nslots] += np.bincount(slot[used], weights=ev["len"][used],
+                                                    minlength=nslots).astype(np.int64)
+        start = (kind == Kind.FETCH) | (kind == Kind.AVAIL)
+        if start.any():
+            self.read_bytes[:nslots] += np.bincount(slot[start], weights=ev["aux"][start],
                                                     minlength=nslots).astype(np.int64)
         if delta[:, KI[Kind.LOST]].any():
             self.lost_total += int(ev["arg"][kind == Kind.LOST].sum())
@@ -493,11 +509,13 @@ class Aggregator:
         first = np.flatnonzero(np.r_[True, ss[1:] != ss[:-1]])
         gslot = ss[first]
         before = np.r_[0, cs[:-1]][first]
-        peak = np.maximum.reduceat(cs, first) - before + base[gslot]
+        # the count carried in counts too, before this segment's first event
+        peak = np.maximum(np.maximum.reduceat(cs, first) - before, 0) + base[gslot]
         self.inflight_max[gslot] = np.maximum(self.inflight_max[gslot], peak)
         self.inflight_max_total[gslot] = np.maximum(self.inflight_max_total[gslot], peak)
+        # A reset queue runs again once the driver makes buffers available.
         if any(self.state.get(int(s)) == "reset" for s in gslot):
-            for s in gslot:
+            for s in np.unique(ks[~us] >> 32):
                 if self.state.get(int(s)) == "reset":
                     self.state[int(s)] = "running"
 
@@ -631,6 +649,7 @@ class Aggregator:
         secs = interval / 1e9 if interval > 0 else None
         dc = self.cnt[:n] - self._prev_cnt[:n]
         db = self.used_bytes[:n] - self._prev_bytes[:n]
+        dr = self.read_bytes[:n] - self._prev_read[:n]
         pct = self._percentiles()
         exact = self._stride == 1
         c_slot = self.c_key >> 32
@@ -662,13 +681,15 @@ class Aggregator:
                 queue=info.queue, name=info.name or str(info.queue), size=info.size,
                 layer=layer_name(info.layer), pid=info.pid, state=self.state.get(s, "running"),
                 avail_total=int(c[A] + c[F]), fetch_total=int(c[F]), used_total=int(c[U]),
-                used_bytes_total=int(self.used_bytes[s]), kicks_total=int(c[K]),
+                used_bytes_total=int(self.used_bytes[s]), read_bytes_total=int(self.read_bytes[s]),
+                kicks_total=int(c[K]),
                 kicks_suppressed_total=int(c[KS]), signals_total=int(c[S]),
                 signals_suppressed_total=int(c[SS]),
                 notify_enable_total=int(c[KI[Kind.NOTIFY_ENABLE]]),
                 notify_disable_total=int(c[KI[Kind.NOTIFY_DISABLE]]),
                 orphan_used_total=int(self.orphans[s]),
                 avail_rate=rate(d[A] + d[F]), used_rate=rate(used_d), used_bytes_rate=rate(db[s]),
+                read_bytes_rate=rate(dr[s]),
                 kick_rate=rate(d[K]), signal_rate=rate(d[S]),
                 kicks_per_buffer=(float(d[K]) / used_d) if used_d else None,
                 signals_per_buffer=(float(d[S]) / used_d) if used_d else None,
@@ -705,9 +726,10 @@ class Aggregator:
         if close_interval:
             self._prev_cnt[:n] = self.cnt[:n]
             self._prev_bytes[:n] = self.used_bytes[:n]
+            self._prev_read[:n] = self.read_bytes[:n]
             self._prev_events = self.events_total
             self._prev_end = end
-            self.inflight_max[:n] = 0
+            self.inflight_max[:n] = infl  # the next interval starts with what is in flight now
             self._samples, self._nsamples, self._stride, self._stride_phase = [], 0, 1, 0
         return snap
 

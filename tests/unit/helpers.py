@@ -1,0 +1,32 @@
+"""Hand-written event streams for tests."""
+
+from vtrace.events import NO_QUEUE, Batch, Kind, Layer, ObjectInfo, make
+
+Q0 = 0xFFFF8880_00001000
+Q1 = 0xFFFF8880_00002000
+DEV = 0xFFFF8880_00000100
+KVM = 0xFFFF8880_00000200
+
+OBJECTS = (
+    ObjectInfo(obj=DEV, vm="vm1", device="net0", dev_type="net", layer=Layer.VHOST, pid=10),
+    ObjectInfo(obj=Q0, vm="vm1", device="net0", dev_type="net", queue=0, name="rx0", size=8,
+               layer=Layer.VHOST, pid=10),
+    ObjectInfo(obj=Q1, vm="vm1", device="net0", dev_type="net", queue=1, name="tx0", size=8,
+               layer=Layer.VHOST, pid=10),
+    ObjectInfo(obj=KVM, vm="vm1", device="kvm", dev_type="kvm", layer=Layer.KVM, pid=10),
+)
+
+
+def ev(kind, ts, obj=Q0, **kw):
+    queue = kw.pop("queue", 0 if obj == Q0 else 1 if obj == Q1 else NO_QUEUE)
+    return dict(kind=int(kind), ts=ts, obj=obj, queue=queue, layer=int(kw.pop("layer", Layer.VHOST)),
+                pid=kw.pop("pid", 10), **kw)
+
+
+def batch(rows, t_end=None, objects=OBJECTS):
+    a = make(rows)
+    return Batch(events=a, t_end=t_end if t_end is not None else (int(a["ts"][-1]) if len(a) else 0),
+                 objects=objects)
+
+
+__all__ = ["Q0", "Q1", "DEV", "KVM", "OBJECTS", "ev", "batch", "Kind"]

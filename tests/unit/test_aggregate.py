@@ -1,0 +1,264 @@
+"""Aggregator numbers against hand-computed expectations, and properties."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vtrace.aggregate import Aggregator, log2_bucket
+from vtrace.events import Batch, Kind, Layer, make
+
+from .helpers import DEV, KVM, OBJECTS, Q0, Q1, batch, ev
+
+US = 1_000
+
+
+def q(snap, name):
+    return next(x for x in snap.queues if x.name == name)
+
+
+def test_counts_latency_and_in_flight_by_hand():
+    a = Aggregator()
+    a.feed(batch([
+        ev(Kind.FETCH, 1000, id=3, len=1500, aux=12),
+        ev(Kind.FETCH, 2000, id=4, len=1500, aux=12),
+        ev(Kind.KICK, 2100),
+        ev(Kind.USED, 5000, id=3, len=100),   # latency 4000
+        ev(Kind.SIGNAL, 5100),
+        ev(Kind.FETCH, 6000, id=5, len=1500),
+        ev(Kind.USED, 10000, id=5, len=200),  # latency 4000 (out of order: fine)
+        ev(Kind.SIGNAL_SUPPRESSED, 10100),
+    ], t_end=1_000_000_000 + 1000))
+    s = a.snapshot()
+    r = q(s, "rx0")
+    assert (r.avail_total, r.fetch_total, r.used_total) == (3, 3, 2)
+    assert r.used_bytes_total == 300 and r.read_bytes_total == 24
+    assert (r.kicks_total, r.signals_total, r.signals_suppressed_total) == (1, 1, 1)
+    assert r.in_flight == 1 and r.in_flight_max == 2
+    assert s.in_flight_buffers(Q0) == [(4, s.ts_end - 2000)]
+    assert r.latency_count == 2 and r.latency_sum_ns == 8000
+    assert r.latency_hist[11] == 2  # 4000 ns is in [2048, 4096)
+    assert r.p50_ns == 4000 and r.p99_ns == 4000 and r.latency_exact
+    assert r.kicks_per_buffer == 0.5 and r.signals_per_buffer == 0.5
+    # interval of exactly one second of stream time (first event to t_end)
+    assert s.interval_ns == 1_000_000_000
+    assert r.used_rate == 2.0 and r.used_bytes_rate == 300.0
+
+
+def test_pairing_survives_batch_boundaries_and_rates_are_per_interval():
+    a = Aggregator()
+    a.feed(batch([ev(Kind.FETCH, 0, id=1), ev(Kind.FETCH, 10, id=2)], t_end=1_000_000_000))
+    s1 = a.snapshot()
+    assert q(s1, "rx0").in_flight == 2 and q(s1, "rx0").used_total == 0
+    a.feed(batch([ev(Kind.USED, 1_500_000_000, id=2), ev(Kind.USED, 1_600_000_000, id=1)],
+                 t_end=2_000_000_000, objects=()))
+    s2 = a.snapshot()
+    r = q(s2, "rx0")
+    assert r.in_flight == 0 and r.used_total == 2 and r.used_rate == 2.0 and r.avail_rate == 0.0
+    assert r.in_flight_max == 2  # carried over at the interval start
+    assert r.p50_ns == 1_499_999_990 and r.p99_ns == 1_600_000_000
+
+
+def test_percentiles_are_exact_nearest_rank():
+    a = Aggregator()
+    rows = []
+    for i in range(100):
+        rows.append(ev(Kind.FETCH, i * 1000, id=i))
+        rows.append(ev(Kind.USED, i * 1000 + (i + 1) * 10, id=i))  # latencies 10..1000
+    rows.sort(key=lambda r: r["ts"])
+    a.feed(batch(rows))
+    r = q(a.snapshot(), "rx0")
+    assert r.p50_ns == 500 and r.p99_ns == 990
+
+
+def test_orphan_used_and_duplicate_start():
+    a = Aggregator()
+    a.feed(batch([
+        ev(Kind.USED, 100, id=7),                 # started before the trace: orphan
+        ev(Kind.AVAIL, 200, id=1),
+        ev(Kind.FETCH, 300, id=1),                # same buffer seen again: not a new start
+        ev(Kind.USED, 1200, id=1),
+        ev(Kind.USED, 1300, id=1),                # used twice: the second is an orphan
+    ]))
+    r = q(a.snapshot(), "rx0")
+    assert r.orphan_used_total == 2
+    assert r.latency_count == 1 and r.latency_sum_ns == 1000
+    assert r.in_flight == 0
+
+
+def test_suspend_records_in_flight_and_bases():
+    a = Aggregator()
+    a.feed(batch([
+        ev(Kind.FETCH, 100, id=1), ev(Kind.FETCH, 200, id=2), ev(Kind.USED, 300, id=1),
+        ev(Kind.SUSPEND, 1000, obj=DEV),
+        ev(Kind.VRING_BASE_GET, 1100, id=42),
+        ev(Kind.VRING_BASE_GET, 1100, obj=Q1, id=7),
+        ev(Kind.RESUME, 5000, obj=DEV),
+        ev(Kind.VRING_BASE_SET, 5100, id=42),
+        ev(Kind.USED, 6000, id=2),
+    ]))
+    s = a.snapshot()
+    r = q(s, "rx0")
+    rec = r.last_suspend
+    assert rec.reason == "suspend" and rec.heads == (2,) and rec.ages_ns == (800,)
+    assert rec.base == 42 and rec.restored_base == 42
+    assert r.state == "running" and r.in_flight == 0 and r.latency_sum_ns == 200 + 5800
+    assert [e.what for e in r.timeline] == ["suspend", "get_vring_base", "resume", "set_vring_base"]
+    t = q(s, "tx0")
+    assert t.last_suspend.heads == () and t.last_suspend.base == 7 and t.state == "running"
+
+
+def test_stop_without_suspend_and_state_while_suspended():
+    a = Aggregator()
+    a.feed(batch([ev(Kind.FETCH, 100, id=1), ev(Kind.VRING_BASE_GET, 200, id=1)]))
+    r = q(a.snapshot(), "rx0")
+    assert r.state == "stopped" and r.last_suspend.reason == "stop" and r.last_suspend.heads == (1,)
+    a.feed(batch([ev(Kind.SUSPEND, 300, obj=DEV)], objects=()))
+    assert q(a.snapshot(), "rx0").state == "suspended"
+
+
+def test_reset_drops_in_flight():
+    a = Aggregator()
+    a.feed(batch([
+        ev(Kind.FETCH, 100, id=1), ev(Kind.FETCH, 100, obj=Q1, id=1),
+        ev(Kind.QUEUE_RESET, 200),
+        ev(Kind.USED, 300, id=1),   # after a queue reset: not paired with the old start
+    ]))
+    s = a.snapshot()
+    assert q(s, "rx0").in_flight == 0 and q(s, "rx0").orphan_used_total == 1
+    assert q(s, "rx0").state == "reset"
+    assert q(s, "tx0").in_flight == 1
+    a.feed(batch([ev(Kind.RESET, 400, obj=DEV), ev(Kind.FETCH, 500, id=2)], objects=()))
+    s = a.snapshot()
+    assert q(s, "tx0").in_flight == 0 and q(s, "tx0").state == "reset"
+    assert q(s, "rx0").state == "running" and q(s, "rx0").in_flight == 1  # traffic resumed
+
+
+def test_admin_kvm_dma_lost_unknown():
+    a = Aggregator()
+    a.feed(batch([
+        ev(Kind.ADMIN_COMPLETE, 100, obj=KVM, layer=Layer.VFIO, id=0x2, len=0, arg=30 * US),
+        ev(Kind.ADMIN_COMPLETE, 200, obj=KVM, layer=Layer.VFIO, id=0x2, len=11, aux2=7, arg=50 * US),
+        ev(Kind.ADMIN_COMPLETE, 300, obj=KVM, layer=Layer.VFIO, id=0x42, len=22, aux2=2, arg=1 * US),
+        ev(Kind.KVM_EXIT, 400, obj=KVM, layer=Layer.KVM, id=30),
+        ev(Kind.KVM_EXIT, 410, obj=KVM, layer=Layer.KVM, id=30),
+        ev(Kind.KVM_EXIT, 420, obj=KVM, layer=Layer.KVM, id=12),
+        ev(Kind.DMA_MAP, 500, obj=KVM, layer=Layer.VFIO, arg=1 << 30),
+        ev(Kind.DMA_UNMAP, 600, obj=KVM, layer=Layer.VFIO, arg=4096),
+        ev(Kind.NONCOHERENT_DMA_REGISTER, 700, obj=KVM, layer=Layer.KVM),
+        ev(Kind.LOST, 800, obj=0, layer=Layer.VTRACE, arg=17),
+        ev(Kind.LOST, 900, obj=0, layer=Layer.VTRACE, arg=3),
+        dict(kind=200, ts=950, obj=Q0, queue=0, layer=1),
+        ev(Kind.KICK, 960, obj=0xDEAD000),
+    ]))
+    s = a.snapshot()
+    assert s.lost_total == 20 and s.unknown_kind_total == 1
+    adm = {(x.opcode_name, x.status_name): x for x in s.admin}
+    assert adm[("LEGACY_COMMON_CFG_WRITE", "OK")].count == 1
+    assert adm[("LEGACY_COMMON_CFG_WRITE", "EAGAIN")].qualifiers == (("TRYAGAIN", 1),)
+    assert adm[("unknown:0x0042", "EINVAL")].qualifiers == (("INVALID_OPCODE", 1),)
+    vm = s.vms[0]
+    assert vm.vm == "vm1" and dict(vm.exits_by_reason) == {30: 2, 12: 1}
+    assert vm.dma_map_bytes_total == 1 << 30 and vm.dma_unmap_bytes_total == 4096
+    assert vm.noncoherent_dma and vm.noncoherent_registers_total == 1
+    assert s.unidentified_total == 1  # the kick on an object no source introduced
+    assert ("unknown", 1) in s.events_by_kind
+
+
+def test_eviction_of_gone_objects():
+    a = Aggregator(evict_after_s=1.0)
+    a.feed(batch([ev(Kind.FETCH, 0, id=1)], t_end=0))
+    a.feed(batch([ev(Kind.FETCH, 5_000_000_000, obj=Q1, id=1)], t_end=5_000_000_000, objects=()))
+    s = a.snapshot()
+    assert {x.name for x in s.queues} == {"tx0"}
+    assert s.in_flight_buffers(Q0) == []
+
+
+def test_snapshot_is_immutable():
+    a = Aggregator()
+    a.feed(batch([ev(Kind.FETCH, 0, id=1), ev(Kind.USED, 10, id=1)]))
+    s = a.snapshot()
+    r = q(s, "rx0")
+    try:
+        r.latency_hist[0] = 5
+        raise AssertionError("histogram is writable")
+    except ValueError:
+        pass
+    try:
+        r.used_total = 9
+        raise AssertionError("QueueStats is mutable")
+    except AttributeError:
+        pass
+    a.feed(batch([ev(Kind.FETCH, 20, id=2), ev(Kind.USED, 30, id=2)], objects=()))
+    assert q(s, "rx0").used_total == 1  # the old snapshot did not move
+
+
+def test_log2_bucket_edges():
+    v = np.array([0, 1, 2, 3, 4, 1023, 1024, 1025, (1 << 40) + 5], dtype=np.int64)
+    assert log2_bucket(v).tolist() == [0, 0, 1, 1, 2, 9, 10, 10, 40]
+
+
+def test_sample_decimation_keeps_percentiles_close():
+    a = Aggregator(sample_cap=1000)
+    rng = np.random.default_rng(1)
+    lat = rng.integers(1, 1_000_000, 20_000)
+    rows_ts = np.arange(20_000) * 2_000_000
+    evs = make([ev(Kind.FETCH, int(t), id=i % 8) for i, t in enumerate(rows_ts)]
+               + [ev(Kind.USED, int(t + l), id=i % 8) for i, (t, l) in enumerate(zip(rows_ts, lat))])
+    evs = evs[np.argsort(evs["ts"], kind="stable")]
+    for chunk in np.array_split(evs, 40):
+        a.feed(Batch(events=chunk, t_end=int(chunk["ts"][-1]), objects=OBJECTS))
+    r = q(a.snapshot(), "rx0")
+    assert not r.latency_exact
+    assert abs(r.p50_ns - np.percentile(lat, 50)) < 0.05 * 1_000_000
+    assert abs(r.p99_ns - np.percentile(lat, 99)) < 0.02 * 1_000_000
+
+
+# properties -----------------------------------------------------------------
+ops = st.lists(st.tuples(st.sampled_from(["avail", "fetch", "used", "kick", "reset", "qreset"]),
+                         st.integers(0, 7), st.integers(0, 1), st.integers(1, 5000)),
+               max_size=300)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops, st.integers(1, 6))
+def test_random_streams_conserve_buffers(stream, nbatches):
+    """in flight >= 0; every kept start ends paired, in flight, or dropped by a reset."""
+    kinds = {"avail": Kind.AVAIL, "fetch": Kind.FETCH, "used": Kind.USED, "kick": Kind.KICK,
+             "reset": Kind.RESET, "qreset": Kind.QUEUE_RESET}
+    t = 0
+    rows = []
+    model = {}  # (obj, head) -> in flight?
+    paired = dropped = orphans = 0
+    for name, head, which, dt in stream:
+        t += dt
+        obj = (Q0, Q1)[which]
+        k = kinds[name]
+        if k == Kind.RESET:
+            rows.append(ev(k, t, obj=DEV))
+            dropped += sum(1 for v in model.values() if v)
+            model = {}
+            continue
+        rows.append(ev(k, t, obj=obj, id=head))
+        if k == Kind.QUEUE_RESET:
+            dropped += sum(1 for (o, _), v in model.items() if v and o == obj)
+            model = {key: v for key, v in model.items() if key[0] != obj}
+        elif k in (Kind.AVAIL, Kind.FETCH):
+            model[(obj, head)] = True
+        elif k == Kind.USED:
+            if model.get((obj, head)):
+                paired += 1
+                model[(obj, head)] = False
+            else:
+                orphans += 1
+    a = Aggregator()
+    arr = make(rows) if rows else make([])
+    for i, part in enumerate(np.array_split(arr, nbatches)):
+        a.feed(Batch(events=part, t_end=int(part["ts"][-1]) if part.size else 0,
+                     objects=OBJECTS if i == 0 else ()))
+    s = a.snapshot()
+    infl = sum(x.in_flight for x in s.queues)
+    assert all(x.in_flight >= 0 and x.in_flight_max >= x.in_flight for x in s.queues)
+    assert infl == sum(1 for v in model.values() if v)
+    assert sum(x.latency_count for x in s.queues) == paired
+    assert sum(x.orphan_used_total for x in s.queues) == orphans
+    assert sum(x.in_flight_max_total <= 8 for x in s.queues) == len(s.queues)  # 8 heads per queue

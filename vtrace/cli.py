@@ -1,0 +1,327 @@
+"""vtrace command line: a click group; each command parses, builds objects, runs.
+
+Bad input ends in one line on stderr ("vtrace: ...") and exit status 2;
+never a traceback (VTRACE_DEBUG=1 shows one for internal errors).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+
+import click
+
+from vtrace import __version__
+from vtrace.fmt import parse_duration
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 3
+
+
+class VtraceError(click.ClickException):
+    exit_code = EXIT_BAD_INPUT
+
+    def show(self, file=None) -> None:
+        click.echo(f"vtrace: {self.message}", err=True)
+
+
+class Group(click.Group):
+    def invoke(self, ctx):
+        from vtrace.capture import CaptureError
+        from vtrace.sources import SourceError
+        try:
+            return super().invoke(ctx)
+        except (CaptureError, SourceError) as e:
+            raise VtraceError(str(e)) from None
+        except BrokenPipeError:
+            # `vtrace stat | head`: the reader left; not an error.
+            try:
+                sys.stdout = open(os.devnull, "w")
+            except OSError:
+                pass
+            ctx.exit(0)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            ctx.exit(130)
+        except Exception as e:  # noqa: BLE001 - last line of defence: one line, no traceback
+            if os.environ.get("VTRACE_DEBUG"):
+                traceback.print_exc()
+            click.echo(f"vtrace: internal error: {type(e).__name__}: {e} "
+                       "(set VTRACE_DEBUG=1 for a traceback)", err=True)
+            ctx.exit(EXIT_INTERNAL)
+
+
+def _duration(_ctx, _param, value):
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+SOURCE_HELP = ("where events come from: auto (live when it can run here, else the simulator), live, "
+               "sim, sim:KEY=VAL,... (seed, vms, workload=mixed|net|blk, scale, ring, ...), replay:FILE")
+
+
+def source_option(f):
+    return click.option("--source", "source_spec", default="auto", show_default=True, metavar="SPEC",
+                        help=SOURCE_HELP)(f)
+
+
+def _open(spec: str, *, realtime: bool, duration_ns: int | None = None):
+    from vtrace.sources import open_source
+    src, notice = open_source(spec, realtime=realtime, duration_ns=duration_ns)
+    if notice:
+        click.echo(f"vtrace: {notice}", err=True)
+    return src
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="vtrace", message="%(prog)s %(version)s")
+def cli():
+    """vtrace: see inside every virtqueue.
+
+    Traces vhost, vfio/virtio-admin, kvm and guest virtio paths with BPF,
+    or replays a capture, or simulates a host (labelled as such everywhere).
+
+    \b
+    Examples:
+      vtrace stat 1 5                      # per-queue table every second, 5 times
+      vtrace stat --source sim -j 1 3      # simulated host, JSON lines
+      vtrace capture -d 10s -o run.vtrace  # one-shot capture
+      vtrace report run.vtrace             # per-queue summary, histograms, admin
+      vtrace convert run.vtrace --to perfetto -o run.json
+    """
+
+
+# stat -----------------------------------------------------------------------
+@cli.command(context_settings={"max_content_width": 100})
+@click.argument("interval", required=False, default="1")
+@click.argument("count", required=False, type=int)
+@source_option
+@click.option("-j", "--json", "as_json", is_flag=True, help="one JSON object per interval")
+@click.option("-s", "--sort", type=click.Choice(["name", "avail", "used", "bytes", "inflight", "p99"]),
+              default="name", show_default=True, help="row order")
+@click.option("-n", "--top", type=click.IntRange(min=1), help="show only the first N rows")
+@click.option("--vm", "vms", multiple=True, metavar="NAME", help="only this VM (repeatable)")
+@click.option("-a", "--all", "show_all", is_flag=True, help="include idle queues")
+def stat(interval, count, source_spec, as_json, sort, top, vms, show_all):
+    """Per-virtqueue rates, in flight and latency every INTERVAL.
+
+    INTERVAL defaults to 1 second (also 500ms, 2s, ...); COUNT limits the
+    number of reports. Rates are per second; latency is available -> used
+    over the interval (exact percentiles); K/B and S/B are kicks and
+    signals per used buffer (batching: lower is better).
+
+    \b
+    Examples:
+      vtrace stat                   # every second until Ctrl-C
+      vtrace stat 5 3               # three 5-second reports
+      vtrace stat -s p99 -n 10      # ten worst queues by p99 latency
+      vtrace stat --vm web1 -j 1    # JSON lines for one VM
+      vtrace stat --source replay:run.vtrace 1   # per-second rows of a capture
+    """
+    from vtrace import report
+    from vtrace.pipeline import Pipeline
+    try:
+        interval_ns = parse_duration(interval)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="INTERVAL") from None
+    if count is not None and count < 1:
+        raise click.BadParameter("must be at least 1", param_hint="COUNT")
+    src = _open(source_spec, realtime=True)
+    label = "simulated host" if getattr(src, "kind", "") == "sim" else src.kind
+    click.echo(f"Tracing virtqueues ({label})... Hit Ctrl-C to end.", err=as_json)
+
+    def show(snap):
+        qs = report.select(snap, vms=vms, sort=sort, top=top, show_all=show_all)
+        if as_json:
+            click.echo(json.dumps(report.stat_json(snap, qs), default=str))
+        else:
+            click.echo()
+            click.echo(report.stat_summary(snap))
+            click.echo(report.STAT_COLS)
+            for row in report.stat_rows(qs):
+                click.echo(row)
+        sys.stdout.flush()
+
+    pipe = Pipeline(src)
+    final = pipe.run(interval_ns=interval_ns, count=count, on_interval=show)
+    if (count is None or pipe.intervals < count) and final.ts_end > (final.ts_first or 0):
+        tail = pipe.agg.snapshot()
+        if tail.interval_ns > 0 and tail.events_rate >= 0 and (tail.events_total or pipe.intervals == 0):
+            show(tail)  # the partial last interval: nothing traced goes unshown
+    if final.damage:
+        click.echo(f"vtrace: warning: {final.damage}", err=True)
+    if hasattr(src, "close"):
+        src.close()
+
+
+# capture --------------------------------------------------------------------
+@cli.command(context_settings={"max_content_width": 100})
+@click.option("-d", "--duration", callback=_duration, metavar="TIME",
+              help="how long to capture (10s, 2m); default until Ctrl-C")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
+              help="capture file (default vtrace-YYYYmmdd-HHMMSS.vtrace)")
+@click.option("-f", "--force", is_flag=True, help="overwrite an existing file")
+@click.option("--realtime/--fast", default=None,
+              help="sim only: pace to the wall clock (default: fast when -d is given)")
+@click.option("--chunk", type=click.IntRange(1024, 1 << 20), default=65536, show_default=True,
+              help="records per compressed chunk")
+@source_option
+def capture(duration, output, force, realtime, chunk, source_spec):
+    """Write every event to a capture file.
+
+    The file is versioned, compressed and written chunk by chunk (mode
+    0600): a capture cut short still reads up to the cut. Ctrl-C or
+    SIGTERM end the capture cleanly. With the simulator and -d, simulated
+    time runs as fast as the machine allows.
+
+    \b
+    Examples:
+      vtrace capture -d 10s -o run.vtrace
+      vtrace capture --source sim:vms=8,seed=7 -d 30s -o sim.vtrace
+      vtrace report run.vtrace
+    """
+    from vtrace.capture import CaptureWriter
+    from vtrace.pipeline import Pipeline
+    if output is None:
+        output = time.strftime("vtrace-%Y%m%d-%H%M%S.vtrace")
+    if os.path.exists(output) and not force:
+        raise VtraceError(f"{output} exists (use --force to overwrite)")
+    if realtime is None:
+        realtime = duration is None
+    src = _open(source_spec, realtime=realtime, duration_ns=duration)
+    info = dict(src.info)
+    probes = src.probes() if hasattr(src, "probes") else ()
+    header = {"source": info, "probes": [p.__dict__ for p in probes], "argv": sys.argv[1:],
+              "ts_start": info.get("ts_start")}
+    writer = CaptureWriter(output, header, chunk_records=chunk)
+    click.echo(f"Capturing to {output} ({'simulated host' if info.get('simulated') else src.kind})"
+               f"{'' if duration else '... Hit Ctrl-C to end'}.", err=True)
+    pipe = Pipeline(src, writer=writer)
+    t0 = time.monotonic()
+    try:
+        snap = pipe.run(duration_ns=duration)
+    finally:
+        agg = pipe.agg
+        writer.close({"ts_end": agg.ts_end, "lost_total": agg.lost_total,
+                      "interrupted": pipe.interrupted})
+    wall = time.monotonic() - t0
+    size = os.path.getsize(output)
+    span = (snap.ts_end - (snap.ts_first or snap.ts_end)) / 1e9
+    per = size / snap.events_total if snap.events_total else 0.0
+    click.echo(f"wrote {output}: {snap.events_total:,} events over {span:.2f} s, {size:,} bytes "
+               f"({per:.1f} bytes/event), {snap.lost_total:,} lost, {wall:.1f} s wall"
+               f"{' (interrupted)' if pipe.interrupted else ''}", err=True)
+    if snap.damage:
+        click.echo(f"vtrace: warning: {snap.damage}", err=True)
+
+
+# report ---------------------------------------------------------------------
+def _replay(path: str):
+    from vtrace.sources.replay import ReplaySource
+    return ReplaySource(path)
+
+
+@cli.command(context_settings={"max_content_width": 100})
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("-j", "--json", "as_json", is_flag=True, help="the report as one JSON object")
+@click.option("-a", "--all", "show_all", is_flag=True, help="every queue and every histogram")
+@click.option("--hist", "hist_top", type=click.IntRange(min=0), default=6, show_default=True,
+              help="latency histograms for the N busiest queues")
+def report(file, as_json, show_all, hist_top):
+    """Summarize a capture (or a JSON Lines trace).
+
+    Per-queue totals, in flight, latency percentiles and log2 histograms,
+    admin commands by opcode and status, kvm and DMA per VM, and the
+    lifecycle (suspend/resume, vring base, resets) with what was in flight
+    at each stop. A damaged or truncated file is reported up to the damage,
+    with a warning naming where it starts.
+
+    \b
+    Examples:
+      vtrace report run.vtrace
+      vtrace report --all run.vtrace | less
+      vtrace report -j run.vtrace | jq '.queues[] | {name, p99_ns}'
+    """
+    from vtrace import report as rep
+    from vtrace.pipeline import Pipeline
+    src = _replay(file)
+    try:
+        snap = Pipeline(src).run()
+    finally:
+        src.close()
+    if as_json:
+        click.echo(json.dumps(rep.report_json(snap), default=str))
+    else:
+        click.echo(rep.report_text(snap, hist_top=hist_top, show_all=show_all), nl=False)
+    if snap.damage:
+        click.echo(f"vtrace: warning: {snap.damage}", err=True)
+
+
+# convert --------------------------------------------------------------------
+@cli.command(context_settings={"max_content_width": 100})
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--to", "fmt", type=click.Choice(["perfetto", "jsonl"]), required=True,
+              help="perfetto: Chrome/Perfetto trace JSON; jsonl: one event per line")
+@click.option("-o", "--output", metavar="FILE", help="output file, - for stdout (default FILE.json/.jsonl)")
+@click.option("-f", "--force", is_flag=True, help="overwrite an existing output file")
+def convert(file, fmt, output, force):
+    """Convert a capture to Perfetto trace JSON or JSON Lines.
+
+    \b
+    Examples:
+      vtrace convert run.vtrace --to perfetto     # writes run.json; open in ui.perfetto.dev
+      vtrace convert run.vtrace --to jsonl -o - | head
+    """
+    from vtrace.jsonl import write_jsonl
+    from vtrace.perfetto import write_perfetto
+    src = _replay(file)
+    if output is None:
+        base = file[:-len(".vtrace")] if file.endswith(".vtrace") else file
+        output = base + (".json" if fmt == "perfetto" else ".jsonl")
+    if output != "-" and os.path.exists(output) and not force:
+        src.close()
+        raise VtraceError(f"{output} exists (use --force to overwrite)")
+    tmp = None
+    try:
+        if output == "-":
+            out = sys.stdout
+        else:
+            tmp = f"{output}.tmp-{os.getpid()}"
+            try:
+                out = open(tmp, "w", encoding="utf-8")
+            except OSError as e:
+                raise VtraceError(f"cannot write {output}: {e.strerror}") from None
+        header = dict(src.header)
+        if fmt == "jsonl":
+            n = write_jsonl(out, header, src.batches())
+        else:
+            n = write_perfetto(out, src.batches())
+        if tmp:
+            out.close()
+            os.replace(tmp, output)
+            tmp = None
+    finally:
+        if tmp and os.path.exists(tmp):
+            os.unlink(tmp)
+        src.close()
+    if output != "-":
+        click.echo(f"wrote {output}: {n:,} events", err=True)
+    dmg = src.damage()
+    if dmg:
+        click.echo(f"vtrace: warning: {dmg}", err=True)
+
+
+def main() -> None:
+    cli(prog_name="vtrace")
+
+
+if __name__ == "__main__":
+    main()
