@@ -378,7 +378,7 @@ class CaptureReader:
             if hdr.startswith(TRAILER_MAGIC[:5]) and len(hdr) >= TRAILER.size:
                 _, ioff = TRAILER.unpack(hdr[:TRAILER.size])
                 if pos + TRAILER.size == self.size and self.index is not None:
-                    self.stats.complete = bad_at is None
+                    self.stats.complete = True  # footer intact; earlier damage stays listed
                     return
                 reason = "unexpected trailer"
             elif len(hdr) < CHUNK.size:

@@ -29,6 +29,24 @@ class VtraceError(click.ClickException):
 
 
 class Group(click.Group):
+    def main(self, *args, standalone_mode: bool = True, **kw):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kw)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kw)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx else "vtrace"
+            click.echo(f"vtrace: {e.format_message()} (see '{where} --help')", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except (click.Abort, KeyboardInterrupt):
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
     def invoke(self, ctx):
         from vtrace.capture import CaptureError
         from vtrace.sources import SourceError

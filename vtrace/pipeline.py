@@ -9,7 +9,10 @@ from __future__ import annotations
 import signal
 from typing import Callable
 
+import numpy as np
+
 from vtrace.aggregate import Aggregator, Snapshot
+from vtrace.events import Batch
 
 
 class Stop(Exception):
@@ -43,25 +46,35 @@ class Pipeline:
             pass
         start = None
         boundary = None
+        done = False
         try:
             for batch in self.source.batches():
                 if self.writer is not None:
                     self.writer.write_batch(batch)
-                self.agg.feed(batch)
-                if start is None and (batch.events.size or batch.t_end):
-                    start = int(batch.events["ts"][0]) if batch.events.size else batch.t_end
+                ev = batch.events
+                if start is None and (ev.size or batch.t_end):
+                    start = int(ev["ts"][0]) if ev.size else batch.t_end
                     boundary = start + interval_ns if interval_ns else None
-                t = batch.t_end
-                if interval_ns and boundary is not None and t >= boundary:
+                objects, probes = batch.objects, batch.probes
+                # Cut the batch at every interval boundary it spans, so each
+                # report covers exactly one interval whatever the batch size.
+                while boundary is not None and batch.t_end >= boundary:
+                    cut = int(np.searchsorted(ev["ts"], boundary))
+                    self.agg.feed(Batch(events=ev[:cut], t_end=boundary, objects=objects, probes=probes))
+                    objects, probes = (), None
+                    ev = ev[cut:]
                     snap = self.agg.snapshot()
                     self.intervals += 1
                     if on_interval:
                         on_interval(snap)
+                    boundary += interval_ns
                     if count and self.intervals >= count:
+                        done = True
                         break
-                    while boundary <= t:
-                        boundary += interval_ns
-                if duration_ns and start is not None and t - start >= duration_ns:
+                if done:
+                    break
+                self.agg.feed(Batch(events=ev, t_end=batch.t_end, objects=objects, probes=probes))
+                if duration_ns and start is not None and batch.t_end - start >= duration_ns:
                     break
         except (KeyboardInterrupt, Stop):
             self.interrupted = True
