@@ -1,0 +1,55 @@
+# vtrace — `make run` starts the main job, `make test` sets everything up
+# from scratch (Debian packages, venv, pip packages) and runs every test.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+BCC    := $(VENV)/.bcc
+PYTEST_ARGS ?=
+
+.PHONY: all setup system-deps test test-unit test-live run bench clean help
+
+all: test
+
+help:
+	@echo "make run    start vtrace on the best available source (live, else the simulator)"
+	@echo "make test   install everything needed and run the unit and live tiers"
+	@echo "make bench  pipeline benchmarks (results in bench/results/)"
+
+setup: $(STAMP) $(BCC)
+
+system-deps:
+	@scripts/install-system-deps.sh
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+# bcc is pure Python over libbcc.so: expose only that package to the venv
+# (not all of Debian's dist-packages) through a .pth file.
+$(BCC): $(STAMP) | system-deps
+	mkdir -p $(VENV)/bcc-shim
+	ln -sfn /usr/lib/python3/dist-packages/bcc $(VENV)/bcc-shim/bcc
+	echo "$(abspath $(VENV)/bcc-shim)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/vtrace-bcc.pth"
+	$(PY) -c 'import bcc'
+	touch $@
+
+test: setup
+	$(PY) -m pytest tests/unit tests/live $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-live: setup
+	$(PY) -m pytest tests/live $(PYTEST_ARGS)
+
+run: setup
+	$(VENV)/bin/vtrace stat
+
+bench: setup
+	$(PY) bench/pipeline.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info bench/results

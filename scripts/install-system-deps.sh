@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Debian packages the live tier needs: bcc (python3-bpfcc + libbpfcc) and
+# bpftool. Installs only what is missing; needs root for that.
+set -euo pipefail
+pkgs=(python3-bpfcc libbpfcc bpftool)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "vtrace: missing Debian packages: ${missing[*]}; run: sudo apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+echo "installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
