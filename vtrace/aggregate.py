@@ -151,6 +151,9 @@ class AdminStats:
     latency_sum_ns: int
     latency_hist: np.ndarray  # read-only log2 ns buckets
     qualifiers: tuple[tuple[str, int], ...]
+    p50_ns: float | None = None  # nearest rank over the latest ADMIN_SAMPLES commands
+    p99_ns: float | None = None
+    max_ns: int = 0
 
 
 @dataclass(frozen=True)
@@ -215,20 +218,32 @@ class Snapshot:
         return [(int(h), int(a)) for h, a in zip(heads[o], ages[o])]
 
 
+def _nearest_rank(values, q: float) -> float | None:
+    if not values:
+        return None
+    v = np.sort(np.fromiter(values, dtype=np.int64, count=len(values)))
+    return float(v[max(0, int(np.ceil(q * v.size)) - 1)])
+
+
 def _ro(a: np.ndarray) -> np.ndarray:
     a = np.array(a, copy=True)
     a.flags.writeable = False
     return a
 
 
+ADMIN_SAMPLES = 8192  # admin commands are rare: keep recent latencies for exact percentiles
+
+
 class _AdminAcc:
-    __slots__ = ("count", "lat_sum", "hist", "qual")
+    __slots__ = ("count", "lat_sum", "lat_max", "hist", "qual", "recent")
 
     def __init__(self) -> None:
         self.count = 0
         self.lat_sum = 0
+        self.lat_max = 0
         self.hist = np.zeros(NBUCKETS, dtype=np.int64)
         self.qual: dict[int, int] = {}
+        self.recent: deque = deque(maxlen=ADMIN_SAMPLES)
 
 
 class Aggregator:
@@ -436,6 +451,8 @@ class Aggregator:
                 acc = self.admin.setdefault((int(k) >> 32, int(k) & 0xFFFFFFFF), _AdminAcc())
                 acc.count += int(m.sum())
                 acc.lat_sum += int(lat[m].sum())
+                acc.lat_max = max(acc.lat_max, int(lat[m].max()))
+                acc.recent.extend(lat[m].tolist())
                 acc.hist += np.bincount(b[m], minlength=NBUCKETS)
                 quals, qn = np.unique(a["aux2"][m], return_counts=True)
                 for q, c in zip(quals, qn):
@@ -705,7 +722,9 @@ class Aggregator:
             AdminStats(opcode=op, opcode_name=admin_codes.opcode_name(op), status=st,
                        status_name=admin_codes.status_name(st), count=a.count, latency_sum_ns=a.lat_sum,
                        latency_hist=_ro(a.hist),
-                       qualifiers=tuple(sorted((admin_codes.qualifier_name(q), c) for q, c in a.qual.items())))
+                       qualifiers=tuple(sorted((admin_codes.qualifier_name(q), c) for q, c in a.qual.items())),
+                       p50_ns=_nearest_rank(a.recent, 0.50), p99_ns=_nearest_rank(a.recent, 0.99),
+                       max_ns=a.lat_max)
             for (op, st), a in sorted(self.admin.items()))
         kinds_total = self.cnt[:n].sum(axis=0)
         by_kind = tuple((Kind(k).label, int(kinds_total[i])) for i, k in enumerate(_KINDS) if kinds_total[i])

@@ -81,4 +81,5 @@ def log2_hist_lines(hist, unit: str = "usecs", divisor: float = 1000.0, width: i
 
 
 def _num(v: float) -> str:
-    return f"{v:.0f}" if v >= 1 else f"{v:.3g}"
+    # ns buckets rescaled: 4.1 -> 8.19 usecs, not a misleading "4 -> 8"
+    return f"{v:.0f}" if v >= 1000 else f"{v:.3g}"

@@ -106,6 +106,14 @@ def _p(hist: np.ndarray, q: float) -> str:
     return dur(percentile_from_hist(hist, q))
 
 
+def _pq(q: QueueStats, which: str) -> str:
+    """Exact (or decimated-sample) percentile over the whole read when known, else a bucket estimate."""
+    v = q.p50_ns if which == "p50" else q.p99_ns
+    if v is not None:
+        return dur(v)
+    return _p(q.latency_hist, 0.5 if which == "p50" else 0.99)
+
+
 def report_text(s: Snapshot, *, hist_top: int = 6, show_all: bool = False) -> str:
     out: list[str] = []
     w = out.append
@@ -135,7 +143,7 @@ def report_text(s: Snapshot, *, hist_top: int = 6, show_all: bool = False) -> st
         spb = q.signals_total / q.used_total if q.used_total else None
         w(f"{q.vm[:8]:<8} {q.device[:7]:<7} {q.name[:6]:<6} {q.avail_total:>8} {q.used_total:>8} "
           f"{bytes_(q.used_bytes_total + q.read_bytes_total):>9} {q.in_flight:>5} {q.in_flight_max_total:>5} "
-          f"{_p(q.latency_hist, 0.5):>6} {_p(q.latency_hist, 0.99):>6} {_ratio(kpb):>5} {_ratio(spb):>5} "
+          f"{_pq(q, 'p50'):>6} {_pq(q, 'p99'):>6} {_ratio(kpb):>5} {_ratio(spb):>5} "
           f"{q.state}")
     busiest = sorted((q for q in qs if q.latency_count), key=lambda q: -q.latency_count)
     if not show_all:
@@ -147,17 +155,19 @@ def report_text(s: Snapshot, *, hist_top: int = 6, show_all: bool = False) -> st
         for q in busiest:
             w("")
             mean = q.latency_sum_ns / q.latency_count
+            how = "exact" if q.latency_exact and q.p50_ns is not None else "from samples"
             w(f"{q.label}: {q.latency_count:,} completions, mean {dur(mean)}, "
-              f"p50 {_p(q.latency_hist, 0.5)}, p99 {_p(q.latency_hist, 0.99)} (bucket estimates)")
+              f"p50 {_pq(q, 'p50')}, p99 {_pq(q, 'p99')} ({how})")
             out.extend(log2_hist_lines(q.latency_hist))
     if s.admin:
         w("")
         w("ADMIN COMMANDS")
-        w(f"{'OPCODE':<26} {'STATUS':<8} {'COUNT':>7} {'MEAN':>7} {'P99':>7}  QUALIFIERS")
+        w(f"{'OPCODE':<26} {'STATUS':<8} {'COUNT':>7} {'MEAN':>7} {'P50':>7} {'P99':>7} {'MAX':>7}  QUALIFIERS")
         for a in s.admin:
             quals = ", ".join(f"{n} {c}" for n, c in a.qualifiers)
             w(f"{a.opcode_name[:26]:<26} {a.status_name[:8]:<8} {a.count:>7} "
-              f"{dur(a.latency_sum_ns / a.count if a.count else None):>7} {_p(a.latency_hist, 0.99):>7}  {quals}")
+              f"{dur(a.latency_sum_ns / a.count if a.count else None):>7} {dur(a.p50_ns):>7} "
+              f"{dur(a.p99_ns):>7} {dur(a.max_ns):>7}  {quals}")
     if s.vms:
         w("")
         w("KVM AND DMA (per VM)")
@@ -204,6 +214,7 @@ def report_json(s: Snapshot) -> dict:
         "queues": [dict(queue_dict(q), latency_hist=q.latency_hist.tolist()) for q in s.queues],
         "admin": [{"opcode": a.opcode, "opcode_name": a.opcode_name, "status": a.status,
                    "status_name": a.status_name, "count": a.count, "latency_sum_ns": a.latency_sum_ns,
+                   "p50_ns": a.p50_ns, "p99_ns": a.p99_ns, "max_ns": a.max_ns,
                    "latency_hist": a.latency_hist.tolist(), "qualifiers": dict(a.qualifiers)}
                   for a in s.admin],
         "vms": [dict(v.__dict__, exits_by_reason={str(r): c for r, c in v.exits_by_reason}) for v in s.vms],

@@ -154,6 +154,8 @@ def test_admin_kvm_dma_lost_unknown():
     assert s.lost_total == 20 and s.unknown_kind_total == 1
     adm = {(x.opcode_name, x.status_name): x for x in s.admin}
     assert adm[("LEGACY_COMMON_CFG_WRITE", "OK")].count == 1
+    assert adm[("LEGACY_COMMON_CFG_WRITE", "EAGAIN")].p99_ns == 50 * US
+    assert adm[("LEGACY_COMMON_CFG_WRITE", "EAGAIN")].max_ns == 50 * US
     assert adm[("LEGACY_COMMON_CFG_WRITE", "EAGAIN")].qualifiers == (("TRYAGAIN", 1),)
     assert adm[("unknown:0x0042", "EINVAL")].qualifiers == (("INVALID_OPCODE", 1),)
     vm = s.vms[0]

@@ -35,7 +35,9 @@ class ReplaySource:
         src = h.get("source", {}) if isinstance(h.get("source"), dict) else {}
         info = {k: v for k, v in src.items()}
         info.update(source="replay", file=self.path, recorded_source=src.get("source", "?"),
-                    host=h.get("host", src.get("host", "?")), kernel=h.get("kernel", src.get("kernel", "?")),
+                    # the recorded source's identity (a simulated host) wins
+                    # over the machine that wrote the file
+                    host=src.get("host") or h.get("host", "?"), kernel=src.get("kernel") or h.get("kernel", "?"),
                     simulated=bool(src.get("simulated")), created=h.get("created"))
         return info
 
