@@ -197,6 +197,7 @@ class Snapshot:
     admin: tuple[AdminStats, ...]
     vms: tuple[VmStats, ...]
     divergences: tuple[tuple[str, str, int], ...] = ()  # (rule, severity, count)
+    time_reversals: int = 0  # USED earlier than its start (clamped to latency 0)
     damage: str | None = None  # set when the source could not read all of its input
     _inflight_key: np.ndarray = field(default=None, repr=False)
     _inflight_ts: np.ndarray = field(default=None, repr=False)
@@ -286,6 +287,7 @@ class Aggregator:
         self.lost_total = 0
         self.unknown_kinds = 0
         self.unidentified = 0
+        self.time_reversals = 0
         self.ts_first: int | None = None
         self.ts_end = 0
         self._last_evict = 0
@@ -500,6 +502,12 @@ class Aggregator:
         paired[1:] = same & us[1:] & ~us[:-1]
         pi = np.flatnonzero(paired)
         lat = tss[pi] - tss[pi - 1]
+        back = lat < 0
+        if back.any():
+            # A used before its start: clocks from different CPUs or a
+            # hand-written trace out of order. Count it; latency 0, not garbage.
+            self.time_reversals += int(back.sum())
+            lat = np.maximum(lat, 0)
         lslot = ks[pi] >> 32
         nslots = len(self.info)
         if lat.size:
@@ -739,7 +747,7 @@ class Aggregator:
             unidentified_total=self.unidentified,
             queues=tuple(queues), admin=admin,
             vms=tuple(self._vm_stats(v) for _, v in sorted(vms.items())),
-            damage=self.damage,
+            damage=self.damage, time_reversals=self.time_reversals,
             _inflight_key=_ro(self.c_key), _inflight_ts=_ro(self.c_ts), _slot_of_obj=dict(self._slot),
         )
         if close_interval:

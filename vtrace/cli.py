@@ -170,9 +170,9 @@ def stat(interval, count, source_spec, as_json, sort, top, vms, show_all):
 
     pipe = Pipeline(src)
     final = pipe.run(interval_ns=interval_ns, count=count, on_interval=show)
-    if (count is None or pipe.intervals < count) and final.ts_end > (final.ts_first or 0):
+    if count is None or pipe.intervals < count:
         tail = pipe.agg.snapshot()
-        if tail.interval_ns > 0 and tail.events_rate >= 0 and (tail.events_total or pipe.intervals == 0):
+        if tail.interval_ns > 0:
             show(tail)  # the partial last interval: nothing traced goes unshown
     if final.damage:
         click.echo(f"vtrace: warning: {final.damage}", err=True)

@@ -124,7 +124,8 @@ def report_text(s: Snapshot, *, hist_top: int = 6, show_all: bool = False) -> st
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created)) if created else "?"
     w(f"captured {when}, {span:.2f} s, {s.events_total:,} events, {s.lost_total:,} lost"
       + (f", {s.unknown_kind_total:,} of unknown kind" if s.unknown_kind_total else "")
-      + (f", {s.unidentified_total:,} from unidentified objects" if s.unidentified_total else ""))
+      + (f", {s.unidentified_total:,} from unidentified objects" if s.unidentified_total else "")
+      + (f", {s.time_reversals:,} used before available (latency 0)" if s.time_reversals else ""))
     if s.probes:
         ok = sum(p.attached for p in s.probes)
         w(f"probes   {ok} attached, {len(s.probes) - ok} failed")
@@ -209,7 +210,7 @@ def report_json(s: Snapshot) -> dict:
         "source": s.source, "damage": s.damage, "ts_first": s.ts_first, "ts_end": s.ts_end,
         "events_total": s.events_total, "lost_total": s.lost_total,
         "unknown_kind_total": s.unknown_kind_total, "unidentified_total": s.unidentified_total,
-        "events_by_kind": dict(s.events_by_kind),
+        "time_reversals": s.time_reversals, "events_by_kind": dict(s.events_by_kind),
         "probes": [p.__dict__ for p in s.probes],
         "queues": [dict(queue_dict(q), latency_hist=q.latency_hist.tolist()) for q in s.queues],
         "admin": [{"opcode": a.opcode, "opcode_name": a.opcode_name, "status": a.status,

@@ -264,3 +264,26 @@ def test_random_streams_conserve_buffers(stream, nbatches):
     assert sum(x.latency_count for x in s.queues) == paired
     assert sum(x.orphan_used_total for x in s.queues) == orphans
     assert sum(x.in_flight_max_total <= 8 for x in s.queues) == len(s.queues)  # 8 heads per queue
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([Kind.AVAIL, Kind.FETCH, Kind.USED, Kind.SUSPEND, Kind.RESUME,
+                                           Kind.VRING_BASE_GET, Kind.QUEUE_RESET, 99]),
+                          st.integers(0, 3), st.integers(0, 10_000)), max_size=120))
+def test_unsorted_hostile_streams_never_break_invariants(stream):
+    """Any order of timestamps: no crash, in flight >= 0, latencies >= 0."""
+    rows = [ev(k, t, obj=DEV if k in (Kind.SUSPEND, Kind.RESUME) else Q0, id=h) for k, h, t in stream]
+    a = Aggregator()
+    a.feed(batch(rows, t_end=20_000))
+    s = a.snapshot()
+    for x in s.queues:
+        assert x.in_flight >= 0 and x.latency_sum_ns >= 0
+        assert (x.p50_ns is None) or x.p50_ns >= 0
+    assert s.time_reversals >= 0
+
+
+def test_used_before_available_is_counted_not_garbage():
+    a = Aggregator()
+    a.feed(batch([ev(Kind.FETCH, 500, id=1), ev(Kind.USED, 100, id=1)]))  # unsorted input
+    s = a.snapshot()
+    assert s.time_reversals == 1 and q(s, "rx0").p50_ns == 0

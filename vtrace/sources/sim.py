@@ -246,6 +246,7 @@ class TxQueue(_Queue):
         self.p_done = np.zeros(0, dtype=np.int64)
         self.p_len = np.zeros(0, dtype=np.int64)
         self.p_descs = np.zeros(0, dtype=np.int64)
+        self._frozen = np.zeros(0, dtype=np.int64)  # remaining service times while stopped
 
     def in_flight(self) -> int:
         return int(self.p_head.size)
