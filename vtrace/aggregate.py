@@ -248,6 +248,10 @@ class _AdminAcc:
 
 
 class Aggregator:
+    # Arrays indexed by slot that start at zero for a new object (grown together).
+    _PER_SLOT = ("cnt", "used_bytes", "read_bytes", "hist", "lat_sum", "inflight_max",
+                 "inflight_max_total", "orphans", "dma_bytes", "_prev_cnt", "_prev_bytes", "_prev_read")
+
     def __init__(self, *, evict_after_s: float = 600.0, sample_cap: int = SAMPLE_CAP):
         self.evict_ns = int(evict_after_s * 1e9)
         self.sample_cap = sample_cap
@@ -318,9 +322,7 @@ class Aggregator:
             b[: a.shape[0]] = a
             return b
 
-        for name in ("cnt", "used_bytes", "read_bytes", "hist", "lat_sum", "inflight_max", "inflight_max_total",
-                     "orphans", "last_seen", "dma_bytes", "active", "_prev_cnt", "_prev_bytes",
-                     "_prev_read"):
+        for name in self._PER_SLOT + ("last_seen", "active"):
             setattr(self, name, g(getattr(self, name)))
         self._cap = cap
 
@@ -332,11 +334,8 @@ class Aggregator:
             s = len(self.info)
             self._grow(s + 1)
             self.info.append(info)
-        for a in (self.cnt, self.hist, self.dma_bytes, self._prev_cnt):
-            a[s] = 0
-        for a in (self.used_bytes, self.read_bytes, self.lat_sum, self.inflight_max, self.inflight_max_total,
-                  self.orphans, self._prev_bytes, self._prev_read):
-            a[s] = 0
+        for name in self._PER_SLOT:
+            getattr(self, name)[s] = 0
         self.active[s] = True
         self.last_seen[s] = self.ts_end
         self.state[s] = "running"

@@ -210,7 +210,7 @@ class CaptureWriter:
         self.pending.append(ev)
         self.npending += ev.size
         while self.npending >= self.chunk_records:
-            allev = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+            allev = self._pending()
             self._flush_events(allev[: self.chunk_records])
             rest = allev[self.chunk_records:]
             self.pending = [rest] if rest.size else []
@@ -232,10 +232,12 @@ class CaptureWriter:
         self.ts_first = t0 if self.ts_first is None else self.ts_first
         self.ts_last = t1
 
+    def _pending(self) -> np.ndarray:
+        return np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+
     def flush(self) -> None:
         if self.npending:
-            allev = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
-            self._flush_events(allev)
+            self._flush_events(self._pending())
             self.pending, self.npending = [], 0
 
     def close(self, summary: dict | None = None) -> None:
