@@ -40,6 +40,13 @@ LIFECYCLE_KINDS = np.array([Kind.SUSPEND, Kind.RESUME, Kind.RESET, Kind.QUEUE_RE
 _IS_LIFECYCLE = np.zeros(256, dtype=bool)
 _IS_LIFECYCLE[LIFECYCLE_KINDS] = True
 
+# Kinds handled one group at a time in _rare (admin, exits, DMA, migration);
+# the batch's per-kind counts decide whether _rare runs at all.
+_RARE = (Kind.ADMIN_COMPLETE, Kind.KVM_EXIT, Kind.DMA_MAP, Kind.DMA_UNMAP, Kind.MIGRATION_STATE)
+_IS_RARE = np.zeros(256, dtype=bool)
+_IS_RARE[list(_RARE)] = True
+_RARE_KIDX = [KI[k] for k in _RARE]
+
 SAMPLE_CAP = 2_000_000  # latency samples kept per interval before decimation
 SUSPEND_LIST_CAP = 4096
 TIMELINE_LEN = 32
@@ -424,8 +431,8 @@ class Aggregator:
                                                     minlength=nslots).astype(np.int64)
         if delta[:, KI[Kind.LOST]].any():
             self.lost_total += int(ev["arg"][kind == Kind.LOST].sum())
-        rare = kind >= Kind.ADMIN_SUBMIT
-        if rare.any():
+        if delta[:, _RARE_KIDX].any():
+            rare = _IS_RARE[kind]
             self._rare(ev[rare], slot[rare], nslots)
 
         life = np.flatnonzero(_IS_LIFECYCLE[kind])
@@ -528,7 +535,8 @@ class Aggregator:
         d[o[~us & (o >= nc)]] = 1
         d[o[pi]] = -1
         d = d[nc:]
-        p = np.argsort(seg_slot, kind="stable")
+        # uint16 slots take numpy's radix sort (stable, linear)
+        p = np.argsort(seg_slot.astype(np.uint16) if nslots <= 0x10000 else seg_slot, kind="stable")
         ss, cs = seg_slot[p], np.cumsum(d[p])
         first = np.flatnonzero(np.r_[True, ss[1:] != ss[:-1]])
         gslot = ss[first]
