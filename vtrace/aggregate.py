@@ -22,7 +22,7 @@ from typing import Iterable
 import numpy as np
 
 from vtrace import admin as admin_codes
-from vtrace.events import (KNOWN_KINDS, NO_QUEUE, Batch, Kind, Layer, ObjectInfo, ProbeStatus,
+from vtrace.events import (NO_QUEUE, Batch, Kind, Layer, ObjectInfo, ProbeStatus,
                            layer_name)
 
 # Dense kind index: counters are a (slots x NK) matrix.
@@ -56,11 +56,6 @@ def log2_bucket(ns: np.ndarray) -> np.ndarray:
     """floor(log2(ns)) for ns >= 1, 0 for ns <= 1; exact for all int64 via the float exponent."""
     f = np.maximum(ns, 1).astype(np.float64)
     return ((f.view(np.int64) >> 52) - 1023).clip(0, NBUCKETS - 1)
-
-
-def bucket_upper_seconds(b: int) -> float:
-    """Upper bound (exclusive) of log2 bucket b, in seconds: 2^(b+1) ns."""
-    return float(2 ** (b + 1)) / 1e9
 
 
 def percentile_from_hist(hist: np.ndarray, q: float) -> float | None:

@@ -53,8 +53,6 @@ MAX_HEADER = 16 << 20
 MAX_CHUNK_BYTES = 256 << 20
 DEFAULT_CHUNK_RECORDS = 65536
 
-SUFFIX = ".vtrace"
-
 
 class CaptureError(Exception):
     """A capture that cannot be read (or written). The message is one line."""
@@ -155,7 +153,6 @@ class CaptureWriter:
         self.npending = 0
         self.index: list[dict] = []
         self.events = 0
-        self.bytes_raw = 0
         self.ts_first: int | None = None
         self.ts_last: int | None = None
         self.closed = False
@@ -228,7 +225,6 @@ class CaptureWriter:
         t0, t1 = int(ev["ts"][0]), int(ev["ts"][-1])
         self._chunk(T_EVENTS, payload, ev.size, {"ts_first": t0, "ts_last": t1})
         self.events += ev.size
-        self.bytes_raw += ev.nbytes
         self.ts_first = t0 if self.ts_first is None else self.ts_first
         self.ts_last = t1
 
@@ -262,10 +258,6 @@ class CaptureWriter:
                 self.f.close()
             except OSError:
                 pass
-
-    @property
-    def size(self) -> int:
-        return self.f.tell() if not self.closed else os.path.getsize(self.path)
 
 
 # reader -----------------------------------------------------------------------
@@ -378,7 +370,6 @@ class CaptureReader:
             hdr = self.f.read(CHUNK.size)
             reason = None
             if hdr.startswith(TRAILER_MAGIC[:5]) and len(hdr) >= TRAILER.size:
-                _, ioff = TRAILER.unpack(hdr[:TRAILER.size])
                 if pos + TRAILER.size == self.size and self.index is not None:
                     self.stats.complete = True  # footer intact; earlier damage stays listed
                     return

@@ -127,11 +127,6 @@ RECORD_FIELDS: tuple[tuple[str, str], ...] = (
 RECORD_DTYPE = np.dtype(list(RECORD_FIELDS))
 RECORD_SIZE = RECORD_DTYPE.itemsize  # 48
 
-KNOWN_KINDS = np.zeros(256, dtype=bool)
-KNOWN_KINDS[[int(k) for k in Kind]] = True
-
-DATA_START_KINDS = (Kind.AVAIL, Kind.FETCH)
-
 
 def kind_name(k: int) -> str:
     try:

@@ -39,7 +39,10 @@ def bytes_(x: float) -> str:
 
 
 def ratio(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}"
+    """Per-buffer ratios in at most 4 columns: 0.17 12.3 140."""
+    if x is None:
+        return "-"
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:.0f}"
 
 
 def parse_duration(text: str) -> int:

@@ -15,7 +15,7 @@ from typing import IO, Iterator
 
 import numpy as np
 
-from vtrace.events import (KIND_FIELDS, NO_QUEUE, RECORD_DTYPE, Batch, Kind, ObjectInfo, ProbeStatus,
+from vtrace.events import (KIND_FIELDS, NO_QUEUE, RECORD_DTYPE, Batch, ObjectInfo, ProbeStatus,
                            kind_name, layer_name, parse_kind, parse_layer)
 
 FORMAT = "vtrace-jsonl"

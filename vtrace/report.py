@@ -11,7 +11,7 @@ from typing import Iterable
 import numpy as np
 
 from vtrace.aggregate import QueueStats, Snapshot, percentile_from_hist
-from vtrace.fmt import bytes_, dur, log2_hist_lines, si
+from vtrace.fmt import bytes_, dur, log2_hist_lines, ratio, si
 
 STATE_SHORT = {"running": "run", "suspended": "susp", "stopped": "stop", "reset": "rst"}
 
@@ -23,12 +23,6 @@ SORT_KEYS = {
     "inflight": lambda q: -q.in_flight,
     "p99": lambda q: -(q.p99_ns or 0),
 }
-
-
-def _ratio(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:.0f}"
 
 
 def source_label(s: Snapshot) -> str:
@@ -73,7 +67,7 @@ def stat_rows(qs: list[QueueStats]) -> list[str]:
         rows.append(
             f"{q.vm[:7]:<7} {q.device[:6]:<6} {q.name[:6]:<6} {si(q.avail_rate):>7} {si(q.used_rate):>6} "
             f"{q.bytes_rate / 1e6:>6.2f} {q.in_flight:>4} {dur(q.p50_ns):>6} {dur(q.p99_ns):>6} "
-            f"{_ratio(q.kicks_per_buffer):>4} {_ratio(q.signals_per_buffer):>4} "
+            f"{ratio(q.kicks_per_buffer):>4} {ratio(q.signals_per_buffer):>4} "
             f"{STATE_SHORT.get(q.state, q.state)[:4]:<4}".rstrip())
     return rows
 
@@ -144,7 +138,7 @@ def report_text(s: Snapshot, *, hist_top: int = 6, show_all: bool = False) -> st
         spb = q.signals_total / q.used_total if q.used_total else None
         w(f"{q.vm[:8]:<8} {q.device[:7]:<7} {q.name[:6]:<6} {q.avail_total:>8} {q.used_total:>8} "
           f"{bytes_(q.used_bytes_total + q.read_bytes_total):>9} {q.in_flight:>5} {q.in_flight_max_total:>5} "
-          f"{_pq(q, 'p50'):>6} {_pq(q, 'p99'):>6} {_ratio(kpb):>5} {_ratio(spb):>5} "
+          f"{_pq(q, 'p50'):>6} {_pq(q, 'p99'):>6} {ratio(kpb):>5} {ratio(spb):>5} "
           f"{q.state}")
     busiest = sorted((q for q in qs if q.latency_count), key=lambda q: -q.latency_count)
     if not show_all:
