@@ -58,12 +58,25 @@ def log2_bucket(ns: np.ndarray) -> np.ndarray:
     return ((f.view(np.int64) >> 52) - 1023).clip(0, NBUCKETS - 1)
 
 
+def nearest_rank_index(count, q: float):
+    """0-based index of the q-quantile by nearest rank: ceil(q*n) - 1, at least 0.
+
+    Works on an int or an array of counts; every percentile vtrace prints uses it.
+    """
+    return np.maximum(np.ceil(q * np.asarray(count)).astype(np.int64), 1) - 1
+
+
+def sum_by_slot(slot: np.ndarray, values: np.ndarray, nslots: int) -> np.ndarray:
+    """Per-slot sums of ``values`` as int64 (bincount's weights are float64; batch sums stay exact)."""
+    return np.bincount(slot, weights=values, minlength=nslots).astype(np.int64)
+
+
 def percentile_from_hist(hist: np.ndarray, q: float) -> float | None:
     """Estimate from log2 buckets (geometric midpoint); only when exact samples are gone."""
     total = int(hist.sum())
     if total == 0:
         return None
-    rank = max(1, int(np.ceil(q * total)))
+    rank = int(nearest_rank_index(total, q)) + 1
     b = int(np.searchsorted(np.cumsum(hist), rank))
     return float(2 ** b * np.sqrt(2))
 
@@ -225,7 +238,7 @@ def _nearest_rank(values, q: float) -> float | None:
     if not values:
         return None
     v = np.sort(np.fromiter(values, dtype=np.int64, count=len(values)))
-    return float(v[max(0, int(np.ceil(q * v.size)) - 1)])
+    return float(v[int(nearest_rank_index(v.size, q))])
 
 
 def _ro(a: np.ndarray) -> np.ndarray:
@@ -275,6 +288,7 @@ class Aggregator:
         self.dma_bytes = np.zeros((cap, 2), dtype=np.int64)
         self.active = np.zeros(cap, dtype=bool)
         self.state: dict[int, str] = {}
+        self._reset: set[int] = set()  # slots whose state is "reset" (kept by _set_state)
         self.suspend: dict[int, SuspendRecord] = {}
         self.timeline: dict[int, deque] = {}
         self.exits: dict[int, dict[int, int]] = {}
@@ -340,7 +354,7 @@ class Aggregator:
             getattr(self, name)[s] = 0
         self.active[s] = True
         self.last_seen[s] = self.ts_end
-        self.state[s] = "running"
+        self._set_state(s, "running")
         self._slot[info.obj] = s
         self._by_device.setdefault((info.vm, info.device), []).append(s)
         self._dirty = True
@@ -418,12 +432,10 @@ class Aggregator:
 
         used = kind == Kind.USED
         if used.any():
-            self.used_bytes[:nslots] += np.bincount(slot[used], weights=ev["len"][used],
-                                                    minlength=nslots).astype(np.int64)
+            self.used_bytes[:nslots] += sum_by_slot(slot[used], ev["len"][used], nslots)
         start = (kind == Kind.FETCH) | (kind == Kind.AVAIL)
         if start.any():
-            self.read_bytes[:nslots] += np.bincount(slot[start], weights=ev["aux"][start],
-                                                    minlength=nslots).astype(np.int64)
+            self.read_bytes[:nslots] += sum_by_slot(slot[start], ev["aux"][start], nslots)
         if delta[:, KI[Kind.LOST]].any():
             self.lost_total += int(ev["arg"][kind == Kind.LOST].sum())
         if delta[:, _RARE_KIDX].any():
@@ -470,8 +482,7 @@ class Aggregator:
         for col, k in ((0, Kind.DMA_MAP), (1, Kind.DMA_UNMAP)):
             m = kind == k
             if m.any():
-                self.dma_bytes[:nslots, col] += np.bincount(
-                    slot[m], weights=ev["arg"][m].astype(np.float64), minlength=nslots).astype(np.int64)
+                self.dma_bytes[:nslots, col] += sum_by_slot(slot[m], ev["arg"][m], nslots)
         mig = np.flatnonzero(kind == Kind.MIGRATION_STATE)
         for i in mig:
             self.migration[int(slot[i])] = int(ev["id"][i])
@@ -515,7 +526,7 @@ class Aggregator:
             b = log2_bucket(lat)
             self.hist[:nslots] += np.bincount(lslot * NBUCKETS + b,
                                               minlength=nslots * NBUCKETS).reshape(nslots, NBUCKETS)
-            self.lat_sum[:nslots] += np.bincount(lslot, weights=lat, minlength=nslots).astype(np.int64)
+            self.lat_sum[:nslots] += sum_by_slot(lslot, lat, nslots)
             self._add_samples(lslot, lat)
         orphan = us & ~paired
         if orphan.any():
@@ -541,10 +552,9 @@ class Aggregator:
         self.inflight_max[gslot] = np.maximum(self.inflight_max[gslot], peak)
         self.inflight_max_total[gslot] = np.maximum(self.inflight_max_total[gslot], peak)
         # A reset queue runs again once the driver makes buffers available.
-        if any(self.state.get(int(s)) == "reset" for s in gslot):
-            for s in np.unique(ks[~us] >> 32):
-                if self.state.get(int(s)) == "reset":
-                    self.state[int(s)] = "running"
+        if self._reset:
+            for s in self._reset.intersection(np.unique(ks[~us] >> 32).tolist()):
+                self._set_state(s, "running")
 
     def _add_samples(self, lslot: np.ndarray, lat: np.ndarray) -> None:
         if self._stride > 1:
@@ -572,6 +582,13 @@ class Aggregator:
         return [s for s in self._by_device.get((info.vm, info.device), [])
                 if self.info[s] is not None and self.info[s].queue != NO_QUEUE]
 
+    def _set_state(self, s: int, state: str) -> None:
+        self.state[s] = state
+        if state == "reset":
+            self._reset.add(s)
+        else:
+            self._reset.discard(s)
+
     def _note(self, s: int, ts: int, what: str, detail: str = "") -> None:
         self.timeline.setdefault(s, deque(maxlen=TIMELINE_LEN)).append(LifecycleEvent(ts, what, detail))
 
@@ -597,7 +614,7 @@ class Aggregator:
         if k == Kind.SUSPEND:
             for s in qs:
                 self.suspend[s] = self._record_inflight(s, ts, "suspend")
-                self.state[s] = "suspended"
+                self._set_state(s, "suspended")
                 self._note(s, ts, "suspend", f"{len(self.suspend[s].heads)} in flight")
         elif k == Kind.VRING_BASE_GET:
             base = int(e["id"])
@@ -605,7 +622,7 @@ class Aggregator:
                 rec = self.suspend.get(s)
                 if self.state.get(s) != "suspended" or rec is None:
                     rec = self._record_inflight(s, ts, "stop")
-                    self.state[s] = "stopped"
+                    self._set_state(s, "stopped")
                 self.suspend[s] = SuspendRecord(rec.ts, rec.reason, rec.heads, rec.ages_ns,
                                                 rec.truncated, base, None)
                 self._note(s, ts, "get_vring_base", f"base {base}")
@@ -617,17 +634,17 @@ class Aggregator:
                     self.suspend[s] = SuspendRecord(rec.ts, rec.reason, rec.heads, rec.ages_ns,
                                                     rec.truncated, rec.base, base)
                 if self.state.get(s) == "stopped":
-                    self.state[s] = "running"
+                    self._set_state(s, "running")
                 self._note(s, ts, "set_vring_base", f"base {base}")
         elif k == Kind.RESUME:
             for s in qs:
-                self.state[s] = "running"
+                self._set_state(s, "running")
                 self._note(s, ts, "resume")
         elif k in (Kind.RESET, Kind.QUEUE_RESET):
             self._drop_inflight(qs)
             what = "reset" if k == Kind.RESET else "queue_reset"
             for s in qs:
-                self.state[s] = "reset"
+                self._set_state(s, "reset")
                 self._note(s, ts, what)
 
     def _maybe_evict(self) -> None:
@@ -643,6 +660,7 @@ class Aggregator:
             s = int(s)
             info = self.info[s]
             self.active[s] = False
+            self._reset.discard(s)
             self._slot.pop(info.obj, None)
             self._by_device.get((info.vm, info.device), []).remove(s)
             for d in (self.state, self.suspend, self.timeline, self.exits, self.migration):
@@ -662,8 +680,8 @@ class Aggregator:
         cnt = np.diff(np.r_[first, s.size])
         out = {}
         # Nearest-rank percentiles (no interpolation): a value that was seen.
-        p50 = first + np.ceil(0.50 * cnt).astype(np.int64) - 1
-        p99 = first + np.ceil(0.99 * cnt).astype(np.int64) - 1
+        p50 = first + nearest_rank_index(cnt, 0.50)
+        p99 = first + nearest_rank_index(cnt, 0.99)
         for sl, a, b in zip(s[first], v[p50], v[p99]):
             out[int(sl)] = (float(a), float(b))
         return out
