@@ -109,7 +109,7 @@ class _Out:
     field promotion; slice assignment into per-field views is not.)
     """
 
-    _COLS = ("ts", "obj", "arg", "pid", "id", "len", "aux", "aux2", "queue", "kind", "layer")
+    _COLS = RECORD_DTYPE.names  # add() packs values in this order
 
     def __init__(self) -> None:
         self.adds: list[tuple] = []
@@ -219,6 +219,12 @@ class _Queue:
     def in_flight(self) -> int:
         raise NotImplementedError
 
+    def start_of(self, t0: int, t1: int) -> int | None:
+        """Where this tick's traffic may start: None while stopped or before a restart."""
+        if self.suspended_at is not None or t1 <= self.not_before:
+            return None
+        return max(t0, self.not_before)
+
 
 class TxQueue(_Queue):
     """Driver-initiated requests: net TX, blk, vsock TX.
@@ -252,9 +258,9 @@ class TxQueue(_Queue):
         return int(self.p_head.size)
 
     def step(self, out: _Out, t0: int, t1: int) -> None:
-        if self.suspended_at is not None or t1 <= self.not_before:
+        t0 = self.start_of(t0, t1)
+        if t0 is None:
             return
-        t0 = max(t0, self.not_before)
         rng = self.rng
         c = self.common()
         nb = rng.poisson(self.rate / self.batch_mean * (t1 - t0) / NS) if self.rate > 0 else 0
@@ -379,9 +385,9 @@ class RxQueue(_Queue):
         return heads
 
     def step(self, out: _Out, t0: int, t1: int) -> None:
-        if self.suspended_at is not None or t1 <= self.not_before:
+        t0 = self.start_of(t0, t1)
+        if t0 is None:
             return
-        t0 = max(t0, self.not_before)
         rng = self.rng
         start = t0
         if self.prefetch:
