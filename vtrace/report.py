@@ -8,9 +8,8 @@ from __future__ import annotations
 import time
 from typing import Iterable
 
-import numpy as np
 
-from vtrace.aggregate import QueueStats, Snapshot, percentile_from_hist
+from vtrace.aggregate import QueueStats, Snapshot
 from vtrace.fmt import bytes_, dur, log2_hist_lines, ratio, si
 
 STATE_SHORT = {"running": "run", "suspended": "susp", "stopped": "stop", "reset": "rst"}
@@ -96,18 +95,6 @@ def stat_json(s: Snapshot, qs: list[QueueStats]) -> dict:
 
 
 # report ---------------------------------------------------------------------
-def _p(hist: np.ndarray, q: float) -> str:
-    return dur(percentile_from_hist(hist, q))
-
-
-def _pq(q: QueueStats, which: str) -> str:
-    """Exact (or decimated-sample) percentile over the whole read when known, else a bucket estimate."""
-    v = q.p50_ns if which == "p50" else q.p99_ns
-    if v is not None:
-        return dur(v)
-    return _p(q.latency_hist, 0.5 if which == "p50" else 0.99)
-
-
 def report_text(s: Snapshot, *, hist_top: int = 6, show_all: bool = False) -> str:
     out: list[str] = []
     w = out.append
@@ -138,7 +125,7 @@ def report_text(s: Snapshot, *, hist_top: int = 6, show_all: bool = False) -> st
         spb = q.signals_total / q.used_total if q.used_total else None
         w(f"{q.vm[:8]:<8} {q.device[:7]:<7} {q.name[:6]:<6} {q.avail_total:>8} {q.used_total:>8} "
           f"{bytes_(q.used_bytes_total + q.read_bytes_total):>9} {q.in_flight:>5} {q.in_flight_max_total:>5} "
-          f"{_pq(q, 'p50'):>6} {_pq(q, 'p99'):>6} {ratio(kpb):>5} {ratio(spb):>5} "
+          f"{dur(q.p50_ns):>6} {dur(q.p99_ns):>6} {ratio(kpb):>5} {ratio(spb):>5} "
           f"{q.state}")
     busiest = sorted((q for q in qs if q.latency_count), key=lambda q: -q.latency_count)
     if not show_all:
@@ -152,7 +139,7 @@ def report_text(s: Snapshot, *, hist_top: int = 6, show_all: bool = False) -> st
             mean = q.latency_sum_ns / q.latency_count
             how = "exact" if q.latency_exact and q.p50_ns is not None else "from samples"
             w(f"{q.label}: {q.latency_count:,} completions, mean {dur(mean)}, "
-              f"p50 {_pq(q, 'p50')}, p99 {_pq(q, 'p99')} ({how})")
+              f"p50 {dur(q.p50_ns)}, p99 {dur(q.p99_ns)} ({how})")
             out.extend(log2_hist_lines(q.latency_hist))
     if s.admin:
         w("")
