@@ -267,7 +267,10 @@ class Aggregator:
     _PER_SLOT = ("cnt", "used_bytes", "read_bytes", "hist", "lat_sum", "inflight_max",
                  "inflight_max_total", "orphans", "dma_bytes", "_prev_cnt", "_prev_bytes", "_prev_read")
 
-    def __init__(self, *, evict_after_s: float = 600.0, sample_cap: int = SAMPLE_CAP):
+    def __init__(self, *, evict_after_s: float = 600.0, sample_cap: int = SAMPLE_CAP, checker=None):
+        # ``checker``: a vtrace.check.Checker fed the same batches; the snapshot
+        # carries its divergence counts per rule for the exporter and the TUI.
+        self.checker = checker
         self.evict_ns = int(evict_after_s * 1e9)
         self.sample_cap = sample_cap
         self.source: dict = {}
@@ -408,6 +411,8 @@ class Aggregator:
         self.source = dict(info)
 
     def feed(self, batch: Batch) -> None:
+        if self.checker is not None:
+            self.checker.feed(batch)
         if batch.objects:
             self.register(batch.objects)
         if batch.probes is not None:
@@ -768,6 +773,7 @@ class Aggregator:
             queues=tuple(queues), admin=admin,
             vms=tuple(self._vm_stats(v) for _, v in sorted(vms.items())),
             damage=self.damage, time_reversals=self.time_reversals,
+            divergences=self.checker.summary() if self.checker is not None else (),
             _inflight_key=_ro(self.c_key), _inflight_ts=_ro(self.c_ts), _slot_of_obj=dict(self._slot),
         )
         if close_interval:

@@ -425,6 +425,7 @@ class CaptureReader:
         """Batches of events; identities and probe status ride along."""
         objects: list[ObjectInfo] = []
         probes = None
+        seen_damage = 0
         for ctype, nrec, payload in self.chunks():
             if ctype == T_OBJECTS:
                 try:
@@ -448,8 +449,12 @@ class CaptureReader:
                     self.stats.damage.append(Damage(-1, str(e)))
                     continue
                 self.stats.events += ev.size
+                # Events were lost before this batch: consumers that follow
+                # state across events (the checker) must re-synchronise.
+                gap = len(self.stats.damage) > seen_damage
+                seen_damage = len(self.stats.damage)
                 yield Batch(events=ev, t_end=int(ev["ts"][-1]) if ev.size else 0,
-                            objects=tuple(objects), probes=probes)
+                            objects=tuple(objects), probes=probes, meta={"gap": True} if gap else {})
                 objects, probes = [], None
         if objects or probes is not None:
             yield Batch(events=np.zeros(0, dtype=RECORD_DTYPE), t_end=0, objects=tuple(objects),

@@ -15,6 +15,10 @@ import numpy as np
 
 RECORD_VERSION = 1
 NO_QUEUE = 0xFFFF
+# A payload field the probe could not see (e.g. a chain's writable length
+# where the probe point does not walk descriptors). Rules that need it say
+# "not checkable" instead of guessing.
+UNOBSERVED = 0xFFFFFFFF
 
 
 class Layer(enum.IntEnum):
@@ -78,8 +82,13 @@ KIND_FIELDS: dict[Kind, dict[str, str]] = {
     Kind.USED: {"id": "head", "len": "used_len", "aux2": "descs", "arg": "used_idx"},
     Kind.KICK: {"arg": "avail_idx"},
     Kind.KICK_SUPPRESSED: {"arg": "avail_idx"},
-    Kind.SIGNAL: {"arg": "used_idx"},
-    Kind.SIGNAL_SUPPRESSED: {"arg": "used_idx"},
+    # The device's notification decision (vhost_notify): the driver's
+    # used_event (split) or event off_wrap (packed), the index at the previous
+    # decision, the driver's avail flags (split) or event flags (packed).
+    Kind.SIGNAL: {"id": "used_event", "aux": "signalled_used", "len": "avail_flags",
+                  "arg": "used_idx"},
+    Kind.SIGNAL_SUPPRESSED: {"id": "used_event", "aux": "signalled_used", "len": "avail_flags",
+                             "arg": "used_idx"},
     # id 0: device-side kick notifications (vhost_enable_notify);
     # id 1: driver-side used-buffer interrupts (virtqueue_enable_cb).
     Kind.NOTIFY_ENABLE: {"id": "side"},
@@ -90,7 +99,8 @@ KIND_FIELDS: dict[Kind, dict[str, str]] = {
     Kind.RESUME: {},
     Kind.RESET: {},
     Kind.QUEUE_RESET: {},
-    Kind.ADMIN_SUBMIT: {"id": "opcode", "aux": "group_type", "aux2": "member_id"},
+    # cmd_data: the command-specific word (DEV_MODE_SET: flags, bit 0 = stopped).
+    Kind.ADMIN_SUBMIT: {"id": "opcode", "len": "cmd_data", "aux": "group_type", "aux2": "member_id"},
     Kind.ADMIN_COMPLETE: {"id": "opcode", "len": "status", "aux": "group_type",
                           "aux2": "status_qualifier", "arg": "latency_ns"},
     Kind.KVM_EXIT: {"id": "reason"},
@@ -107,6 +117,16 @@ KIND_FIELDS: dict[Kind, dict[str, str]] = {
     Kind.DMA_UNMAP: {"id": "iova_lo", "aux2": "iova_hi", "arg": "size"},
     Kind.MIGRATION_STATE: {"id": "new_state", "aux": "old_state"},
     Kind.LOST: {"arg": "count"},
+}
+
+# Fields a probe may not see: JSON Lines omits them when UNOBSERVED and reads
+# an absent one as UNOBSERVED, so a hand-written trace says only what it knows.
+OPTIONAL_FIELDS: dict[Kind, frozenset[str]] = {
+    Kind.AVAIL: frozenset({"writable_bytes", "readable_bytes"}),
+    Kind.FETCH: frozenset({"writable_bytes", "readable_bytes"}),
+    Kind.USED: frozenset({"used_len"}),
+    Kind.SIGNAL: frozenset({"used_event", "signalled_used", "avail_flags"}),
+    Kind.SIGNAL_SUPPRESSED: frozenset({"used_event", "signalled_used", "avail_flags"}),
 }
 
 # Little-endian on disk and in BPF; "<" makes that explicit for the rare
@@ -199,14 +219,18 @@ class ObjectInfo:
     layer: int = int(Layer.VHOST)
     pid: int = 0
     features: int = 0
+    member: int = 0  # SR-IOV member id of the VF behind this device (0: none)
 
     def to_json(self) -> dict:
-        return {
+        d = {
             "obj": self.obj, "vm": self.vm, "device": self.device,
             "dev_type": self.dev_type, "queue": self.queue, "name": self.name,
             "size": self.size, "layer": self.layer, "pid": self.pid,
             "features": self.features,
         }
+        if self.member:
+            d["member"] = self.member
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> "ObjectInfo":
@@ -217,6 +241,7 @@ class ObjectInfo:
                 queue=int(d.get("queue", NO_QUEUE)), name=str(d.get("name", "")),
                 size=int(d.get("size", 0)), layer=int(d.get("layer", Layer.VHOST)),
                 pid=int(d.get("pid", 0)), features=int(d.get("features", 0)),
+                member=int(d.get("member", 0)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"bad object record {d!r}: {e}") from None

@@ -15,14 +15,17 @@ from typing import IO, Iterator
 
 import numpy as np
 
-from vtrace.events import (KIND_FIELDS, NO_QUEUE, RECORD_DTYPE, Batch, ObjectInfo, ProbeStatus,
-                           kind_name, layer_name, parse_kind, parse_layer)
+from vtrace.events import (KIND_FIELDS, NO_QUEUE, OPTIONAL_FIELDS, RECORD_DTYPE, UNOBSERVED, Batch,
+                           ObjectInfo, ProbeStatus, kind_name, layer_name, parse_kind, parse_layer)
 
 FORMAT = "vtrace-jsonl"
 VERSION = 1
 PAYLOAD = ("id", "len", "aux", "aux2", "arg")
 _NAMES: dict[int, dict[str, str]] = {int(k): v for k, v in KIND_FIELDS.items()}
 _REVERSE: dict[int, dict[str, str]] = {k: {name: col for col, name in v.items()} for k, v in _NAMES.items()}
+# Columns that default to UNOBSERVED (not 0) when a line leaves them out.
+_OPTIONAL_COLS: dict[int, frozenset[str]] = {
+    int(k): frozenset(_REVERSE[int(k)][n] for n in names) for k, names in OPTIONAL_FIELDS.items()}
 BATCH = 65536
 
 
@@ -42,8 +45,11 @@ def event_dicts(ev: np.ndarray) -> Iterator[dict]:
         if q != NO_QUEUE:
             d["queue"] = q
         names = _NAMES.get(k, {})
+        optional = _OPTIONAL_COLS.get(k, ())
         for c in PAYLOAD:
             v = cols[c][i]
+            if c in optional and v == UNOBSERVED:
+                continue  # not seen by the probe: absent, as readers expect
             if c in names:
                 d[names[c]] = v
             elif v:
@@ -84,6 +90,8 @@ def parse_event(d: dict) -> tuple:
         raise ValueError(f"kind {kind} out of range")
     rev = _REVERSE.get(kind, {})
     vals = {c: 0 for c in PAYLOAD}
+    for c in _OPTIONAL_COLS.get(kind, ()):
+        vals[c] = UNOBSERVED
     for key, v in d.items():
         if key in ("type", "ts", "kind", "layer", "obj", "pid", "queue"):
             continue

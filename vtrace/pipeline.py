@@ -55,13 +55,14 @@ class Pipeline:
                 if start is None and (ev.size or batch.t_end):
                     start = int(ev["ts"][0]) if ev.size else batch.t_end
                     boundary = start + interval_ns if interval_ns else None
-                objects, probes = batch.objects, batch.probes
+                objects, probes, meta = batch.objects, batch.probes, batch.meta
                 # Cut the batch at every interval boundary it spans, so each
                 # report covers exactly one interval whatever the batch size.
                 while boundary is not None and batch.t_end >= boundary:
                     cut = int(np.searchsorted(ev["ts"], boundary))
-                    self.agg.feed(Batch(events=ev[:cut], t_end=boundary, objects=objects, probes=probes))
-                    objects, probes = (), None
+                    self.agg.feed(Batch(events=ev[:cut], t_end=boundary, objects=objects, probes=probes,
+                                        meta=meta))
+                    objects, probes, meta = (), None, {}
                     ev = ev[cut:]
                     snap = self.agg.snapshot()
                     self.intervals += 1
@@ -73,7 +74,7 @@ class Pipeline:
                         break
                 if done:
                     break
-                self.agg.feed(Batch(events=ev, t_end=batch.t_end, objects=objects, probes=probes))
+                self.agg.feed(Batch(events=ev, t_end=batch.t_end, objects=objects, probes=probes, meta=meta))
                 if duration_ns and start is not None and batch.t_end - start >= duration_ns:
                     break
         except (KeyboardInterrupt, Stop):
@@ -84,4 +85,6 @@ class Pipeline:
         dmg = getattr(self.source, "damage", None)
         if callable(dmg):
             self.agg.damage = dmg()
+        if self.agg.checker is not None:
+            self.agg.checker.finish()
         return self.agg.snapshot(close_interval=False)

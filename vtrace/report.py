@@ -180,6 +180,11 @@ def report_text(s: Snapshot, *, hist_top: int = 6, show_all: bool = False) -> st
                   + (f" [heads {heads}{f' +{more} more' if more > 0 else ''}]" if r.heads else "")
                   + (f"; base {r.base}" if r.base is not None else "")
                   + (f", restored {r.restored_base}" if r.restored_base is not None else ""))
+    if s.divergences:
+        w("")
+        w("DIVERGENCES FROM THE SPEC (details: vtrace check FILE)")
+        for rule, sev, n in s.divergences:
+            w(f"  {sev:<7} {rule:<28} {n:>8,}")
     w("")
     w("EVENTS BY KIND")
     w("  " + ", ".join(f"{k} {c:,}" for k, c in s.events_by_kind))
@@ -192,6 +197,7 @@ def report_json(s: Snapshot) -> dict:
         "events_total": s.events_total, "lost_total": s.lost_total,
         "unknown_kind_total": s.unknown_kind_total, "unidentified_total": s.unidentified_total,
         "time_reversals": s.time_reversals, "events_by_kind": dict(s.events_by_kind),
+        "divergences": [{"rule": r, "severity": sev, "count": n} for r, sev, n in s.divergences],
         "probes": [p.__dict__ for p in s.probes],
         "queues": [dict(queue_dict(q), latency_hist=q.latency_hist.tolist()) for q in s.queues],
         "admin": [{"opcode": a.opcode, "opcode_name": a.opcode_name, "status": a.status,

@@ -27,6 +27,9 @@ import numpy as np
 
 from vtrace import admin as admin_codes
 from vtrace.events import NO_QUEUE, RECORD_DTYPE, Batch, Kind, Layer, ObjectInfo, ProbeStatus
+from vtrace.model import admin as admin_model
+from vtrace.model import devtypes
+from vtrace.model.ring import vring_need_event
 
 NS = 1_000_000_000
 TICK_NS = 10_000_000
@@ -41,6 +44,31 @@ F_ACCESS_PLATFORM = 1 << 33
 F_IN_ORDER = 1 << 35
 F_RING_RESET = 1 << 40
 F_SUSPEND = 1 << 43
+
+# One switch per checker rule: the simulated device (or driver) misbehaves
+# that way. Values: the rules the switch is expected to trigger (a fault
+# whose precondition is another rule's finding lists both).
+FAULTS: dict[str, frozenset[str]] = {
+    "used_unknown_id": frozenset({"used-unknown-id"}),
+    "used_twice": frozenset({"used-twice"}),
+    "out_of_order": frozenset({"in-order-violation"}),
+    "used_len": frozenset({"used-len-exceeds-writable"}),
+    "rx_zero_len": frozenset({"used-len-short"}),
+    "vsock_short_header": frozenset({"vsock-tx-short-header", "inflight-too-long"}),
+    "inflight_at_stop": frozenset({"inflight-at-stop"}),
+    "lost_after_resume": frozenset({"inflight-at-stop", "inflight-lost-after-resume"}),
+    "vring_base_mismatch": frozenset({"vring-base-mismatch"}),
+    "signal_missing": frozenset({"signal-missing"}),
+    "signal_spurious": frozenset({"signal-spurious"}),
+    "kick_stall": frozenset({"kick-stall"}),
+    "inflight_too_long": frozenset({"inflight-too-long"}),
+    "admin_error": frozenset({"admin-error-status"}),
+    "admin_unsupported": frozenset({"admin-unsupported-opcode"}),
+    "admin_bad_member": frozenset({"admin-bad-member-accepted"}),
+    "admin_timeout": frozenset({"admin-timeout"}),
+    "devmode_inflight": frozenset({"devmode-stopped-inflight"}),
+}
+FAULT_AT = T0 + NS  # faults start one simulated second in (after warm-up)
 
 VM_NAMES = ("web1", "web2", "db1", "cache1", "build1", "mail1", "ci1", "batch1")
 
@@ -62,6 +90,8 @@ class SimConfig:
     suspend_every: float = 7.0  # seconds of simulated time
     suspend_for: float = 0.25
     lost_every: float = 0.0  # seconds between simulated ring-buffer losses; 0 = never
+    rx_prefetch: bool = False  # vDPA/hardware RX: descriptors fetched at refill, held until packets come
+    fault: str = ""  # misbehave: one or more of FAULTS joined with '+' (see docs/sim.md)
 
     @classmethod
     def parse(cls, spec: str) -> "SimConfig":
@@ -99,7 +129,14 @@ class SimConfig:
             raise ValueError("simulator ring must be a power of two, 2..32768")
         if cfg.scale < 0:
             raise ValueError("simulator scale must be >= 0")
+        bad = [f for f in cfg.faults if f not in FAULTS]
+        if bad:
+            raise ValueError(f"unknown simulator fault {bad[0]!r} (known: {', '.join(FAULTS)})")
         return cfg
+
+    @property
+    def faults(self) -> frozenset[str]:
+        return frozenset(f for f in self.fault.split("+") if f)
 
 
 class _Out:
@@ -149,7 +186,7 @@ class _Queue:
     """Common state: identity, counters, suspend bookkeeping, signal logic."""
 
     def __init__(self, info: ObjectInfo, rng: np.random.Generator, link: _Link | None,
-                 rate: float, signal_window_ns: int):
+                 rate: float, signal_window_ns: int, faults: frozenset[str] = frozenset()):
         self.info = info
         self.rng = rng
         self.link = link
@@ -159,19 +196,36 @@ class _Queue:
         self.used_idx = 0
         self.suspended_at: int | None = None
         self.not_before = 0  # a ring restarted mid-tick produces nothing before it
-        self.signal_window = signal_window_ns
-        self.last_signal_bucket = -1
+        self.faults = faults
+        self.next_fault = FAULT_AT
+        # The driver side of notification suppression (EVENT_IDX): after an
+        # interrupt the guest polls (NAPI) for ``napi_ns`` with its used_event
+        # left behind, then re-arms it at the used index it has seen.
+        self.napi_ns = signal_window_ns
+        self.used_event = 0
+        self.rearm_at: int | None = None
+        self.signalled = 0  # vhost's signalled_used
+        self.signal_valid = False
+        self.last_new = 0
 
     def common(self) -> dict:
         return dict(obj=self.info.obj, pid=self.info.pid, layer=self.info.layer, queue=self.info.queue)
 
-    def emit_kicks(self, out: _Out, t: np.ndarray, kicked: np.ndarray) -> None:
+    def fault_due(self, name: str, t: int, every_ns: int = NS // 2) -> bool:
+        """True at most once per ``every_ns`` from FAULT_AT when ``name`` is on."""
+        if name not in self.faults or t < self.next_fault:
+            return False
+        self.next_fault = t + every_ns
+        return True
+
+    def emit_kicks(self, out: _Out, t: np.ndarray, kicked: np.ndarray, idx) -> None:
         c = self.common()
+        idx = np.broadcast_to(np.asarray(idx, dtype=np.int64) & 0xFFFF, t.shape)
         k = t[kicked]
         # The guest's notify write hits the kvm ioeventfd; vhost's kick
-        # handler runs a little later.
-        out.add(Kind.KICK, k + 300, arg=self.avail_idx & 0xFFFF, **c)
-        out.add(Kind.KICK_SUPPRESSED, t[~kicked], arg=self.avail_idx & 0xFFFF, **c)
+        # handler runs a little later. arg: the avail idx the kick publishes.
+        out.add(Kind.KICK, k + 300, arg=idx[kicked], **c)
+        out.add(Kind.KICK_SUPPRESSED, t[~kicked], arg=idx[~kicked], **c)
         if self.link is not None:
             out.add(Kind.KVM_IOEVENTFD, k, obj=self.link.kvm_obj, pid=self.info.pid,
                     layer=Layer.KVM, queue=self.info.queue, len=2, arg=self.link.notify_addr)
@@ -185,24 +239,44 @@ class _Queue:
         idx = (self.used_idx + np.arange(1, n + 1)) & 0xFFFF
         self.used_idx += n
         out.add(Kind.USED, t, id=head, len=ulen, aux2=descs, arg=idx, **self.common())
-        # A burst of used entries (vhost_add_used_n) ends in one vhost_signal();
-        # EVENT_IDX lets the driver (busy in NAPI/irq context) suppress all but
-        # the first decision per window.
+        # A burst of used entries (vhost_add_used_n) ends in one vhost_signal().
         gap = np.empty(n, dtype=bool)
         gap[:-1] = np.diff(t) > 2_000
         gap[-1] = True
         dec_t = t[gap] + 200
-        dec_idx = idx[gap]
-        bucket = dec_t // self.signal_window
-        first = np.ones(dec_t.size, dtype=bool)
-        first[1:] = bucket[1:] != bucket[:-1]
-        first &= bucket != self.last_signal_bucket
-        self.last_signal_bucket = int(bucket[-1])
+        dec_new = idx[gap]
+        m = dec_t.size
+        send = np.zeros(m, dtype=bool)
+        ue = np.zeros(m, dtype=np.int64)
+        old = np.zeros(m, dtype=np.int64)
+        flags = np.zeros(m, dtype=np.int64)
+        for i, (ti, new) in enumerate(zip(dec_t.tolist(), dec_new.tolist())):
+            if self.rearm_at is not None and ti >= self.rearm_at:
+                # virtqueue_enable_cb_prepare: used_event = what the guest consumed,
+                # i.e. the used index published by the previous decision.
+                self.used_event, self.rearm_at = self.last_new, None
+            o = self.signalled
+            # The model's rule (vring_need_event, §2.7.10); the first decision
+            # after a (re)start always notifies (vhost signalled_used_valid).
+            need = (not self.signal_valid) or vring_need_event(self.used_event, new, o)
+            self.signal_valid = True
+            self.signalled = self.last_new = new
+            s_ = need
+            if need and self.fault_due("signal_missing", ti):
+                s_ = False
+                self.rearm_at = ti + 100_000_000  # the guest's watchdog re-polls 100 ms later
+            elif not need and self.fault_due("signal_spurious", ti):
+                s_ = True
+            elif need:
+                self.rearm_at = ti + 400 + self.napi_ns
+            ue[i], old[i], send[i] = self.used_event, o, s_
+            flags[i] = 1 if self.rearm_at is not None else 0  # NO_INTERRUPT while polling
         c = self.common()
-        out.add(Kind.SIGNAL, dec_t[first], arg=dec_idx[first], **c)
-        out.add(Kind.SIGNAL_SUPPRESSED, dec_t[~first], arg=dec_idx[~first], **c)
+        out.add(Kind.SIGNAL, dec_t[send], id=ue[send], aux=old[send], len=flags[send], arg=dec_new[send], **c)
+        out.add(Kind.SIGNAL_SUPPRESSED, dec_t[~send], id=ue[~send], aux=old[~send], len=flags[~send],
+                arg=dec_new[~send], **c)
         if self.link is not None:
-            out.add(Kind.KVM_IRQFD, dec_t[first] + 400, obj=self.link.kvm_obj, pid=self.info.pid,
+            out.add(Kind.KVM_IRQFD, dec_t[send] + 400, obj=self.link.kvm_obj, pid=self.info.pid,
                     layer=Layer.KVM, queue=self.info.queue, id=self.link.gsi)
 
     # lifecycle ----------------------------------------------------------
@@ -211,10 +285,25 @@ class _Queue:
         self.suspended_at = t
         out.add(Kind.VRING_BASE_GET, [t], id=self.avail_idx & 0xFFFF, **self.common())
 
+    def drain(self, out: _Out, t: int) -> int:
+        """Suspend as the 1.4 draft asks: stop taking buffers, finish the ones
+        in flight. Returns when the last completes."""
+        self.suspended_at = t
+        return t
+
     def start(self, out: _Out, t: int) -> None:
-        out.add(Kind.VRING_BASE_SET, [t], id=self.avail_idx & 0xFFFF, **self.common())
+        base = self.avail_idx & 0xFFFF
+        if "vring_base_mismatch" in self.faults and t >= FAULT_AT:
+            base = (base + 3) & 0xFFFF  # the VMM restores the wrong index
+        out.add(Kind.VRING_BASE_SET, [t], id=base, **self.common())
         self.suspended_at = None
         self.not_before = t + 1
+        self.signal_valid = False
+
+    def reset_notify(self) -> None:
+        self.used_event = self.signalled = self.last_new = 0
+        self.rearm_at = None
+        self.signal_valid = False
 
     def in_flight(self) -> int:
         raise NotImplementedError
@@ -237,8 +326,9 @@ class TxQueue(_Queue):
 
     def __init__(self, info, rng, link, rate, *, batch_mean: float, in_order: bool,
                  request: Callable[[np.random.Generator, int], tuple], service_ns: Callable,
-                 wake_ns: int = 4_000, per_desc_ns: int = 250, signal_window_ns: int = 30_000):
-        super().__init__(info, rng, link, rate, signal_window_ns)
+                 wake_ns: int = 4_000, per_desc_ns: int = 250, signal_window_ns: int = 30_000,
+                 faults: frozenset[str] = frozenset()):
+        super().__init__(info, rng, link, rate, signal_window_ns, faults)
         self.batch_mean = batch_mean
         self.in_order = in_order
         self.request = request
@@ -263,6 +353,9 @@ class TxQueue(_Queue):
             return
         rng = self.rng
         c = self.common()
+        stall = self.fault_due("kick_stall", t0, 3 * NS) if self.info.dev_type == "net" else False
+        if stall:
+            self.busy_until = t0 + 1_500_000_000  # the device ignores the next kick for 1.5 s
         nb = rng.poisson(self.rate / self.batch_mean * (t1 - t0) / NS) if self.rate > 0 else 0
         if nb:
             bt = np.sort(rng.integers(t0, t1, nb))
@@ -276,16 +369,19 @@ class TxQueue(_Queue):
                 sizes = np.bincount(bidx, minlength=nb)
                 # Device session model: a kick is needed only when the device
                 # finished the previous batch (vhost re-enabled notifications).
-                fs = bt + self.wake_ns
-                fe = fs + sizes * self.per_desc
-                prev_fe = np.empty(nb, dtype=np.int64)
-                prev_fe[0] = self.busy_until
-                prev_fe[1:] = fe[:-1]
-                kicked = bt >= prev_fe
-                fs = np.where(kicked, fs, np.maximum(bt + 500, prev_fe))
+                # One pass in batch order: a batch starts when the device is
+                # free; it needs a kick only if the device had gone idle.
+                fs = np.empty(nb, dtype=np.int64)
+                kicked = np.empty(nb, dtype=bool)
+                prev = self.busy_until
+                for j, (b_t, size) in enumerate(zip(bt.tolist(), sizes.tolist())):
+                    k = b_t >= prev or (stall and j == 0)  # stall: the driver notified, the device is deaf
+                    start_t = b_t + self.wake_ns if b_t >= prev else max(b_t + 500, prev)
+                    fs[j], kicked[j] = start_t, k
+                    prev = start_t + size * self.per_desc
                 fe = fs + sizes * self.per_desc
                 self.busy_until = int(fe[-1])
-                self.emit_kicks(out, bt, kicked)
+                self.emit_kicks(out, bt, kicked, self.avail_idx + np.cumsum(sizes))
                 # vhost_disable_notify when a session starts, enable when the
                 # ring runs empty (the next batch needs a kick again).
                 out.add(Kind.NOTIFY_DISABLE, fs[kicked], id=0, **c)
@@ -298,26 +394,60 @@ class TxQueue(_Queue):
                 f = fs[bidx] + j * self.per_desc
                 heads = free[:n]
                 readable, writable, used_len, descs = self.request(rng, n)
+                dt = self.info.dev_type
+                if dt == "blk" and self.fault_due("used_len", t0):
+                    used_len = used_len.copy()
+                    used_len[0] = writable[0] + 512  # reports more than the chain can hold
                 self.avail_idx += n
                 aidx = (self.avail_idx - n + np.arange(1, n + 1)) & 0xFFFF
+                leak = None
+                if dt == "vsock" and self.fault_due("vsock_short_header", t0, 3 * NS):
+                    readable = readable.copy()
+                    readable[0] = devtypes.VSOCK_HDR - 4  # seed 002: the TX loop faults, leaks the head
+                    leak = 0
                 out.add(Kind.FETCH, f, id=heads, len=writable, aux=readable, aux2=descs, arg=aidx, **c)
                 done = f + self.service_ns(rng, n)
+                if dt == "blk" and self.fault_due("inflight_too_long", t0, 3 * NS):
+                    done[0] += 1_500_000_000  # one request stuck in a slow backend
                 if self.in_order:
                     done = np.maximum.accumulate(np.maximum(done, self.last_done + 200))
                     self.last_done = int(done[-1])
+                    if n >= 2 and self.info.features & F_IN_ORDER and self.fault_due("out_of_order", t0):
+                        # Completes the second buffer first although IN_ORDER was negotiated.
+                        d1 = max(int(done[0]), int(f[1]) + 100)
+                        done[0], done[1] = max(int(done[1]), d1) + 200, d1
+                if leak is not None:
+                    done[leak] = INF
                 self.free_at[heads] = done
                 self.p_head = np.concatenate((self.p_head, heads))
                 self.p_done = np.concatenate((self.p_done, done))
                 self.p_len = np.concatenate((self.p_len, used_len))
                 self.p_descs = np.concatenate((self.p_descs, descs))
-        sel = self.p_done < t1
-        if sel.any():
-            order = np.argsort(self.p_done[sel], kind="stable")
-            self.emit_used(out, self.p_done[sel][order], self.p_head[sel][order],
-                           self.p_len[sel][order], self.p_descs[sel][order])
-            keep = ~sel
-            self.p_head, self.p_done = self.p_head[keep], self.p_done[keep]
-            self.p_len, self.p_descs = self.p_len[keep], self.p_descs[keep]
+        self._complete(out, self.p_done < t1)
+
+    def _complete(self, out: _Out, sel: np.ndarray) -> None:
+        if not sel.any():
+            return
+        order = np.argsort(self.p_done[sel], kind="stable")
+        t, h = self.p_done[sel][order], self.p_head[sel][order]
+        self.emit_used(out, t, h, self.p_len[sel][order], self.p_descs[sel][order])
+        if self.info.dev_type == "blk":
+            c = self.common()
+            if self.fault_due("used_twice", int(t[0])):
+                out.add(Kind.USED, t[:1] + 1_000, id=h[:1], len=self.p_len[sel][order][:1],
+                        arg=self.used_idx & 0xFFFF, **c)
+            elif self.fault_due("used_unknown_id", int(t[0])):
+                out.add(Kind.USED, t[:1] + 1_000, id=self.R + 7, len=1, arg=self.used_idx & 0xFFFF, **c)
+        keep = ~sel
+        self.p_head, self.p_done = self.p_head[keep], self.p_done[keep]
+        self.p_len, self.p_descs = self.p_len[keep], self.p_descs[keep]
+
+    def drain(self, out, t):
+        super().drain(out, t)
+        live = self.p_done < INF
+        end = int(self.p_done[live].max()) if live.any() else t
+        self._complete(out, live)
+        return max(end, t)
 
     def stop(self, out, t):
         super().stop(out, t)
@@ -331,6 +461,9 @@ class TxQueue(_Queue):
 
     def start(self, out, t):
         super().start(out, t)
+        if "lost_after_resume" in self.faults:
+            # The device forgets what it held at stop: never completed.
+            self._frozen = np.full_like(self._frozen, INF - t - 1_000)
         self.p_done = t + 1_000 + np.asarray(self._frozen)
         if self.in_order and self.p_done.size:
             self.p_done = np.maximum.accumulate(self.p_done)
@@ -348,6 +481,7 @@ class TxQueue(_Queue):
         self.avail_idx = self.used_idx = 0
         self.busy_until = self.last_done = t
         self.suspended_at = None
+        self.reset_notify()
 
 
 class RxQueue(_Queue):
@@ -361,8 +495,9 @@ class RxQueue(_Queue):
 
     def __init__(self, info, rng, link, rate, *, buf_size: int, packet: Callable,
                  prefetch: bool, refill_batch: int = 64, per_desc_ns: int = 150,
-                 signal_window_ns: int = 40_000):
-        super().__init__(info, rng, link, rate, signal_window_ns)
+                 signal_window_ns: int = 40_000, faults: frozenset[str] = frozenset()):
+        super().__init__(info, rng, link, rate, signal_window_ns, faults)
+        self.last_t = 0  # the last completion emitted
         self.buf_size = buf_size
         self.packet = packet
         self.prefetch = prefetch
@@ -395,7 +530,8 @@ class RxQueue(_Queue):
             if need > 0:
                 nbatch = -(-need // self.refill_batch)
                 kt = t0 + 1_000 + np.arange(nbatch) * (self.refill_batch * self.per_desc + 2_000)
-                self.emit_kicks(out, kt, np.ones(nbatch, dtype=bool))
+                added = np.minimum((np.arange(nbatch) + 1) * self.refill_batch, need)
+                self.emit_kicks(out, kt, np.ones(nbatch, dtype=bool), self.avail_idx + added)
                 j = np.arange(need)
                 ft = kt[j // self.refill_batch] + 3_000 + (j % self.refill_batch) * self.per_desc
                 self.f_head = np.concatenate((self.f_head, self._fetch(out, ft)))
@@ -413,16 +549,33 @@ class RxQueue(_Queue):
         else:
             heads = self._fetch(out, pt)
             pt = pt + 1_500
+        if plen.size and self.info.dev_type == "net" and self.fault_due("rx_zero_len", t0):
+            plen = plen.copy()
+            plen[0] = 0  # completes an RX buffer with nothing in it (not even the header)
         self.emit_used(out, pt, heads, plen)
+        if pt.size:
+            self.last_t = int(pt[-1])
+
+    def drain(self, out, t):
+        super().drain(out, t)
+        # Buffers fetched at packet arrival are already used; prefetched ones
+        # cannot complete without packets (seed 004) and stay in flight.
+        return max(t, self.last_t)
+
+    def start(self, out, t):
+        super().start(out, t)
+        if "lost_after_resume" in self.faults:
+            self.f_head = self.f_head[:0]  # forgotten: never completed
 
     def reset(self, t: int) -> None:
         self.f_head = self.f_head[:0]
         self.seq = self.avail_idx = self.used_idx = 0
         self.suspended_at = None
+        self.reset_notify()
 
 
 # Request shapes -----------------------------------------------------------
-VNET_HDR = 12  # struct virtio_net_hdr_mrg_rxbuf (VIRTIO 1.2 §5.1.6)
+VNET_HDR = devtypes.NET_HDR  # the model's device-type constants
 
 
 def _net_packet(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -438,7 +591,7 @@ def _net_tx_request(rng, n):
     return readable, zeros, zeros, descs  # TX: the device writes nothing, used.len 0
 
 
-BLK_OUTHDR = 16  # struct virtio_blk_outhdr (VIRTIO 1.2 §5.2.6)
+BLK_OUTHDR = devtypes.BLK_OUTHDR
 
 
 def _blk_request(rng, n):
@@ -449,7 +602,7 @@ def _blk_request(rng, n):
     return readable, writable, writable, np.full(n, 3)
 
 
-VSOCK_HDR = 44  # struct virtio_vsock_hdr (VIRTIO 1.2 §5.10.6)
+VSOCK_HDR = devtypes.VSOCK_HDR
 
 
 def _vsock_tx_request(rng, n):
@@ -508,6 +661,7 @@ class SimHost:
         self._next_reset = T0 + int(cfg.suspend_every * 1.7 * NS)
         self._next_lost = T0 + int(cfg.lost_every * NS) if cfg.lost_every > 0 else None
         self._started = False
+        self._admin_next_fault: dict[str, int] = {}
 
     def _ptr(self, align: int = 0x1000) -> int:
         p = self._next_ptr
@@ -532,25 +686,37 @@ class SimHost:
                                            layer=Layer.KVM, pid=vm.pid))
             self.vms.append(vm)
             gsi = 24
+            faults = cfg.faults
+            # The VM's net device is an SR-IOV VF of the PF whose admin queue the
+            # host drives (every other VM); its member id ties the two together.
+            member = v // 2 + 1 if cfg.admin and v % 2 == 0 else 0
             if cfg.workload in ("mixed", "net"):
+                # Faults that need buffers held at stop use a prefetching RX
+                # (seed 004): on a VF for devmode_inflight, elsewhere for the
+                # others (so DEV_MODE_SET does not see them too).
+                prefetch = (cfg.rx_prefetch
+                            or (bool(faults & {"inflight_at_stop", "lost_after_resume"}) and member == 0)
+                            or ("devmode_inflight" in faults and member > 0))
                 feats = F_VERSION_1 | F_EVENT_IDX | F_ACCESS_PLATFORM | F_RING_RESET | F_SUSPEND
+                if not prefetch:
+                    feats |= F_IN_ORDER  # vhost-net uses buffers in order; a prefetching vDPA NIC may not
                 dev = self._obj(vm=name, device="net0", dev_type="net", layer=Layer.VHOST,
-                                pid=vm.pid, features=feats)
+                                pid=vm.pid, features=feats, member=member)
                 qs = []
                 for p in range(cfg.net_pairs):
                     for kind, qname in ((0, f"rx{p}"), (1, f"tx{p}")):
                         info = self._obj(vm=name, device="net0", dev_type="net", queue=2 * p + kind,
                                          name=qname, size=cfg.ring, layer=Layer.VHOST, pid=vm.pid,
-                                         features=feats)
+                                         features=feats, member=member)
                         link = _Link(vm.kvm_obj, 0xFE000000 + 0x1000 * v + 4 * info.queue, gsi)
                         gsi += 1
                         if kind == 0:
                             q = RxQueue(info, self._child(), link, 2_800 * s, buf_size=4096,
-                                        packet=_net_packet, prefetch=True)
+                                        packet=_net_packet, prefetch=prefetch, faults=faults)
                         else:
                             q = TxQueue(info, self._child(), link, 2_200 * s, batch_mean=6,
                                         in_order=True, request=_net_tx_request,
-                                        service_ns=_lognormal(9_000, 0.35))
+                                        service_ns=_lognormal(9_000, 0.35), faults=faults)
                         qs.append(q)
                 vm.devices.append(_Device(v, dev, qs))
             if cfg.workload in ("mixed", "blk"):
@@ -566,7 +732,7 @@ class SimHost:
                     qs.append(TxQueue(info, self._child(), link, 1_500 * s * (1 + v % 2), batch_mean=3,
                                       in_order=False, request=_blk_request,
                                       service_ns=_lognormal(85_000, 0.7), wake_ns=6_000,
-                                      signal_window_ns=20_000))
+                                      signal_window_ns=20_000, faults=faults))
                 vm.devices.append(_Device(v, dev, qs, suspendable=False))
             if cfg.workload == "mixed":
                 feats = F_VERSION_1 | F_EVENT_IDX
@@ -580,18 +746,18 @@ class SimHost:
                     gsi += 1
                     if qname == "rx":
                         qs.append(RxQueue(info, self._child(), link, 100 * s, buf_size=VSOCK_HDR + 4096,
-                                          packet=_vsock_packet, prefetch=False))
+                                          packet=_vsock_packet, prefetch=False, faults=faults))
                     elif qname == "tx":
                         qs.append(TxQueue(info, self._child(), link, 100 * s, batch_mean=1.5,
                                           in_order=True, request=_vsock_tx_request,
-                                          service_ns=_lognormal(6_000, 0.3)))
+                                          service_ns=_lognormal(6_000, 0.3), faults=faults))
                     else:
                         # vhost-vsock only touches the event queue on transport reset.
                         qs.append(RxQueue(info, self._child(), link, 0.0, buf_size=8,
                                           packet=_vsock_packet, prefetch=False))
                 vm.devices.append(_Device(v, dev, qs, suspendable=False))
-            if cfg.admin and v % 2 == 0:
-                vm.vf_member = v // 2 + 1
+            if member:
+                vm.vf_member = member
                 # The VM's vfio container: DMA map/unmap land here.
                 self.objects.append(ObjectInfo(obj=vm.kvm_obj + 0x100, vm=name, device="vfio",
                                                dev_type="vfio", layer=Layer.VFIO, pid=vm.pid))
@@ -606,6 +772,7 @@ class SimHost:
         self.objects.append(ObjectInfo(obj=self.admin_obj, vm="host", device="pf0",
                                        dev_type="admin-queue", name="admin", layer=Layer.VFIO, pid=1))
         self.admin_rng = self._child()
+        self.admin_dev = admin_model.AdminDevice(num_vfs=max(vm.vf_member for vm in self.vms))
 
     # schedule -------------------------------------------------------------
     def _admin(self, out: _Out, t0: int, t1: int) -> None:
@@ -616,20 +783,18 @@ class SimHost:
             ts = np.sort(rng.integers(t0, t1, n))
             ops = rng.choice(np.array([0x2, 0x3, 0x4, 0x5, 0x6, 0x8]), n,
                              p=[0.25, 0.35, 0.1, 0.2, 0.05, 0.05])
-            # A rare reserved opcode: shown as unknown:0x..., never dropped.
-            ops = np.where(rng.random(n) < 0.002, 0x0042, ops)
             member = rng.choice(np.array(members), n)
             lat = _lognormal(35_000, 0.5)(rng, n)
-            status = np.zeros(n, dtype=np.int64)
-            qual = np.zeros(n, dtype=np.int64)
-            r = rng.random(n)
-            busy = r < 0.006
-            status[busy], qual[busy] = admin_codes.STATUS_EAGAIN, admin_codes.Q_TRYAGAIN
-            bad = (r >= 0.006) & (r < 0.008)
-            status[bad], qual[bad] = admin_codes.STATUS_EINVAL, admin_codes.Q_INVALID_FIELD
-            unk = ops == 0x0042
-            status[unk], qual[unk] = admin_codes.STATUS_EINVAL, admin_codes.Q_INVALID_OPCODE
-            self._admin_cmds(out, ts, ops, member, lat, status, qual)
+            faults = {}
+            if self._admin_fault_due("admin_unsupported", t0):
+                ops[0] = 0x0042  # a reserved opcode the driver should never send
+            if self._admin_fault_due("admin_bad_member", t0):
+                member[0], faults[0] = 0, "accept"  # SR-IOV member 0 does not exist; accepted anyway
+            if self._admin_fault_due("admin_error", t0):
+                faults[n - 1] = "busy"
+            if self._admin_fault_due("admin_timeout", t0):
+                faults[n - 1] = "hang"
+            self._admin_cmds(out, ts, ops, member, lat, faults=faults)
         if self.cfg.kvm:
             # vIOMMU map/unmap traffic of the VF-owning VMs through vfio type1.
             for vm in self.vms:
@@ -645,16 +810,37 @@ class SimHost:
                     out.add(Kind.DMA_UNMAP, ts + 40_000, id=iova & 0xFFFFFFFF, aux2=iova >> 32,
                             arg=size, **c)
 
-    def _admin_cmds(self, out, ts, ops, member, lat, status=None, qual=None) -> None:
+    def _admin_fault_due(self, name: str, t: int) -> bool:
+        if name not in self.cfg.faults or t < self._admin_next_fault.get(name, FAULT_AT):
+            return False
+        self._admin_next_fault[name] = t + NS // 2
+        return True
+
+    def _admin_cmds(self, out, ts, ops, member, lat, data=None, faults: dict | None = None) -> None:
+        """Commands through the PF's admin queue; the model device answers them."""
         n = len(ts)
-        status = np.zeros(n, dtype=np.int64) if status is None else status
-        qual = np.zeros(n, dtype=np.int64) if qual is None else qual
-        c = dict(obj=self.admin_obj, pid=1, layer=Layer.VFIO)
         ts = np.asarray(ts, dtype=np.int64)
         lat = np.asarray(lat, dtype=np.int64)
-        out.add(Kind.ADMIN_SUBMIT, ts, id=ops, aux=admin_codes.GROUP_SRIOV, aux2=member, **c)
-        out.add(Kind.ADMIN_COMPLETE, ts + lat, id=ops, len=status, aux=admin_codes.GROUP_SRIOV,
-                aux2=qual, arg=lat, **c)
+        ops = np.asarray(ops, dtype=np.int64)
+        member = np.asarray(member, dtype=np.int64)
+        data = np.zeros(n, dtype=np.int64) if data is None else np.asarray(data, dtype=np.int64)
+        status = np.zeros(n, dtype=np.int64)
+        qual = np.zeros(n, dtype=np.int64)
+        done = np.ones(n, dtype=bool)
+        for i in range(n):
+            r = self.admin_dev.execute(int(ops[i]), admin_codes.GROUP_SRIOV, int(member[i]), int(data[i]))
+            f = (faults or {}).get(i)
+            if f == "accept":
+                r = admin_model.OK
+            elif f == "busy":
+                r = admin_model.AdminResult(admin_codes.STATUS_EAGAIN, admin_codes.Q_TRYAGAIN)
+            elif f == "hang":
+                done[i] = False
+            status[i], qual[i] = r.status, r.qualifier
+        c = dict(obj=self.admin_obj, pid=1, layer=Layer.VFIO)
+        out.add(Kind.ADMIN_SUBMIT, ts, id=ops, len=data, aux=admin_codes.GROUP_SRIOV, aux2=member, **c)
+        out.add(Kind.ADMIN_COMPLETE, (ts + lat)[done], id=ops[done], len=status[done],
+                aux=admin_codes.GROUP_SRIOV, aux2=qual[done], arg=lat[done], **c)
 
     def _kvm(self, out: _Out, t0: int, t1: int) -> None:
         for vm in self.vms:
@@ -709,18 +895,33 @@ class SimHost:
             self._suspend_vm += 1
             self._next_suspend = t0 + int(cfg.suspend_every * NS)
             if any(d.suspendable for d in vm.devices):
+                faults = cfg.faults
+                # A healthy device drains before it reports suspended (1.4
+                # "Device Suspension": stop consuming, complete what is in
+                # flight); the faulty ones stop with buffers held.
+                freeze = bool(faults & {"inflight_at_stop", "lost_after_resume"})
+                queues = [q for d in vm.devices if d.suspendable for q in d.queues]
+                devmode_early = bool(vm.vf_member and self.admin_obj and "devmode_inflight" in faults
+                                     and t0 >= FAULT_AT)
+                if devmode_early:
+                    # DEV_MODE_SET(stopped) while the VF still holds buffers.
+                    self._admin_cmds(out, [t0], [0x11], [vm.vf_member], [55_000], data=[admin_model.F_STOPPED])
+                stop_t = t0 + 60_000 if devmode_early else t0  # after the command completed
+                for q in queues:
+                    stop_t = max(stop_t, t0 if freeze else q.drain(out, t0))
                 for d in vm.devices:
                     if d.suspendable:
-                        # VHOST_VDPA_SUSPEND, then GET_VRING_BASE per queue
-                        # (what QEMU does at migration stop).
-                        out.add(Kind.SUSPEND, [t0], obj=d.info.obj, pid=vm.pid, layer=d.info.layer)
-                        for q in d.queues:
-                            q.stop(out, t0 + 1_000)
-                if vm.vf_member and self.admin_obj:
+                        # VHOST_VDPA_SUSPEND (recorded when it returns), then
+                        # GET_VRING_BASE per queue: what QEMU does at migration stop.
+                        out.add(Kind.SUSPEND, [stop_t + 1_000], obj=d.info.obj, pid=vm.pid, layer=d.info.layer)
+                for q in queues:
+                    q.stop(out, stop_t + 2_000)
+                if vm.vf_member and self.admin_obj and not devmode_early:
                     # DEV_MODE_SET(stopped), DEV_PARTS_METADATA_GET, DEV_PARTS_GET.
-                    self._admin_cmds(out, [t0 + 5_000, t0 + 80_000, t0 + 140_000],
+                    t = stop_t + 5_000
+                    self._admin_cmds(out, [t, t + 75_000, t + 135_000],
                                      np.array([0x11, 0x0E, 0x0F]), np.array([vm.vf_member] * 3),
-                                     np.array([55_000, 40_000, 900_000]))
+                                     np.array([55_000, 40_000, 900_000]), data=[admin_model.F_STOPPED, 0, 0])
                 self._suspended = vm
                 self._resume_at = t0 + int(cfg.suspend_for * NS)
         if t0 >= self._next_reset:
@@ -735,13 +936,25 @@ class SimHost:
                 if d.info.dev_type == "net" and (t0 // NS) % 2 == 0:
                     q = d.queues[1]
                     out.add(Kind.QUEUE_RESET, [t0], **q.common())
-                    q.reset(t0)
+                    self._reset_queue(q, t0)
                     return
                 if d.info.dev_type == "vsock":
                     out.add(Kind.RESET, [t0], obj=d.info.obj, pid=vm.pid, layer=d.info.layer)
                     for q in d.queues:
-                        q.reset(t0)
+                        self._reset_queue(q, t0)
                     return
+
+    def _reset_queue(self, q, t: int) -> None:
+        """A reset takes back everything the queue had scheduled: events
+        generated ahead of time (a stalled device's future fetches, pending
+        completions) must not appear after it."""
+        q.reset(t)
+        p = self.pending
+        if p.size:
+            mine = p["obj"] == q.info.obj
+            if q.link is not None:
+                mine |= (p["obj"] == q.link.kvm_obj) & (p["queue"] == q.info.queue)
+            self.pending = p[~(mine & (p["ts"] >= t))]
 
     def tick(self, t0: int, t1: int) -> np.ndarray:
         out = _Out()
