@@ -50,6 +50,7 @@ run: setup
 
 bench: setup
 	$(PY) bench/pipeline.py
+	$(PY) bench/check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info bench/results

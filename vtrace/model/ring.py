@@ -140,7 +140,7 @@ class SplitRing(_Ring):
         self.avail_ring = [0] * size
         self.avail_idx = 0  # driver's avail->idx
         self.avail_flags = 0
-        self.used_ring: list[tuple[int, int]] = [(0, 0)] * size
+        self.used_ring: list[tuple[int, int] | None] = [(0, 0)] * size
         self.used_idx = 0  # device's used->idx
         self.used_flags = 0
         self.used_event = 0  # written by the driver (trailing avail ring field)
@@ -182,12 +182,12 @@ class SplitRing(_Ring):
         """virtqueue_get_buf: the driver consumes one used entry."""
         if self.last_used_idx == self.used_idx:
             return None
-        head, length = self.used_ring[self.last_used_idx % self.size]
-        if self.f.in_order:
-            # §2.7.9: entries skipped by a batch count as fully used.
+        entry = self.used_ring[self.last_used_idx % self.size]
+        if entry is None:
+            # §2.7.9: a buffer skipped by a batch entry counts as fully used.
             want = self.outstanding[0]
-            if head != want:
-                head, length = want, self.desc[want].writable
+            entry = (want, self.desc[want].writable)
+        head, length = entry
         self.last_used_idx = (self.last_used_idx + 1) & U16
         c = self.desc.pop(head, None)
         if c is None:
@@ -229,6 +229,8 @@ class SplitRing(_Ring):
             done = [head]
         # One entry is written, for the last buffer of the batch; used->idx
         # advances by the batch and the driver infers the rest (§2.7.9).
+        for k in range(len(done) - 1):
+            self.used_ring[(self.used_idx + k) % self.size] = None  # not written
         self.used_idx = (self.used_idx + len(done)) & U16
         self.used_ring[(self.used_idx - 1) % self.size] = (head, length)
         self.rec(Kind.USED, id=head, len=length, aux2=c.descs, arg=self.used_idx)
