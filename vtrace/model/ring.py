@@ -115,11 +115,24 @@ class _Ring:
             raise RingError("the device used a buffer while stopped (§2.1.2 / SUSPEND)")
         return c
 
-    def _retire(self, n: int) -> list[int]:
-        heads = [self.order.popleft() for _ in range(n)] if self.f.in_order else []
-        for h in heads:
-            self.inflight.pop(h, None)
-        return heads
+    def _fetched(self, c: Chain, arg: int) -> Chain:
+        """The device now holds ``c``; ``arg`` is the FETCH event's index."""
+        self.inflight[c.head] = c
+        self.order.append(c.head)
+        self.rec(Kind.FETCH, id=c.head, len=c.writable, aux=c.readable, aux2=c.descs, arg=arg & U16)
+        return c
+
+    def _take(self, head: int, length: int, batch: int) -> tuple[Chain, list[int]]:
+        """Check a used entry and release the buffers it covers (in order)."""
+        c = self._check_use(head, length, batch)
+        if self.f.in_order:
+            done = [self.order.popleft() for _ in range(batch)]
+        else:
+            self.order.remove(head)
+            done = [head]
+        for h in done:
+            self.inflight.pop(h)
+        return c, done
 
     def in_flight(self) -> list[int]:
         return list(self.order) if self.f.in_order else list(self.inflight)
@@ -210,23 +223,12 @@ class SplitRing(_Ring):
         if self.stopped or self.last_avail_idx == self.avail_idx:
             return None
         head = self.avail_ring[self.last_avail_idx % self.size]
-        c = self.desc[head]
         self.last_avail_idx = (self.last_avail_idx + 1) & U16
-        self.inflight[head] = c
-        self.order.append(head)
-        self.rec(Kind.FETCH, id=head, len=c.writable, aux=c.readable, aux2=c.descs,
-                 arg=self.last_avail_idx)
-        return c
+        return self._fetched(self.desc[head], self.last_avail_idx)
 
     def use(self, head: int, length: int, batch: int = 1) -> None:
         """vhost_add_used: one used entry (with IN_ORDER it may cover ``batch`` buffers)."""
-        c = self._check_use(head, length, batch)
-        if self.f.in_order:
-            done = self._retire(batch)
-        else:
-            self.inflight.pop(head)
-            self.order.remove(head)
-            done = [head]
+        c, done = self._take(head, length, batch)
         # One entry is written, for the last buffer of the batch; used->idx
         # advances by the batch and the driver infers the rest (§2.7.9).
         for k in range(len(done) - 1):
@@ -364,20 +366,11 @@ class PackedRing(_Ring):
         if self.dev_avail >= self.size:
             self.dev_avail -= self.size
             self.dev_avail_wrap ^= 1
-        self.inflight[c.head] = c
-        self.order.append(c.head)
-        self.rec(Kind.FETCH, id=c.head, len=c.writable, aux=c.readable, aux2=c.descs,
-                 arg=(len(self.order) + self.used_count) & U16)
-        return c
+        # The packed ring has no avail index: count buffers fetched so far.
+        return self._fetched(c, len(self.order) + 1 + self.used_count)
 
     def use(self, bid: int, length: int, batch: int = 1) -> None:
-        c = self._check_use(bid, length, batch)
-        if self.f.in_order:
-            done = self._retire(batch)
-        else:
-            self.inflight.pop(bid)
-            self.order.remove(bid)
-            done = [bid]
+        c, done = self._take(bid, length, batch)
         skip = sum(self.bufs[h].descs for h in done)
         # §2.8.9 "Writing a used descriptor": id, len, then flags with both
         # AVAIL and USED equal to the device's used wrap counter. A batch under

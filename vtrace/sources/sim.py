@@ -70,6 +70,21 @@ FAULTS: dict[str, frozenset[str]] = {
 }
 FAULT_AT = T0 + NS  # faults start one simulated second in (after warm-up)
 
+class FaultClock:
+    """When an injected fault fires: at most once per ``every_ns`` per fault,
+    from FAULT_AT on, and only for the switches that are on."""
+
+    def __init__(self, faults: frozenset[str]):
+        self.faults = faults
+        self.next: dict[str, int] = {}
+
+    def due(self, name: str, t: int, every_ns: int = NS // 2) -> bool:
+        if name not in self.faults or t < self.next.get(name, FAULT_AT):
+            return False
+        self.next[name] = t + every_ns
+        return True
+
+
 VM_NAMES = ("web1", "web2", "db1", "cache1", "build1", "mail1", "ci1", "batch1")
 
 
@@ -197,7 +212,7 @@ class _Queue:
         self.suspended_at: int | None = None
         self.not_before = 0  # a ring restarted mid-tick produces nothing before it
         self.faults = faults
-        self.next_fault = FAULT_AT
+        self.fault_due = FaultClock(faults).due
         # The driver side of notification suppression (EVENT_IDX): after an
         # interrupt the guest polls (NAPI) for ``napi_ns`` with its used_event
         # left behind, then re-arms it at the used index it has seen.
@@ -210,13 +225,6 @@ class _Queue:
 
     def common(self) -> dict:
         return dict(obj=self.info.obj, pid=self.info.pid, layer=self.info.layer, queue=self.info.queue)
-
-    def fault_due(self, name: str, t: int, every_ns: int = NS // 2) -> bool:
-        """True at most once per ``every_ns`` from FAULT_AT when ``name`` is on."""
-        if name not in self.faults or t < self.next_fault:
-            return False
-        self.next_fault = t + every_ns
-        return True
 
     def emit_kicks(self, out: _Out, t: np.ndarray, kicked: np.ndarray, idx) -> None:
         c = self.common()
@@ -661,7 +669,7 @@ class SimHost:
         self._next_reset = T0 + int(cfg.suspend_every * 1.7 * NS)
         self._next_lost = T0 + int(cfg.lost_every * NS) if cfg.lost_every > 0 else None
         self._started = False
-        self._admin_next_fault: dict[str, int] = {}
+        self._admin_fault_due = FaultClock(cfg.faults).due
 
     def _ptr(self, align: int = 0x1000) -> int:
         p = self._next_ptr
@@ -809,12 +817,6 @@ class SimHost:
                     out.add(Kind.DMA_MAP, ts, id=iova & 0xFFFFFFFF, aux2=iova >> 32, aux=3, arg=size, **c)
                     out.add(Kind.DMA_UNMAP, ts + 40_000, id=iova & 0xFFFFFFFF, aux2=iova >> 32,
                             arg=size, **c)
-
-    def _admin_fault_due(self, name: str, t: int) -> bool:
-        if name not in self.cfg.faults or t < self._admin_next_fault.get(name, FAULT_AT):
-            return False
-        self._admin_next_fault[name] = t + NS // 2
-        return True
 
     def _admin_cmds(self, out, ts, ops, member, lat, data=None, faults: dict | None = None) -> None:
         """Commands through the PF's admin queue; the model device answers them."""
