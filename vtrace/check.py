@@ -22,7 +22,7 @@ Honesty rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
@@ -321,10 +321,9 @@ class Checker:
     def _ev(self, p: int, fields: tuple[str, ...] = ("id",)) -> Evidence:
         c = self._c
         k = int(c["kind"][p])
-        names = {"id": "head", "len": "len", "aux": "aux", "aux2": "aux2", "arg": "idx"}
         kf = KIND_FIELDS.get(Kind(k), {}) if k in Kind._value2member_map_ else {}
         return Evidence(self._base + p, int(c["ts"][p]), kind_name(k),
-                        tuple((kf.get(f, names[f]), int(c[f][p])) for f in fields))
+                        tuple((kf.get(f, f), int(c[f][p])) for f in fields))
 
     # feeding -----------------------------------------------------------------
     def feed(self, batch: Batch) -> None:
@@ -332,7 +331,7 @@ class Checker:
             self.register(batch.objects)
         ev = batch.events
         if batch.meta.get("gap"):
-            self._resync("a gap in the input")
+            self._resync()  # a gap in the input (damaged capture)
         n = ev.size
         if n:
             kind = ev["kind"]
@@ -341,7 +340,7 @@ class Checker:
             for p in lost.tolist():
                 if p > start:
                     self._process(ev[start:p], self.events + start)
-                self._resync("lost events")
+                self._resync()  # the probes lost events here
                 start = p + 1
             if start < n:
                 self._process(ev[start:], self.events + start)
@@ -349,7 +348,7 @@ class Checker:
         self.ts_end = max(self.ts_end, int(batch.t_end), int(ev["ts"][-1]) if n else 0)
         self._timeouts(self.ts_end, final=False)
 
-    def _resync(self, why: str) -> None:
+    def _resync(self) -> None:
         self.resyncs += 1
         for q in self.queues.values():
             q.forget()
@@ -440,7 +439,7 @@ class Checker:
         kicks = P[k == Kind.KICK]
         if kicks.size or (q.pending_kick and starts.size):
             self._kicks(q, kicks, starts)
-        elif starts.size:
+        if starts.size:
             q.last_avail = int(c["arg"][starts[-1]])
 
     def _pair(self, q: _Queue, S: np.ndarray, U: np.ndarray) -> None:
@@ -683,8 +682,6 @@ class Checker:
                     self._kick_answered(q, kts, kord, int(sts[j[i]]))
                 elif q.pending_kick is None:
                     q.pending_kick = (kts, kord, int(karg[i]))
-        if S.size:
-            q.last_avail = int(c["arg"][S[-1]])
 
     def _kick_answered(self, q: _Queue, kts: int, kord: int, fetch_ts: int) -> None:
         if fetch_ts - kts > self.stall_ns:
@@ -818,7 +815,7 @@ class Checker:
                                 [Evidence(int(q.fl_ord[h]), int(q.fl_ts[h]), kind_name(q.start_kind),
                                           (("head", int(h)),)) for h in old[:8]])
         if self.submits:
-            for key, (sts, sord, op, group, member, data) in list(self.submits.items()):
+            for key, (sts, sord, op, _group, member, _data) in list(self.submits.items()):
                 if now - sts > self.stall_ns:
                     del self.submits[key]
                     self._found("admin-timeout", sts, "admin",
@@ -836,7 +833,7 @@ class Checker:
                 self.submits[(obj, ts, op)] = (ts, self._base + p, op, int(c["aux"][p]), int(c["aux2"][p]),
                                                int(c["len"][p]))
                 continue
-            status, group, qual, lat = int(c["len"][p]), int(c["aux"][p]), int(c["aux2"][p]), int(c["arg"][p])
+            status, qual, lat = int(c["len"][p]), int(c["aux2"][p]), int(c["arg"][p])
             sub = self.submits.pop((obj, ts - lat, op), None)
             self._checked("admin-timeout")
             where = f"admin {self.infos[obj].device}" if obj in self.infos else "admin"
@@ -890,10 +887,6 @@ class Checker:
         """(rule, severity, count) for every rule with a divergence, worst first."""
         rows = [(r.id, r.severity, self.tally[r.id].found) for r in RULES if self.tally[r.id].found]
         return tuple(sorted(rows, key=lambda r: (SEVERITY_RANK[r[1]], -r[2], r[0])))
-
-    def worst(self) -> str | None:
-        s = self.summary()
-        return s[0][1] if s else None
 
 
 def _heads(heads) -> str:

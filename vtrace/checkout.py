@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from vtrace.check import RULES, SEVERITIES, SEVERITY_RANK, Checker
-from vtrace.fmt import dur
 
 
 def rule_status(c: Checker, rule_id: str) -> str:
@@ -93,5 +92,3 @@ def rules_text() -> str:
         out.append(f"{r.id} ({r.severity})\n  {r.title}\n  spec: {r.section}\n  {r.explanation}\n")
     return "\n".join(out)
 
-
-__all__ = ["check_text", "check_json", "rules_text", "failed", "dur"]

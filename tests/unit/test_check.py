@@ -2,14 +2,13 @@
 seed cases, the simulator's fault switches, and property tests over streams
 the reference model produces."""
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vtrace import admin as codes
 from vtrace.check import RULES, Checker
-from vtrace.events import UNOBSERVED, Batch, Kind, ObjectInfo, make
+from vtrace.events import Batch, Kind, ObjectInfo, make
 from vtrace.model import Features, SplitRing
 from vtrace.model import features as F
 from vtrace.sources.sim import FAULTS, SimConfig, SimSource

@@ -14,5 +14,7 @@ It is used twice (DESIGN.md):
 Headless: numpy only, no bcc or textual.
 """
 
-from vtrace.model.features import Features  # noqa: F401
-from vtrace.model.ring import PackedRing, RingError, SplitRing, need_event, vring_need_event  # noqa: F401
+from vtrace.model.features import Features
+from vtrace.model.ring import PackedRing, RingError, SplitRing, need_event, vring_need_event
+
+__all__ = ["Features", "PackedRing", "RingError", "SplitRing", "need_event", "vring_need_event"]
