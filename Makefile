@@ -8,13 +8,13 @@ STAMP  := $(VENV)/.installed
 BCC    := $(VENV)/.bcc
 PYTEST_ARGS ?=
 
-.PHONY: all setup system-deps test test-unit test-live run bench clean help
+.PHONY: all setup system-deps test test-unit test-live test-vmlab run bench clean help
 
 all: test
 
 help:
 	@echo "make run    start vtrace on the best available source (live, else the simulator)"
-	@echo "make test   install everything needed and run the unit and live tiers"
+	@echo "make test   install everything needed and run the unit, live and vmlab tiers"
 	@echo "make bench  pipeline benchmarks (results in bench/results/)"
 
 setup: $(STAMP) $(BCC)
@@ -37,13 +37,16 @@ $(BCC): $(STAMP) | system-deps
 	touch $@
 
 test: setup
-	$(PY) -m pytest tests/unit tests/live $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit tests/live tests/vmlab $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-live: setup
 	$(PY) -m pytest tests/live $(PYTEST_ARGS)
+
+test-vmlab: setup
+	$(PY) -m pytest tests/vmlab $(PYTEST_ARGS)
 
 run: setup
 	$(VENV)/bin/vtrace stat

@@ -23,6 +23,7 @@ enum vtrace_layer {
 	VTRACE_LAYER_VFIO = 3,
 	VTRACE_LAYER_KVM = 4,
 	VTRACE_LAYER_IOMMU = 5,
+	VTRACE_LAYER_QEMU = 6,		/* QEMU's device model, from its trace log (no probe) */
 };
 
 enum vtrace_kind {

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Debian packages the live tier needs: bcc (python3-bpfcc + libbpfcc) and
-# bpftool. Installs only what is missing; needs root for that.
+# Debian packages the test tiers need: bcc (python3-bpfcc + libbpfcc) and
+# bpftool for the live tier; QEMU and a static busybox for the vmlab tier
+# (which fetches the stock kernel itself with apt-get download). Installs
+# only what is missing; needs root for that.
 set -euo pipefail
-pkgs=(python3-bpfcc libbpfcc bpftool)
+pkgs=(python3-bpfcc libbpfcc bpftool qemu-system-x86 busybox-static)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

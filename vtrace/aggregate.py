@@ -22,7 +22,7 @@ from typing import Iterable
 import numpy as np
 
 from vtrace import admin as admin_codes
-from vtrace.events import (NO_QUEUE, Batch, Kind, Layer, ObjectInfo, ProbeStatus,
+from vtrace.events import (NO_QUEUE, UNOBSERVED, Batch, Kind, Layer, ObjectInfo, ProbeStatus,
                            layer_name)
 
 # Dense kind index: counters are a (slots x NK) matrix.
@@ -435,10 +435,11 @@ class Aggregator:
         self.last_seen[:nslots][delta.any(axis=1)] = self.ts_end
         self.unknown_kinds += int(delta[:, K_UNKNOWN].sum())
 
-        used = kind == Kind.USED
+        # Bytes a probe did not see (UNOBSERVED) count as nothing, not 4 GiB.
+        used = (kind == Kind.USED) & (ev["len"] != UNOBSERVED)
         if used.any():
             self.used_bytes[:nslots] += sum_by_slot(slot[used], ev["len"][used], nslots)
-        start = (kind == Kind.FETCH) | (kind == Kind.AVAIL)
+        start = ((kind == Kind.FETCH) | (kind == Kind.AVAIL)) & (ev["aux"] != UNOBSERVED)
         if start.any():
             self.read_bytes[:nslots] += sum_by_slot(slot[start], ev["aux"][start], nslots)
         if delta[:, KI[Kind.LOST]].any():

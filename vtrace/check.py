@@ -672,8 +672,11 @@ class Checker:
             carry = -1 if q.last_avail is None else q.last_avail
             last = np.where(j > 0, sarg[np.maximum(j - 1, 0)], carry) if S.size else np.full(K.size, carry)
             karg = c["arg"][K]
-            known = last >= 0
-            self._unchecked("kick-stall", int((~known).sum()), "the device's last_avail_idx was not yet observed")
+            seen = karg != UNOBSERVED
+            self._unchecked("kick-stall", int((~seen).sum()), "the kick's avail idx was not observed")
+            known = seen & (last >= 0)
+            self._unchecked("kick-stall", int((seen & ~known).sum()),
+                            "the device's last_avail_idx was not yet observed")
             work = known & (((karg - last) & 0xFFFF) != 0)
             self._checked("kick-stall", int(work.sum()))
             for i in np.flatnonzero(work).tolist():
@@ -732,6 +735,10 @@ class Checker:
                 self._kick_answered(q, kts, kord, ts)
             q.pending_kick = None
         if q.stop_reported or not q.running:
+            return
+        if not q.synced and q.start_kind is None and not q.seen.any():
+            # No reset and no fetch or use seen: its in-flight set is unknown, not empty.
+            self._unchecked("inflight-at-stop", 1, "no buffer events were observed on the queue")
             return
         fl = q.in_flight()
         self._checked("inflight-at-stop")

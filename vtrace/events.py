@@ -28,6 +28,7 @@ class Layer(enum.IntEnum):
     VFIO = 3
     KVM = 4
     IOMMU = 5
+    QEMU = 6  # QEMU's own device model, from its trace log (vtrace import qemu)
 
     @property
     def label(self) -> str:
@@ -125,6 +126,7 @@ OPTIONAL_FIELDS: dict[Kind, frozenset[str]] = {
     Kind.AVAIL: frozenset({"writable_bytes", "readable_bytes"}),
     Kind.FETCH: frozenset({"writable_bytes", "readable_bytes"}),
     Kind.USED: frozenset({"used_len"}),
+    Kind.KICK: frozenset({"avail_idx"}),
     Kind.SIGNAL: frozenset({"used_event", "signalled_used", "avail_flags"}),
     Kind.SIGNAL_SUPPRESSED: frozenset({"used_event", "signalled_used", "avail_flags"}),
 }

@@ -1,7 +1,7 @@
 """Sources: where events come from (live BPF, a replayed file, the simulator).
 
 ``open_source(spec)`` understands ``sim``, ``sim:k=v,...``, ``replay:FILE``,
-``live`` and ``auto`` (live when it can run here, else the simulator).
+``qemu:LOG`` (a QEMU trace log), ``live`` and ``auto`` (live when it can run here, else the simulator).
 Outputs never import this package; the CLI wires sources to outputs.
 """
 
@@ -47,6 +47,14 @@ def open_source(spec: str, *, realtime: bool = True, duration_ns: int | None = N
             return ReplaySource(arg), notice
         except CaptureError as e:
             raise SourceError(str(e)) from None
+    if name == "qemu":
+        if not arg:
+            raise SourceError("--source qemu needs a QEMU trace log: qemu:FILE")
+        from vtrace.sources.qemulog import QemuLogError, QemuLogSource
+        try:
+            return QemuLogSource(arg), notice
+        except QemuLogError as e:
+            raise SourceError(str(e)) from None
     if name == "live":
         raise SourceError(f"--source live: {LIVE_UNAVAILABLE}")
-    raise SourceError(f"unknown source {spec!r} (auto, live, sim[:k=v,...], replay:FILE)")
+    raise SourceError(f"unknown source {spec!r} (auto, live, sim[:k=v,...], replay:FILE, qemu:LOG)")

@@ -1,0 +1,29 @@
+"""vmlab tier: Debian's stock kernel under QEMU (TCG), built on first use.
+
+Outside CI a missing QEMU or busybox skips the tier with the reason; with
+CI=true the tier must run, so the same condition is a failure, never a skip.
+`make test` installs both (scripts/install-system-deps.sh).
+"""
+
+import os
+import shutil
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(cond: bool, why: str) -> None:
+    if cond:
+        return
+    if IN_CI:
+        pytest.fail(f"vmlab tier cannot run under CI=true: {why}")
+    pytest.skip(why)
+
+
+@pytest.fixture(autouse=True)
+def _tools():
+    from tests.vmlab import lab
+    require(shutil.which(lab.QEMU) is not None, f"{lab.QEMU} is not installed (apt-get install qemu-system-x86)")
+    require(os.path.exists(lab.BUSYBOX), f"{lab.BUSYBOX} is missing (apt-get install busybox-static)")
+    require(shutil.which("apt-get") is not None, "apt-get is needed to fetch the stock kernel")

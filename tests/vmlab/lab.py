@@ -1,0 +1,210 @@
+"""The lab: Debian's stock kernel booted under QEMU (TCG), built on demand.
+
+Nothing here is committed as a binary: the kernel package is fetched with
+apt-get and unpacked into a cache outside the repository (VTRACE_LAB_CACHE,
+default /var/tmp/vtrace-lab); the initramfs is a busybox one written here,
+per test, from an init script the test supplies. See ../shared/KERNEL-NOTES.md
+("The vmlab") for the measured facts this relies on.
+
+Pass/fail always comes from markers the guest prints on its serial console,
+never from QEMU's exit status (QEMU exits 0 when the guest powers off,
+whatever happened inside).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import shutil
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+CACHE = Path(os.environ.get("VTRACE_LAB_CACHE", "/var/tmp/vtrace-lab"))
+QEMU = "qemu-system-x86_64"
+BUSYBOX = "/bin/busybox"
+
+
+class LabError(RuntimeError):
+    """The lab could not be built or run (the message says which step)."""
+
+
+def _run(cmd: list[str], *, cwd: Path | None = None, timeout: int = 600) -> str:
+    try:
+        p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise LabError(f"{cmd[0]} is not installed") from None
+    except subprocess.TimeoutExpired:
+        raise LabError(f"{' '.join(cmd)} took more than {timeout} s") from None
+    if p.returncode != 0:
+        tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
+        raise LabError(f"{' '.join(cmd)} failed ({p.returncode}): {' | '.join(tail)}")
+    return p.stdout
+
+
+@dataclass(frozen=True)
+class Kernel:
+    release: str  # e.g. 6.1.0-56-amd64
+    root: Path    # the unpacked package
+
+    @property
+    def vmlinuz(self) -> Path:
+        return self.root / "boot" / f"vmlinuz-{self.release}"
+
+    @property
+    def modules(self) -> Path:
+        return self.root / "lib" / "modules" / self.release / "kernel"
+
+    def module(self, name: str) -> Path:
+        hits = [p for p in self.modules.rglob("*.ko") if p.stem.replace("-", "_") == name.replace("-", "_")]
+        if not hits:
+            raise LabError(f"module {name} is not in {self.root.name}")
+        return hits[0]
+
+    def depends(self, name: str) -> list[str]:
+        """The module's `depends=` from its .modinfo (no kmod needed)."""
+        data = self.module(name).read_bytes()
+        i = data.find(b"\0depends=")
+        if i < 0:
+            return []
+        val = data[i + 9:data.index(b"\0", i + 1)].decode()
+        return [d for d in val.split(",") if d]
+
+    def closure(self, names: list[str]) -> list[str]:
+        """Modules in load order: each after everything it depends on."""
+        order: list[str] = []
+
+        def visit(n: str) -> None:
+            if n in order:
+                return
+            for d in self.depends(n):
+                visit(d)
+            order.append(n)
+        for n in names:
+            visit(n)
+        return order
+
+
+def stock_kernel() -> Kernel:
+    """The current Debian stock kernel, resolved through linux-image-amd64."""
+    def resolve() -> list[str]:
+        try:
+            out = _run(["apt-cache", "depends", "linux-image-amd64"])
+        except LabError:
+            return []
+        pkgs = [ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.strip().startswith("Depends:")]
+        return [p for p in pkgs if p.startswith("linux-image-")]
+    pkgs = resolve()
+    if not pkgs:
+        _run(["apt-get", "update", "-qq"])  # a fresh machine may have no package index yet
+        pkgs = resolve()
+    if not pkgs:
+        raise LabError("apt-cache cannot resolve linux-image-amd64 even after apt-get update")
+    pkg = pkgs[0]
+    release = pkg[len("linux-image-"):]
+    root = CACHE / pkg
+    if (root / "boot" / f"vmlinuz-{release}").exists():
+        return Kernel(release, root)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    dl = CACHE / "download"
+    shutil.rmtree(dl, ignore_errors=True)
+    dl.mkdir()
+    try:
+        _run(["apt-get", "download", pkg], cwd=dl)
+    except LabError:
+        _run(["apt-get", "update", "-qq"])  # a stale index names a version the mirror dropped
+        _run(["apt-get", "download", pkg], cwd=dl)
+    debs = list(dl.glob(f"{pkg}_*.deb"))
+    if not debs:
+        raise LabError(f"apt-get download {pkg} left no .deb")
+    tmp = CACHE / f"{pkg}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    _run(["dpkg-deb", "-x", str(debs[0]), str(tmp)])
+    os.replace(tmp, root)
+    shutil.rmtree(dl, ignore_errors=True)
+    return Kernel(release, root)
+
+
+def _cpio_newc(entries: list[tuple[str, int, bytes]]) -> bytes:
+    """A newc cpio archive (what the kernel unpacks as an initramfs)."""
+    out = io.BytesIO()
+
+    def pad4() -> None:
+        out.write(b"\0" * (-out.tell() % 4))
+
+    for ino, (name, mode, data) in enumerate(entries + [("TRAILER!!!", 0, b"")], start=1):
+        nb = name.encode() + b"\0"
+        fields = (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(nb), 0)
+        out.write(b"070701" + b"".join(b"%08X" % f for f in fields) + nb)
+        pad4()
+        out.write(data)
+        pad4()
+    return out.getvalue()
+
+
+def initramfs(kernel: Kernel, modules: list[str], init: str, dest: Path) -> list[str]:
+    """Write a busybox initramfs whose /init is ``init``; returns the module load order.
+
+    The modules land in /lib/modules as plain files; /init loads them with
+    insmod in the returned order (no depmod or modprobe needed).
+    """
+    if not os.path.exists(BUSYBOX):
+        raise LabError(f"{BUSYBOX} is missing (apt-get install busybox-static)")
+    d, f, x = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o644, stat.S_IFREG | 0o755
+    entries: list[tuple[str, int, bytes]] = [
+        (n, d, b"") for n in ("bin", "dev", "proc", "sys", "tmp", "lib", "lib/modules")]
+    entries.append(("bin/busybox", x, Path(BUSYBOX).read_bytes()))
+    entries.append(("bin/sh", stat.S_IFLNK | 0o777, b"busybox"))
+    order = kernel.closure(modules)
+    for m in order:
+        entries.append((f"lib/modules/{m}.ko", f, kernel.module(m).read_bytes()))
+    entries.append(("init", x, init.encode()))
+    dest.write_bytes(gzip.compress(_cpio_newc(entries), compresslevel=1))
+    return order
+
+
+INIT_PROLOGUE = """#!/bin/sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+"""
+
+
+@dataclass
+class Run:
+    console: str
+    seconds: float
+
+    def marker(self, name: str) -> str | None:
+        """The rest of the line after 'name ' on the console, if the guest printed it."""
+        for ln in self.console.splitlines():
+            i = ln.find(name)  # firmware escape codes may precede it on the line
+            if i >= 0 and ln[i + len(name):i + len(name) + 1] in ("", " ", "\r"):
+                return ln[i + len(name):].strip()
+        return None
+
+
+def boot(kernel: Kernel, initrd: Path, extra: list[str], *, mem_mb: int = 512, timeout: int = 180,
+         append: str = "") -> Run:
+    """Boot under TCG; the guest powers off (or panics) to end the run."""
+    import time
+    if shutil.which(QEMU) is None:
+        raise LabError(f"{QEMU} is not installed (apt-get install qemu-system-x86)")
+    cmd = [QEMU, "-accel", "tcg", "-machine", "q35", "-m", str(mem_mb), "-nographic", "-no-reboot",
+           "-nodefaults", "-serial", "stdio", "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
+           "-append", f"console=ttyS0 panic=-1 quiet {append}".strip(), *extra]
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout,
+                           stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        raise LabError(f"guest did not power off within {timeout} s; console tail: "
+                       f"{' | '.join(out.strip().splitlines()[-5:])}") from None
+    if p.returncode != 0:
+        raise LabError(f"qemu failed ({p.returncode}): {p.stderr.strip()[-300:]}")
+    return Run(p.stdout, time.monotonic() - t0)
