@@ -54,6 +54,7 @@ run: setup
 bench: setup
 	$(PY) bench/pipeline.py
 	$(PY) bench/check.py
+	$(PY) bench/qemulog.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info bench/results

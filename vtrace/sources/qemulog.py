@@ -198,20 +198,24 @@ class _Vq:
         self.pops = self.used = self.pending = 0
 
 
-def _lines(path: str, stats: LogStats | None) -> Iterator[tuple[int, int | None, int, str, str]]:
-    """(lineno, ts_ns or None, tid, name, args) for each well-formed line."""
+def _lines(path: str, stats: LogStats | None) -> Iterator[tuple]:
+    """(lineno, tid, sec, frac, name, args) as strings for each well-formed line."""
+    match = _LINE.match
+    lineno = 0
     with open(path, "r", encoding="utf-8", errors="replace") as f:
         for lineno, raw in enumerate(f, start=1):
-            if stats is not None:
-                stats.lines += 1
-            m = _LINE.match(raw.rstrip("\n"))
+            m = match(raw.rstrip("\n"))
             if m is None:
                 if stats is not None and raw.strip():
                     stats.bad_line(lineno, f"not a trace line: {raw.strip()[:60]!r}")
                 continue
-            tid, sec, frac, name, rest = m.groups()
-            ts = int(sec) * 1_000_000_000 + int(frac.ljust(9, "0")) if sec is not None else None
-            yield lineno, ts, int(tid) if tid else 0, name, rest or ""
+            yield (lineno,) + m.groups()
+    if stats is not None:
+        stats.lines = lineno
+
+
+def _ts(sec: str, frac: str) -> int:
+    return int(sec) * 1_000_000_000 + int(frac.ljust(9, "0"))
 
 
 class QemuLogSource:
@@ -248,20 +252,23 @@ class QemuLogSource:
                 d = devs[ptr] = _Dev(ptr, vdpa=vdpa)
             return d
 
-        for lineno, ts, tid, name, rest in _lines(self.path, None):
+        data_path = ("virtqueue_pop", "virtqueue_fill", "virtqueue_flush")
+        vq_tokens: dict[str, None] = {}
+        for _lineno, tid, sec, _frac, name, rest in _lines(self.path, None):
             if name not in EVENTS and name not in _CONTEXT:
                 continue
             events += 1
-            if ts is None:
+            if sec is None:
                 untimed += 1
             else:
                 timed += 1
                 tids.add(tid)
             try:
-                a = parse_args(rest)
-                if name in ("virtqueue_pop", "virtqueue_fill", "virtqueue_flush"):
-                    popped_vqs.setdefault(_num(a["vq"]), None)
-                elif name == "virtio_queue_notify":
+                if name in data_path:  # the hot lines: only the queue matters here
+                    vq_tokens[rest.split(None, 2)[1]] = None
+                    continue
+                a = parse_args(rest or "")
+                if name == "virtio_queue_notify":
                     vq, d = _num(a["vq"]), dev(_num(a["vdev"]))
                     vq_dev[vq] = d.ptr
                     vq_index[vq] = int(a["n"])
@@ -289,7 +296,12 @@ class QemuLogSource:
         if not events:
             raise QemuLogError(f"{self.path}: no virtio trace events (run QEMU with -trace 'virtqueue_*' "
                                "-trace 'virtio_*' -D FILE -msg timestamp=on)")
-        self.pid = min(tids) if tids else 0  # the main thread's id is the process id
+        for tok in vq_tokens:
+            try:
+                popped_vqs.setdefault(_num(tok), None)
+            except ValueError:
+                continue  # pass 2 reports the line
+        self.pid = min(int(t) for t in tids) if tids else 0  # the main thread's id is the process id
         self._place_queues(devs, vq_dev, vq_index, popped_vqs)
         for (ptr, index) in vdpa_queues:
             devs[ptr].queues[_vdpa_queue(ptr, index)] = index
@@ -473,20 +485,23 @@ class QemuLogSource:
         for obj, (d, _i) in self._vq_of.items():
             reset_of.setdefault(d.ptr, []).append(obj)
 
-        for lineno, ts, _tid, name, rest in _lines(self.path, s):
-            if name not in EVENTS:
+        for lineno, _tid, sec, frac, name, rest in _lines(self.path, s):
+            keys = EVENTS.get(name)
+            if keys is None:
                 if name not in _CONTEXT:
                     s.ignored[name] = s.ignored.get(name, 0) + 1
                 continue
-            if ts is None:
-                ts = lineno * 1000 if self.line_time else last_ts
+            ts = _ts(sec, frac) if sec is not None else (lineno * 1000 if self.line_time else last_ts)
             if ts < last_ts:
                 s.clamped += 1  # threads log in lock order; keep the file's order
                 ts = last_ts
             last_ts = ts
             try:
-                a = parse_args(rest)
-                args = [a[k] for k in EVENTS[name]]
+                toks = (rest or "").split()
+                args = toks[1::2]
+                if tuple(toks[0::2]) != keys:  # vhost_vdpa_* write "key:"; anything else is damage
+                    a = parse_args(rest or "")
+                    args = [a[k] for k in keys]
                 if name == "virtqueue_pop":
                     v = vq_state(_num(args[0]))
                     elem, n = _num(args[1]), int(args[2]) + int(args[3])
