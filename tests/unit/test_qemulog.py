@@ -280,3 +280,16 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, args, msg):
 def test_cli_missing_file(tmp_path):
     r = CliRunner().invoke(cli, ["import", "qemu", str(tmp_path / "nope.log")])
     assert r.exit_code == 2 and "cannot read" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_aggregator_counts_unobserved_lengths_as_no_bytes(tmp_path):
+    from vtrace.aggregate import Aggregator
+    src = QemuLogSource(str(_log(tmp_path, BLK_LOG)))
+    agg = Aggregator()
+    agg.set_source(src.info)
+    for b in src.batches():
+        agg.feed(b)
+    q = [r for r in agg.snapshot().queues if r.device == "vdev0"]
+    assert len(q) == 1
+    assert q[0].used_bytes_total == 8193 + 4097 + 4097  # used.len is traced
+    assert q[0].read_bytes_total == 0                   # readable bytes are not: nothing, not 2 x 4 GiB

@@ -10,8 +10,9 @@ QEMU's emulated devices (and vhost-vdpa back ends) by the same rules.
 What QEMU's events carry, and what vtrace makes of them:
 - virtqueue_pop(vq, elem, in_num, out_num) -> FETCH. QEMU does not trace
   the descriptor head, so heads are numbered here: each popped element
-  (``elem``, live until it is filled) gets the lowest number not in flight
-  on its queue. Byte lengths are not traced either: writable/readable bytes
+  (``elem``, live until it is filled) gets the number freed longest ago on
+  its queue (a new one when none is free): unique while in flight and
+  bounded by the most buffers ever in flight. Byte lengths are not traced either: writable/readable bytes
   are UNOBSERVED, descs = in_num + out_num. last_avail_idx counts pops since
   the last reset (virtqueue_unpop and virtqueue_rewind are not traced).
 - virtqueue_fill(vq, elem, len, idx) -> USED at used idx + idx + 1;
