@@ -250,6 +250,98 @@ def _record(src, output: str, *, duration: int | None = None, chunk: int = 65536
     return snap
 
 
+# doctor / probes ------------------------------------------------------------------
+@cli.command(context_settings={"max_content_width": 100})
+@click.option("-j", "--json", "as_json", is_flag=True, help="the checks and points as one JSON object")
+def doctor(as_json):
+    """Check that live tracing can run here; say exactly what to fix.
+
+    Checks privileges, bcc, BTF, tracefs, kernel headers (or the minimal
+    tree vtrace builds), kprobe and fentry availability, then attaches
+    every probe point and reports each. Exit 0 when live tracing can run.
+
+    \b
+    Examples:
+      sudo vtrace doctor
+      sudo vtrace doctor -j | jq '.points[] | select(.attached | not)'
+    """
+    from vtrace import doctor as doc
+    checks = doc.run_all()
+    points = []
+    if doc.passed(checks):
+        points = _attach_all()
+    ok = doc.passed(checks) and any(p.attached for p in points)
+    if as_json:
+        click.echo(json.dumps({"ok": ok, "checks": [c.__dict__ for c in checks],
+                               "points": [p.__dict__ for p in points]}, indent=1))
+    else:
+        for c in checks:
+            mark = "ok  " if c.ok else ("FAIL" if c.required else "no  ")
+            click.echo(f"{mark} {c.name:<10} {c.detail}")
+            if not c.ok and c.fix:
+                click.echo(f"     {'':<10} fix: {c.fix}")
+        if points:
+            click.echo("")
+            _probe_table(points)
+        click.echo("\n" + ("live tracing can run here (--source live)" if ok else
+                           "live tracing cannot run here; use --source sim, or fix the FAIL lines above"))
+    return 0 if ok else 1
+
+
+def _attach_all():
+    from vtrace.sources.live import LiveError, LiveSource
+    try:
+        src = LiveSource()
+        try:
+            src.start()
+        finally:
+            src.close()
+    except LiveError:
+        pass
+    return list(src.probes())
+
+
+def _probe_table(points) -> None:
+    click.echo(f"{'LAYER':<13} {'POINT':<16} {'STRATEGY':<38} STATUS")
+    for p in points:
+        status = "attached" if p.attached else f"failed: {p.error}"
+        click.echo(f"{p.layer:<13} {p.point:<16} {p.strategy:<38} {status}")
+
+
+@cli.command(context_settings={"max_content_width": 100})
+@click.option("--ebpf", is_flag=True, hidden=True, help="print the BPF programs that would be loaded, and exit")
+@click.option("-j", "--json", "as_json", is_flag=True, help="one JSON object per point")
+def probes(ebpf, as_json):
+    """List every probe point, the attach strategy chosen here, and its status.
+
+    Attaches each point for a moment to prove it (needs root), then
+    detaches. A point that cannot attach says why.
+
+    \b
+    Examples:
+      sudo vtrace probes
+      sudo vtrace probes -j
+    """
+    from vtrace.sources import live_available
+    from vtrace.sources.live import LiveError, LiveSource
+    if ebpf:
+        try:
+            click.echo(LiveSource().ebpf())
+        except LiveError as e:
+            raise VtraceError(str(e)) from None
+        return 0
+    ok, why = live_available()
+    if not ok:
+        raise VtraceError(why)
+    points = _attach_all()
+    if as_json:
+        for p in points:
+            click.echo(json.dumps(p.__dict__))
+    else:
+        _probe_table(points)
+    return 0 if any(p.attached for p in points) else 1
+
+
 # import -----------------------------------------------------------------------
 @cli.group("import", context_settings={"max_content_width": 100})
 def import_():

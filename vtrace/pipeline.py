@@ -47,8 +47,9 @@ class Pipeline:
         start = None
         boundary = None
         done = False
+        it = self.source.batches()
         try:
-            for batch in self.source.batches():
+            for batch in it:
                 if self.writer is not None:
                     self.writer.write_batch(batch)
                 ev = batch.events
@@ -80,6 +81,9 @@ class Pipeline:
         except (KeyboardInterrupt, Stop):
             self.interrupted = True
         finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()  # a live source detaches its probes here, on every exit path
             if old is not None:
                 signal.signal(signal.SIGTERM, old)
         dmg = getattr(self.source, "damage", None)

@@ -35,7 +35,8 @@ def source_label(s: Snapshot) -> str:
 
 
 def active(q: QueueStats) -> bool:
-    return q.avail_rate > 0 or q.used_rate > 0 or q.in_flight > 0 or q.state != "running"
+    return (q.avail_rate > 0 or q.used_rate > 0 or q.in_flight > 0 or q.state != "running"
+            or q.signal_rate > 0 or q.kick_rate > 0)  # a guest sees interrupts before buffers
 
 
 def select(s: Snapshot, *, vms: Iterable[str] = (), sort: str = "name", top: int | None = None,
@@ -46,7 +47,7 @@ def select(s: Snapshot, *, vms: Iterable[str] = (), sort: str = "name", top: int
     return qs[:top] if top else qs
 
 
-STAT_COLS = (f"{'VM':<7} {'DEV':<6} {'QUEUE':<6} {'AVAIL/s':>7} {'USED/s':>6} {'MB/s':>6} "
+STAT_COLS = (f"{'VM':<7} {'DEV':<7} {'QUEUE':<6} {'AVL/s':>5} {'USE/s':>5} {'SIG/s':>5} {'MB/s':>5} "
              f"{'INFL':>4} {'P50':>6} {'P99':>6} {'K/B':>4} {'S/B':>4} ST")
 
 
@@ -64,8 +65,8 @@ def stat_rows(qs: list[QueueStats]) -> list[str]:
     rows = []
     for q in qs:
         rows.append(
-            f"{q.vm[:7]:<7} {q.device[:6]:<6} {q.name[:6]:<6} {si(q.avail_rate):>7} {si(q.used_rate):>6} "
-            f"{q.bytes_rate / 1e6:>6.2f} {q.in_flight:>4} {dur(q.p50_ns):>6} {dur(q.p99_ns):>6} "
+            f"{q.vm[:7]:<7} {q.device[:7]:<7} {q.name[:6]:<6} {si(q.avail_rate):>5} {si(q.used_rate):>5} "
+            f"{si(q.signal_rate):>5} {q.bytes_rate / 1e6:>5.1f} {q.in_flight:>4} {dur(q.p50_ns):>6} {dur(q.p99_ns):>6} "
             f"{ratio(q.kicks_per_buffer):>4} {ratio(q.signals_per_buffer):>4} "
             f"{STATE_SHORT.get(q.state, q.state)[:4]:<4}".rstrip())
     return rows

@@ -110,7 +110,6 @@ def test_truncated_capture_reports_up_to_the_damage(run, capfile, tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["stat", "--source", "live", "1", "1"], "live BPF tracing"),
     (["stat", "--source", "warp", "1", "1"], "unknown source"),
     (["stat", "--source", "sim:vms=zero", "1", "1"], "bad value"),
     (["stat", "--source", "replay:/nonexistent.vtrace"], "cannot read"),
@@ -144,7 +143,17 @@ def test_capture_refuses_to_clobber(run, capfile):
     assert "--force" in line and capfile.read_bytes() == before
 
 
-def test_auto_source_falls_back_to_sim_with_notice(run):
+def test_auto_source_falls_back_to_sim_with_notice(run, monkeypatch):
+    import vtrace.sources as sources
+    monkeypatch.setattr(sources, "live_available", lambda: (False, "live tracing needs root; see vtrace doctor"))
     r = run("stat", "0.1", "1")
     assert r.exit_code == 0
     assert "using the simulated host (--source sim)" in r.output
+    assert "live tracing unavailable (live tracing needs root" in r.output
+
+
+def test_live_refused_says_why_and_names_sim(run, monkeypatch):
+    import vtrace.sources as sources
+    monkeypatch.setattr(sources, "live_available", lambda: (False, "bcc is not importable"))
+    line = one_line_error(run("stat", "--source", "live", "1", "1"))
+    assert "bcc is not importable" in line and "--source sim" in line

@@ -5,7 +5,9 @@ import sys
 
 HEADLESS = ["vtrace.events", "vtrace.aggregate", "vtrace.capture", "vtrace.jsonl", "vtrace.perfetto",
             "vtrace.report", "vtrace.pipeline", "vtrace.cli", "vtrace.sources", "vtrace.sources.sim",
-            "vtrace.sources.replay", "vtrace.fmt", "vtrace.admin"]
+            "vtrace.sources.replay", "vtrace.sources.qemulog", "vtrace.sources.live", "vtrace.fmt",
+            "vtrace.admin", "vtrace.doctor", "vtrace.kernel.btf", "vtrace.kernel.headers",
+            "vtrace.kernel.symbols", "vtrace.kernel.attach", "vtrace.check", "vtrace.model"]
 OUTPUTS = ["vtrace.report", "vtrace.perfetto", "vtrace.jsonl"]
 
 

@@ -12,12 +12,20 @@ class SourceError(Exception):
     """A source that cannot be opened; the message is one line."""
 
 
-LIVE_UNAVAILABLE = ("live BPF tracing is not part of this vtrace build yet; "
-                    "use --source sim or --source replay:FILE")
-
-
 def live_available() -> tuple[bool, str]:
-    return False, LIVE_UNAVAILABLE
+    """Whether ``--source live`` can run here, and if not the first reason (one line)."""
+    import importlib.util
+    import os
+    if os.geteuid() != 0:
+        return False, "live tracing needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN); see vtrace doctor"
+    if importlib.util.find_spec("bcc") is None:
+        return False, "bcc is not importable (apt-get install python3-bpfcc); see vtrace doctor"
+    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+        return False, "the kernel has no BTF (/sys/kernel/btf/vmlinux); see vtrace doctor"
+    from vtrace.kernel import attach
+    if attach.tracefs() is None:
+        return False, "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing); see vtrace doctor"
+    return True, ""
 
 
 def open_source(spec: str, *, realtime: bool = True, duration_ns: int | None = None):
@@ -56,5 +64,14 @@ def open_source(spec: str, *, realtime: bool = True, duration_ns: int | None = N
         except QemuLogError as e:
             raise SourceError(str(e)) from None
     if name == "live":
-        raise SourceError(f"--source live: {LIVE_UNAVAILABLE}")
+        ok, why = live_available()
+        if not ok:
+            raise SourceError(f"--source live: {why}; or use --source sim")
+        from vtrace.sources.live import LiveError, LiveSource
+        try:
+            src = LiveSource(realtime=realtime, duration_ns=duration_ns)
+            src.start()
+        except LiveError as e:
+            raise SourceError(f"--source live: {e}") from None
+        return src, notice
     raise SourceError(f"unknown source {spec!r} (auto, live, sim[:k=v,...], replay:FILE, qemu:LOG)")

@@ -1,0 +1,112 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * KVM: exits, port and MMIO accesses, exits to user space, interrupt
+ * injection. Tracepoints only (arch/x86/kvm/trace.h, include/trace/events/kvm.h):
+ * their formats are stable and they attach where function probes are
+ * refused. A tracepoint this kernel lacks is compiled out (HAVE_<name>,
+ * set by the loader from tracefs) and reported as not attached.
+ *
+ * The VM is the task that hits the probe (the VMM's tgid) for exits, pio,
+ * mmio and user-space exits. kvm_set_irq from an irqfd runs in a kworker
+ * (virt/kvm/eventfd.c irqfd_inject), so its pid is not the VM's.
+ */
+#include "vtrace.h"
+
+#define KVM_OBJ(tgid) (0x4b564d0000000000ULL | (u64)(tgid))	/* "KVM" + tgid */
+
+BPF_PERCPU_ARRAY(lost, u64, 1);
+BPF_RINGBUF_OUTPUT(events, VTRACE_RB_PAGES);
+
+static __always_inline void emit(struct vtrace_event *e)
+{
+	if (events.ringbuf_output(e, sizeof(*e), BPF_RB_NO_WAKEUP)) {
+		int zero = 0;
+		u64 *l = lost.lookup(&zero);
+		if (l)
+			(*l)++;
+	}
+}
+
+static __always_inline void head(struct vtrace_event *e, u8 kind)
+{
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	e->ts = bpf_ktime_get_ns();
+	e->pid = tgid;
+	e->obj = KVM_OBJ(tgid);
+	e->kind = kind;
+	e->layer = VTRACE_LAYER_KVM;
+	e->queue = VTRACE_NO_QUEUE;
+}
+
+#ifdef HAVE_kvm_exit
+TRACEPOINT_PROBE(kvm, kvm_exit)
+{
+	struct vtrace_event e = {};
+	head(&e, VTRACE_KVM_EXIT);
+	e.id = args->exit_reason;
+	emit(&e);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_kvm_pio
+TRACEPOINT_PROBE(kvm, kvm_pio)
+{
+	struct vtrace_event e = {};
+	head(&e, VTRACE_KVM_PIO);
+	e.id = args->port;
+	e.len = args->size;
+	e.aux = args->rw;	/* KVM_PIO_OUT = 1 */
+	e.arg = args->val;
+	emit(&e);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_kvm_mmio
+TRACEPOINT_PROBE(kvm, kvm_mmio)
+{
+	struct vtrace_event e = {};
+	head(&e, VTRACE_KVM_MMIO);
+	e.len = args->len;
+	e.aux = args->type == 2;	/* KVM_TRACE_MMIO_WRITE */
+	e.arg = args->gpa;
+	emit(&e);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_kvm_userspace_exit
+TRACEPOINT_PROBE(kvm, kvm_userspace_exit)
+{
+	struct vtrace_event e = {};
+	head(&e, VTRACE_KVM_USERSPACE_EXIT);
+	e.id = args->reason;
+	emit(&e);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_kvm_set_irq
+TRACEPOINT_PROBE(kvm, kvm_set_irq)
+{
+	struct vtrace_event e = {};
+	head(&e, VTRACE_KVM_SET_IRQ);
+	e.id = args->gsi;
+	e.aux = args->level;
+	emit(&e);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_kvm_msi_set_irq
+TRACEPOINT_PROBE(kvm, kvm_msi_set_irq)
+{
+	struct vtrace_event e = {};
+	head(&e, VTRACE_KVM_MSI);
+	e.id = args->data;
+	e.arg = args->address;
+	emit(&e);
+	return 0;
+}
+#endif

@@ -1,0 +1,146 @@
+"""vtrace.kernel without privileges: BTF parsing, symbols, the header tree, and
+every probe program compiling with bcc against that tree (compile only; the
+live tier loads and attaches them)."""
+
+from __future__ import annotations
+
+import ctypes
+import gzip
+import os
+import struct
+
+import pytest
+
+from vtrace.kernel import attach, btf, headers
+from vtrace.kernel.symbols import Kallsyms, base_name
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _btf_blob() -> bytes:
+    """A hand-made BTF: int, struct inner {int a; int b:3 @ bit 36}, struct outer {anon union {int x;}; inner in @ 8}."""
+    strs = b"\0int\0inner\0a\0b\0outer\0x\0in\0"
+    off = {n: strs.index(n.encode() + b"\0") for n in ("int", "inner", "a", "b", "outer", "x", "in")}
+    t = b""
+    t += struct.pack("<III", off["int"], 1 << 24, 4) + struct.pack("<I", 32)              # 1 INT
+    t += struct.pack("<III", off["inner"], (4 << 24) | (1 << 31) | 2, 8)                 # 2 STRUCT kflag
+    t += struct.pack("<III", off["a"], 1, 0) + struct.pack("<III", off["b"], 1, (3 << 24) | 36)
+    t += struct.pack("<III", 0, (5 << 24) | 1, 4) + struct.pack("<III", off["x"], 1, 0)  # 3 anon UNION
+    t += struct.pack("<III", off["outer"], (4 << 24) | 2, 16)                            # 4 STRUCT
+    t += struct.pack("<III", 0, 3, 0) + struct.pack("<III", off["in"], 2, 64)
+    hdr = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(t), len(t), len(strs))
+    return hdr + t + strs
+
+
+def test_btf_members_bitfields_anonymous_and_paths(tmp_path):
+    (tmp_path / "vmlinux").write_bytes(_btf_blob())
+    b = btf.Btf(_btf_blob())
+    outer = b.find(btf.STRUCT, "outer")
+    ms = {m.name: m for m in b.members(outer)}
+    assert set(ms) == {"x", "in"}                      # the anonymous union is flattened
+    assert ms["x"].offset == 0 and ms["in"].offset == 8 and ms["in"].size == 8
+    inner = {m.name: m for m in b.members(b.find(btf.STRUCT, "inner"))}
+    assert (inner["b"].bit_offset, inner["b"].bitfield) == (36, 3)
+    btf._cache.clear()
+    try:
+        b2 = btf.load(btf_dir=str(tmp_path))
+        assert b2.find(btf.STRUCT, "outer") == outer
+    finally:
+        btf._cache.clear()
+
+
+def test_btf_rejects_other_files(tmp_path):
+    with pytest.raises(btf.BtfError, match="not BTF"):
+        btf.Btf(b"\0" * 64)
+    with pytest.raises(btf.BtfError, match="kernel has no BTF"):
+        btf.load(None, btf_dir=str(tmp_path))
+    (tmp_path / "vmlinux").write_bytes(_btf_blob())
+    try:
+        with pytest.raises(btf.BtfError, match="no_such_module is not loaded or has no BTF"):
+            btf.load("no_such_module", btf_dir=str(tmp_path))
+    finally:
+        btf._cache.clear()
+
+
+@pytest.mark.skipif(not os.path.exists("/sys/kernel/btf/vmlinux"), reason="no kernel BTF")
+def test_running_kernel_virtqueue_layout_and_paths():
+    lay = btf.struct_layout("virtqueue")
+    assert {"name", "index", "num_free", "num_max", "vdev"} <= set(lay)
+    used = btf.member("vring_virtqueue", "split.vring.used")
+    assert used.size == 8 and used.offset > lay["num_max"].offset
+    with pytest.raises(btf.BtfError, match="no member"):
+        btf.member("virtqueue", "no_such_field")
+
+
+def test_kallsyms_clones(tmp_path):
+    p = tmp_path / "kallsyms"
+    p.write_text("ffffffff81000000 T handle_tx\nffffffff81000100 t handle_tx.isra.0\n"
+                 "ffffffff81000200 t handle_tx_kick [vhost_net]\nffffffff81000300 d handle_tx.data\n")
+    k = Kallsyms(str(p))
+    assert [s.name for s in k.lookup("handle_tx")] == ["handle_tx", "handle_tx.isra.0"]
+    assert k.lookup("handle_tx_kick")[0].module == "vhost_net"
+    assert k.address("handle_tx") == 0xFFFFFFFF81000000
+    assert base_name("vhost_get_vq_desc.constprop.0") == "vhost_get_vq_desc"
+
+
+def test_autoconf_from_config():
+    text = "CONFIG_A=y\nCONFIG_B=m\nCONFIG_C=\"x\"\n# CONFIG_D is not set\nCONFIG_E=n\n"
+    h = headers.autoconf(text)
+    assert "#define CONFIG_A 1" in h and "#define CONFIG_B_MODULE 1" in h and '#define CONFIG_C "x"' in h
+    assert "CONFIG_D" not in h and "CONFIG_E" not in h
+
+
+def _libbcc():
+    try:
+        lib = ctypes.CDLL("libbcc.so.0")
+    except OSError:
+        if IN_CI:
+            pytest.fail("libbcc is missing under CI=true (make setup installs it)")
+        pytest.skip("libbcc is not installed")
+    lib.bpf_module_create_c_from_string.restype = ctypes.c_void_p
+    lib.bpf_module_create_c_from_string.argtypes = [ctypes.c_char_p, ctypes.c_uint,
+                                                    ctypes.POINTER(ctypes.c_char_p), ctypes.c_int,
+                                                    ctypes.c_bool, ctypes.c_char_p]
+    lib.bpf_module_destroy.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+@pytest.mark.parametrize("program", sorted({p.program for p in attach.CATALOGUE}))
+def test_every_probe_program_compiles_against_the_minimal_tree(program, tmp_path, monkeypatch):
+    """Compile only (no root, no load): every point's code with every HAVE_ macro on,
+    offsets as the loader would pass them (any value compiles)."""
+    if not os.path.exists(headers.CONFIG):
+        pytest.skip("no /proc/config.gz to build the tree from")
+    lib = _libbcc()
+    tree = headers.tree(cache_dir=str(tmp_path))
+    monkeypatch.setenv("BCC_KERNEL_SOURCE", tree)
+    from vtrace.sources.live import OFFSETS
+    flags = [f"-I{attach.PROBES_DIR}", "-DVTRACE_STREAM", "-DVTRACE_RB_PAGES=64"]
+    flags += [f"-D{m}=8" for m in OFFSETS[program]]
+    for p in attach.CATALOGUE:
+        if p.program != program:
+            continue
+        for s in p.strategies:
+            flags += [f"-D{n.upper()}=0xffffffff81000000ULL" for n in s.needs]
+            if s.kind == "tracepoint":
+                flags.append(f"-DHAVE_{s.target.split(':', 1)[1]}")
+    with open(os.path.join(attach.PROBES_DIR, f"{program}.bpf.c"), "rb") as f:
+        text = f.read()
+    arr = (ctypes.c_char_p * len(flags))(*[x.encode() for x in flags])
+    mod = lib.bpf_module_create_c_from_string(text, 0, arr, len(flags), True, None)
+    assert mod, f"probes/{program}.bpf.c does not compile (bcc printed why above)"
+    lib.bpf_module_destroy(mod)
+
+
+def test_tree_is_cached_and_complete(tmp_path):
+    if not os.path.exists(headers.CONFIG):
+        pytest.skip("no /proc/config.gz")
+    a = headers.tree(cache_dir=str(tmp_path))
+    assert headers.tree(cache_dir=str(tmp_path)) == a
+    for rel in ("include/generated/autoconf.h", "include/linux/kconfig.h", "include/uapi/linux/bpf.h",
+                "arch/x86/include/uapi/asm/ptrace.h", "include/linux/types.h"):
+        assert os.path.exists(os.path.join(a, rel)), rel
+    with gzip.open(headers.CONFIG, "rt") as f:
+        cfg = f.read()
+    assert ("#define CONFIG_BPF_SYSCALL 1" in open(os.path.join(a, "include/generated/autoconf.h")).read()) == \
+        ("CONFIG_BPF_SYSCALL=y" in cfg)

@@ -1,0 +1,164 @@
+"""vtrace doctor: can live tracing run here, and if not, exactly what to do.
+
+Each check is (name, ok, detail, fix). Checks that need bcc import it
+inside the check, never at module import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import importlib.util
+import os
+import tempfile
+from dataclasses import dataclass
+
+CAPS = {21: "CAP_SYS_ADMIN", 38: "CAP_PERFMON", 39: "CAP_BPF"}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True  # a failed optional check narrows what attaches, it does not stop live
+
+
+def _cap_eff() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for ln in f:
+                if ln.startswith("CapEff:"):
+                    return int(ln.split()[1], 16)
+    except OSError:
+        pass
+    return 0
+
+
+def _config() -> dict[str, str]:
+    try:
+        with gzip.open("/proc/config.gz", "rt") as f:
+            return dict(ln.split("=", 1) for ln in f.read().splitlines() if ln.startswith("CONFIG_") and "=" in ln)
+    except OSError:
+        return {}
+
+
+def privileges() -> Check:
+    eff = _cap_eff()
+    missing = [n for b, n in CAPS.items() if not eff >> b & 1]
+    if not missing:
+        return Check("privileges", True, "CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN are effective")
+    return Check("privileges", False, f"missing {', '.join(missing)}",
+                 "run as root (sudo vtrace ...) or grant the capabilities: "
+                 "setcap cap_bpf,cap_perfmon,cap_sys_admin+ep on the Python interpreter")
+
+
+def bcc_importable() -> Check:
+    if importlib.util.find_spec("bcc") is None:
+        return Check("bcc", False, "the bcc Python module is not importable",
+                     "apt-get install python3-bpfcc libbpfcc (make setup exposes it to the venv)")
+    try:
+        from bcc import libbcc
+        libbcc.lib  # loads libbcc.so
+    except Exception as e:  # noqa: BLE001 - any failure here is the finding
+        return Check("bcc", False, f"bcc imports but libbcc fails to load: {e}", "apt-get install libbpfcc")
+    import bcc
+    return Check("bcc", True, f"bcc {getattr(bcc, '__version__', '?')} ({os.path.dirname(bcc.__file__)})")
+
+
+def kernel_headers() -> Check:
+    from vtrace.kernel import headers
+    if headers.kernel_has_headers():
+        return Check("headers", True, f"/lib/modules/{os.uname().release}/build")
+    try:
+        path = headers.tree()
+    except (headers.HeaderError, OSError) as e:
+        return Check("headers", False, f"no kernel headers and no minimal tree: {e}",
+                     "apt-get install linux-libc-dev, and make sure /proc/config.gz exists (CONFIG_IKCONFIG_PROC)")
+    return Check("headers", True, f"no kernel headers; minimal tree {path} (BCC_KERNEL_SOURCE)")
+
+
+def btf_present() -> Check:
+    from vtrace.kernel import btf
+    try:
+        b = btf.load()
+        btf.struct_layout("virtqueue")
+    except btf.BtfError as e:
+        return Check("btf", False, str(e), "use a kernel built with CONFIG_DEBUG_INFO_BTF=y")
+    return Check("btf", True, f"/sys/kernel/btf/vmlinux, {b.next_id - 1:,} types")
+
+
+def tracefs_mounted() -> Check:
+    from vtrace.kernel import attach
+    root = attach.tracefs()
+    if root is None:
+        return Check("tracefs", False, "tracefs is not mounted", "mount -t tracefs nodev /sys/kernel/tracing")
+    return Check("tracefs", True, root)
+
+
+def kprobes() -> Check:
+    cfg = _config()
+    from vtrace.kernel import attach
+    root = attach.tracefs()
+    if cfg and cfg.get("CONFIG_KPROBES") != "y":
+        return Check("kprobes", False, "CONFIG_KPROBES is off in this kernel",
+                     "none here: vhost/vfio function probes need a kernel with kprobes (see docs/doctor.md)", False)
+    if root and not os.path.exists(os.path.join(root, "kprobe_events")):
+        return Check("kprobes", False, "no kprobe_events in tracefs", "a kernel with CONFIG_KPROBES=y", False)
+    return Check("kprobes", True, "kprobes are available", required=False)
+
+
+@contextlib.contextmanager
+def captured_stderr():
+    """bcc and libbpf write to fd 2 from C; keep that off the user's terminal and return it."""
+    out: list[str] = []
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out.append(tmp.read().decode(errors="replace"))
+
+
+def fentry() -> Check:
+    """Try to load one fentry program: some kernels refuse them with EPERM even for root."""
+    from vtrace.kernel import headers
+    try:
+        os.environ.update(headers.bcc_env())
+        from bcc import BPF
+    except Exception:  # noqa: BLE001
+        return Check("fentry", False, "cannot test without bcc and headers", "see the checks above", False)
+    err: list[str] = []
+    try:
+        with captured_stderr() as err:
+            b = BPF(text=b"KFUNC_PROBE(vfs_read) { return 0; }")
+            b.cleanup()
+    except Exception as e:  # noqa: BLE001 - bcc raises bare Exception with a misleading text
+        log = " ".join(err).strip()
+        if "Failed to compile" in str(e):
+            why = "the fentry test program did not compile: " + (log.splitlines()[-1] if log else str(e))
+        elif "Operation not permitted" in log or "super-user" in f"{log} {e}":
+            why = ("the kernel refuses fentry programs even for root (bpf() EPERM before the verifier; "
+                   "bcc's 'Need super-user privileges' is misleading here)")
+        else:
+            why = "fentry programs do not load: " + (log.splitlines()[-1] if log else "unknown reason")
+        return Check("fentry", False, why, "none needed: vtrace falls back to kprobes or tracepoints", False)
+    return Check("fentry", True, "fentry/fexit programs load", required=False)
+
+
+def run_all() -> list[Check]:
+    checks = [privileges(), bcc_importable(), btf_present(), tracefs_mounted()]
+    if checks[0].ok and checks[1].ok:
+        checks += [kernel_headers(), kprobes(), fentry()]
+    else:
+        checks += [kprobes()]
+    return checks
+
+
+def passed(checks: list[Check]) -> bool:
+    return all(c.ok for c in checks if c.required)

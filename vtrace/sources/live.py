@@ -1,0 +1,272 @@
+"""LiveSource: the probes in probes/*.bpf.c, loaded with bcc, as batches.
+
+Per program: choose each point's strategy (vtrace.kernel.attach), read the
+struct offsets it needs from BTF (vtrace.kernel.btf) and pass them as -D
+macros, point bcc at a minimal header tree when the kernel has none
+(vtrace.kernel.headers), compile, attach. A program or point that fails is
+reported (``probes()``) and the rest run.
+
+Events reach user space through one BPF ring buffer per program, written
+with BPF_RB_NO_WAKEUP and drained on a timer: a wakeup per event slows the
+traced path (../shared/KERNEL-NOTES.md: -21% IOPS at QD1 with per-event
+wakeups, -7% drained every 50 ms). A record the ring cannot take is
+counted in a per-CPU ``lost`` array and surfaces as a LOST event.
+
+bcc is imported only when a LiveSource is built (headless modules never
+import it at import time).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from vtrace.events import RECORD_DTYPE, RECORD_SIZE, Batch, Kind, Layer, ObjectInfo, ProbeStatus
+from vtrace.kernel import attach, btf, headers
+from vtrace.kernel.symbols import Kallsyms, SymbolError
+
+# virtio device ids (VIRTIO 1.2 §5) -> dev_type
+DEVICE_TYPES = {1: "net", 2: "blk", 3: "console", 4: "rng", 5: "balloon", 8: "scsi", 9: "9p",
+                16: "gpu", 18: "input", 19: "vsock", 20: "crypto", 26: "fs", 27: "pmem", 29: "mem"}
+KVM_TAG = 0x4B564D0000000000
+
+# Struct offsets each program needs: {MACRO: (struct, member path)}.
+OFFSETS: dict[str, dict[str, tuple[str, str]]] = {
+    "virtio": {
+        "OFF_IRQACTION_HANDLER": ("irqaction", "handler"),
+        "OFF_IRQACTION_DEV_ID": ("irqaction", "dev_id"),
+        "OFF_VQ_NAME": ("virtqueue", "name"),
+        "OFF_VQ_INDEX": ("virtqueue", "index"),
+        "OFF_VQ_NUM_FREE": ("virtqueue", "num_free"),
+        "OFF_VQ_NUM_MAX": ("virtqueue", "num_max"),
+        "OFF_VQ_VDEV": ("virtqueue", "vdev"),
+        "OFF_VDEV_INDEX": ("virtio_device", "index"),
+        "OFF_VDEV_ID": ("virtio_device", "id.device"),
+        "OFF_VVQ_PACKED": ("vring_virtqueue", "packed_ring"),
+        "OFF_VVQ_SPLIT_USED": ("vring_virtqueue", "split.vring.used"),
+    },
+    "kvm": {},
+}
+
+
+class LiveError(Exception):
+    """Live tracing cannot start here (one line, with the fix)."""
+
+
+def vm_name(pid: int) -> str:
+    """The VM's name from the VMM's command line (QEMU: -name guest=web1,... or -name web1)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return f"pid{pid}"
+    args = [a.decode(errors="replace") for a in argv if a]
+    for i, a in enumerate(args[:-1]):
+        if a in ("-name", "--name"):
+            v = args[i + 1]
+            for part in v.split(","):
+                if part.startswith("guest="):
+                    return part[len("guest="):]
+            return v.split(",")[0]
+    comm = os.path.basename(args[0]) if args else "?"
+    return f"{comm}-{pid}"
+
+
+@dataclass
+class _Program:
+    name: str
+    text: str
+    cflags: list[str]
+    points: list[attach.Point]
+    bpf: object = None
+    chunks: list[bytes] = field(default_factory=list)
+    lost_seen: int = 0
+
+
+def _ring_callback(chunks: list[bytes]):
+    def cb(_ctx, data, size):
+        chunks.append(ctypes.string_at(data, size))
+        return 0
+    return cb
+
+
+class LiveSource:
+    kind = "live"
+
+    def __init__(self, *, realtime: bool = True, duration_ns: int | None = None, ring_pages: int = 256,
+                 drain_ms: int = 50, batch_ms: int = 200, programs: tuple[str, ...] = ("virtio", "kvm")):
+        self.duration_ns = duration_ns
+        self.drain_s = drain_ms / 1000
+        self.batch_ns = batch_ms * 1_000_000
+        self.ring_pages = ring_pages
+        self.status: list[ProbeStatus] = []
+        self.programs: list[_Program] = []
+        self.known: set[int] = set()
+        self.host = socket.gethostname()
+        try:
+            self.syms = Kallsyms()
+        except SymbolError as e:
+            raise LiveError(str(e)) from None
+        for name in programs:
+            prog = self._prepare(name)
+            if prog is not None:
+                self.programs.append(prog)
+        self.info = {"source": "live", "host": self.host, "kernel": os.uname().release, "simulated": False,
+                     "ts_start": time.monotonic_ns()}
+
+    # building ---------------------------------------------------------------------
+    def _prepare(self, name: str) -> _Program | None:
+        points = [p for p in attach.CATALOGUE if p.program == name]
+        chosen = []
+        cflags = [f"-I{attach.PROBES_DIR}", "-DVTRACE_STREAM", f"-DVTRACE_RB_PAGES={self.ring_pages}"]
+        for p in points:
+            s, why = attach.choose(p, self.syms)
+            if s is None:
+                self.status.append(ProbeStatus(p.layer, p.name, "-", False, why))
+                continue
+            chosen.append((p, s))
+        if not chosen:
+            return None
+        try:
+            for macro, off in btf.offsets(OFFSETS.get(name, {})).items():
+                cflags.append(f"-D{macro}={off}")
+            for p, s in chosen:
+                for sym in s.needs:
+                    cflags.append(f"-D{sym.upper()}={self.syms.address(sym):#x}ULL")
+                if s.kind == "tracepoint":
+                    cflags.append(f"-DHAVE_{s.target.split(':', 1)[1]}")
+        except (btf.BtfError, SymbolError) as e:
+            for p, s in chosen:
+                self.status.append(ProbeStatus(p.layer, p.name, s.kind, False, str(e)))
+            return None
+        path = os.path.join(attach.PROBES_DIR, f"{name}.bpf.c")
+        with open(path) as f:
+            text = f.read()
+        prog = _Program(name, text, cflags, [p for p, _ in chosen])
+        prog.chosen = chosen  # type: ignore[attr-defined]
+        return prog
+
+    def ebpf(self) -> str:
+        """What would be loaded: each program with its -D macros written out (--ebpf)."""
+        out = []
+        for prog in self.programs:
+            defs = []
+            for fl in prog.cflags:
+                if fl.startswith("-D"):
+                    k, _, v = fl[2:].partition("=")
+                    defs.append(f"#define {k} {v or 1}")
+            out.append(f"/* ==== probes/{prog.name}.bpf.c (include path: {attach.PROBES_DIR}) ==== */\n"
+                       + "\n".join(defs) + "\n" + prog.text)
+        return "\n".join(out)
+
+    def start(self) -> None:
+        """Compile and attach every prepared program (needs root and bcc)."""
+        os.environ.update(headers.bcc_env())
+        from bcc import BPF  # noqa: deferred: only the live source needs bcc
+        for prog in self.programs:
+            try:
+                prog.bpf = BPF(text=prog.text.encode(), cflags=prog.cflags)
+                prog.bpf[b"events"].open_ring_buffer(_ring_callback(prog.chunks))
+                for p, s in prog.chosen:  # type: ignore[attr-defined]
+                    self.status.append(ProbeStatus(p.layer, p.name, f"{s.kind}:{s.target}", True))
+            except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                for p, s in prog.chosen:  # type: ignore[attr-defined]
+                    self.status.append(ProbeStatus(p.layer, p.name, f"{s.kind}:{s.target}", False, msg))
+                prog.bpf = None
+        if not any(p.bpf for p in self.programs):
+            self.close()
+            reasons = "; ".join(f"{s.point}: {s.error}" for s in self.status if not s.attached)
+            raise LiveError(f"no probe attached ({reasons or 'nothing to attach on this kernel'})")
+
+    def probes(self) -> tuple[ProbeStatus, ...]:
+        return tuple(self.status)
+
+    def close(self) -> None:
+        for prog in self.programs:
+            if prog.bpf is not None:
+                try:
+                    prog.bpf.cleanup()
+                except Exception:  # noqa: BLE001 - detaching is best effort at exit
+                    pass
+                prog.bpf = None
+
+    # running ------------------------------------------------------------------------
+    def _objects(self, ev: np.ndarray) -> list[ObjectInfo]:
+        new = []
+        for prog in self.programs:
+            if prog.bpf is None or prog.name != "virtio":
+                continue
+            for k, v in prog.bpf[b"vq_info"].items():
+                obj = int(k.value)
+                if obj in self.known:
+                    continue
+                self.known.add(obj)
+                dt = DEVICE_TYPES.get(int(v.device_id), f"virtio-{int(v.device_id)}")
+                new.append(ObjectInfo(obj=obj, vm=self.host, device=f"virtio{int(v.vdev_index)}", dev_type=dt,
+                                      queue=int(v.index), name=v.name.decode(errors="replace"),
+                                      size=int(v.num_max), layer=int(Layer.VIRTIO_GUEST)))
+        if ev.size:
+            for obj in np.unique(ev["obj"][ev["layer"] == Layer.KVM]).tolist():
+                if obj in self.known:
+                    continue
+                self.known.add(obj)
+                pid = obj & 0xFFFFFFFF
+                new.append(ObjectInfo(obj=obj, vm=vm_name(pid), device="kvm", dev_type="kvm",
+                                      layer=int(Layer.KVM), pid=pid))
+        return new
+
+    def _lost(self, now: int) -> list[bytes]:
+        out = []
+        for prog in self.programs:
+            if prog.bpf is None:
+                continue
+            total = sum(int(x) for x in prog.bpf[b"lost"].getvalue(0))
+            if total > prog.lost_seen:
+                rec = np.zeros(1, dtype=RECORD_DTYPE)
+                rec["ts"], rec["kind"], rec["layer"] = now, Kind.LOST, Layer.VTRACE
+                rec["arg"], rec["queue"] = total - prog.lost_seen, 0xFFFF
+                out.append(rec.tobytes())
+                prog.lost_seen = total
+        return out
+
+    def batches(self) -> Iterator[Batch]:
+        if not any(p.bpf for p in self.programs):
+            self.start()
+        t0 = time.monotonic_ns()
+        first = True
+        next_batch = t0 + self.batch_ns
+        try:
+            while True:
+                time.sleep(self.drain_s)
+                for prog in self.programs:
+                    if prog.bpf is not None:
+                        prog.bpf.ring_buffer_consume()
+                now = time.monotonic_ns()
+                end = self.duration_ns is not None and now - t0 >= self.duration_ns
+                if now < next_batch and not end:
+                    continue
+                next_batch = now + self.batch_ns
+                raw = b"".join(c for prog in self.programs for c in prog.chunks) + b"".join(self._lost(now))
+                for prog in self.programs:
+                    prog.chunks.clear()
+                ev = np.frombuffer(raw, dtype=RECORD_DTYPE).copy() if raw else np.zeros(0, RECORD_DTYPE)
+                if ev.size > 1:
+                    ev = ev[np.argsort(ev["ts"], kind="stable")]  # several rings, several CPUs
+                objects = tuple(self._objects(ev))
+                yield Batch(events=ev, t_end=max(now, int(ev["ts"][-1]) if ev.size else 0), objects=objects,
+                            probes=self.probes() if first else None)
+                first = False
+                if end:
+                    return
+        finally:
+            self.close()
+
+
+assert RECORD_SIZE == 48
