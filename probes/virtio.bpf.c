@@ -58,6 +58,7 @@ static __always_inline u16 rd_u16(const void *p)
 	return v;
 }
 
+#ifdef HAVE_irq_handler_entry
 RAW_TRACEPOINT_PROBE(irq_handler_entry)
 {
 	const void *action = (const void *)ctx->args[1];
@@ -111,3 +112,4 @@ RAW_TRACEPOINT_PROBE(irq_handler_entry)
 #endif
 	return 0;
 }
+#endif

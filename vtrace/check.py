@@ -440,7 +440,8 @@ class Checker:
         if kicks.size or (q.pending_kick and starts.size):
             self._kicks(q, kicks, starts)
         if starts.size:
-            q.last_avail = int(c["arg"][starts[-1]])
+            a = int(c["arg"][starts[-1]])
+            q.last_avail = None if a == UNOBSERVED else a
 
     def _pair(self, q: _Queue, S: np.ndarray, U: np.ndarray) -> None:
         c = self._c

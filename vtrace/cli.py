@@ -302,10 +302,10 @@ def _attach_all():
 
 
 def _probe_table(points) -> None:
-    click.echo(f"{'LAYER':<13} {'POINT':<16} {'STRATEGY':<38} STATUS")
+    click.echo(f"{'LAYER':<13} {'POINT':<18} {'STRATEGY':<38} STATUS")
     for p in points:
         status = "attached" if p.attached else f"failed: {p.error}"
-        click.echo(f"{p.layer:<13} {p.point:<16} {p.strategy:<38} {status}")
+        click.echo(f"{p.layer:<13} {p.point:<18} {p.strategy:<38} {status}")
 
 
 @cli.command(context_settings={"max_content_width": 100})

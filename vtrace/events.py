@@ -123,12 +123,13 @@ KIND_FIELDS: dict[Kind, dict[str, str]] = {
 # Fields a probe may not see: JSON Lines omits them when UNOBSERVED and reads
 # an absent one as UNOBSERVED, so a hand-written trace says only what it knows.
 OPTIONAL_FIELDS: dict[Kind, frozenset[str]] = {
-    Kind.AVAIL: frozenset({"writable_bytes", "readable_bytes"}),
+    Kind.AVAIL: frozenset({"writable_bytes", "readable_bytes", "descs", "avail_idx"}),
     Kind.FETCH: frozenset({"writable_bytes", "readable_bytes"}),
-    Kind.USED: frozenset({"used_len"}),
+    Kind.USED: frozenset({"used_len", "descs", "used_idx"}),
     Kind.KICK: frozenset({"avail_idx"}),
-    Kind.SIGNAL: frozenset({"used_event", "signalled_used", "avail_flags"}),
+    Kind.SIGNAL: frozenset({"used_event", "signalled_used", "avail_flags", "used_idx"}),
     Kind.SIGNAL_SUPPRESSED: frozenset({"used_event", "signalled_used", "avail_flags"}),
+    Kind.DMA_MAP: frozenset({"prot"}),
 }
 
 # Little-endian on disk and in BPF; "<" makes that explicit for the rare

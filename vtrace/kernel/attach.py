@@ -37,6 +37,10 @@ CATALOGUE: tuple[Point, ...] = (
     Point("virtio-guest", "vring_interrupt", "virtio",
           (Strategy("raw_tracepoint", "irq_handler_entry", ("vring_interrupt",)),),
           "per-virtqueue interrupts in a guest (action->handler == vring_interrupt)"),
+    Point("virtio-guest", "block_rq_issue", "block", (Strategy("raw_tracepoint", "block_rq_issue"),),
+          "block requests issued, per blk-mq hardware queue (virtio-blk: one per virtqueue)"),
+    Point("virtio-guest", "block_rq_complete", "block", (Strategy("raw_tracepoint", "block_rq_complete"),),
+          "block requests completed: per-request latency"),
     Point("kvm", "exit", "kvm", (Strategy("tracepoint", "kvm:kvm_exit"),), "VM exits by reason"),
     Point("kvm", "pio", "kvm", (Strategy("tracepoint", "kvm:kvm_pio"),), "port I/O"),
     Point("kvm", "mmio", "kvm", (Strategy("tracepoint", "kvm:kvm_mmio"),), "MMIO the kernel handled or passed on"),
@@ -45,6 +49,8 @@ CATALOGUE: tuple[Point, ...] = (
     Point("kvm", "set_irq", "kvm", (Strategy("tracepoint", "kvm:kvm_set_irq"),),
           "interrupt lines raised (irqfd injection included)"),
     Point("kvm", "msi", "kvm", (Strategy("tracepoint", "kvm:kvm_msi_set_irq"),), "MSIs injected"),
+    Point("iommu", "map", "iommu", (Strategy("tracepoint", "iommu:map"),), "IOMMU mappings (size; prot not traced)"),
+    Point("iommu", "unmap", "iommu", (Strategy("tracepoint", "iommu:unmap"),), "IOMMU unmappings"),
 )
 
 

@@ -34,7 +34,9 @@ from vtrace.kernel.symbols import Kallsyms, SymbolError
 # virtio device ids (VIRTIO 1.2 §5) -> dev_type
 DEVICE_TYPES = {1: "net", 2: "blk", 3: "console", 4: "rng", 5: "balloon", 8: "scsi", 9: "9p",
                 16: "gpu", 18: "input", 19: "vsock", 20: "crypto", 26: "fs", 27: "pmem", 29: "mem"}
-KVM_TAG = 0x4B564D0000000000
+KVM_TAG = 0x4B564D0000000000    # "KVM" + tgid (probes/kvm.bpf.c)
+IOMMU_TAG = 0x494F4D0000000000  # "IOM" + tgid (probes/iommu.bpf.c)
+TAG_MASK = 0xFFFFFF0000000000
 
 # Struct offsets each program needs: {MACRO: (struct, member path)}.
 OFFSETS: dict[str, dict[str, tuple[str, str]]] = {
@@ -51,8 +53,20 @@ OFFSETS: dict[str, dict[str, tuple[str, str]]] = {
         "OFF_VVQ_PACKED": ("vring_virtqueue", "packed_ring"),
         "OFF_VVQ_SPLIT_USED": ("vring_virtqueue", "split.vring.used"),
     },
+    "block": {
+        "OFF_RQ_Q": ("request", "q"),
+        "OFF_RQ_HCTX": ("request", "mq_hctx"),
+        "OFF_RQ_FLAGS": ("request", "cmd_flags"),
+        "OFF_RQ_TAG": ("request", "tag"),
+        "OFF_RQ_LEN": ("request", "__data_len"),
+        "OFF_HCTX_NUM": ("blk_mq_hw_ctx", "queue_num"),
+        "OFF_Q_DISK": ("request_queue", "disk"),
+        "OFF_DISK_NAME": ("gendisk", "disk_name"),
+    },
     "kvm": {},
+    "iommu": {},
 }
+PROGRAMS = tuple(OFFSETS)
 
 
 class LiveError(Exception):
@@ -100,7 +114,7 @@ class LiveSource:
     kind = "live"
 
     def __init__(self, *, realtime: bool = True, duration_ns: int | None = None, ring_pages: int = 256,
-                 drain_ms: int = 50, batch_ms: int = 200, programs: tuple[str, ...] = ("virtio", "kvm")):
+                 drain_ms: int = 50, batch_ms: int = 200, programs: tuple[str, ...] = PROGRAMS):
         self.duration_ns = duration_ns
         self.drain_s = drain_ms / 1000
         self.batch_ns = batch_ms * 1_000_000
@@ -139,8 +153,7 @@ class LiveSource:
             for p, s in chosen:
                 for sym in s.needs:
                     cflags.append(f"-D{sym.upper()}={self.syms.address(sym):#x}ULL")
-                if s.kind == "tracepoint":
-                    cflags.append(f"-DHAVE_{s.target.split(':', 1)[1]}")
+                cflags.append(f"-DHAVE_{s.target.split(':', 1)[-1]}")
         except (btf.BtfError, SymbolError) as e:
             for p, s in chosen:
                 self.status.append(ProbeStatus(p.layer, p.name, s.kind, False, str(e)))
@@ -201,25 +214,34 @@ class LiveSource:
     def _objects(self, ev: np.ndarray) -> list[ObjectInfo]:
         new = []
         for prog in self.programs:
-            if prog.bpf is None or prog.name != "virtio":
+            if prog.bpf is None or prog.name not in ("virtio", "block"):
                 continue
-            for k, v in prog.bpf[b"vq_info"].items():
+            for k, v in prog.bpf[b"vq_info" if prog.name == "virtio" else b"hq_info"].items():
                 obj = int(k.value)
                 if obj in self.known:
                     continue
                 self.known.add(obj)
-                dt = DEVICE_TYPES.get(int(v.device_id), f"virtio-{int(v.device_id)}")
-                new.append(ObjectInfo(obj=obj, vm=self.host, device=f"virtio{int(v.vdev_index)}", dev_type=dt,
-                                      queue=int(v.index), name=v.name.decode(errors="replace"),
-                                      size=int(v.num_max), layer=int(Layer.VIRTIO_GUEST)))
+                if prog.name == "virtio":
+                    dt = DEVICE_TYPES.get(int(v.device_id), f"virtio-{int(v.device_id)}")
+                    new.append(ObjectInfo(obj=obj, vm=self.host, device=f"virtio{int(v.vdev_index)}", dev_type=dt,
+                                          queue=int(v.index), name=v.name.decode(errors="replace"),
+                                          size=int(v.num_max), layer=int(Layer.VIRTIO_GUEST)))
+                else:
+                    qn = int(v.queue_num)
+                    new.append(ObjectInfo(obj=obj, vm=self.host, device=v.disk.decode(errors="replace"),
+                                          dev_type="blk-mq", queue=qn, name=f"hq{qn}",
+                                          layer=int(Layer.VIRTIO_GUEST)))
         if ev.size:
-            for obj in np.unique(ev["obj"][ev["layer"] == Layer.KVM]).tolist():
+            tagged = ev["obj"][(ev["layer"] == Layer.KVM) | (ev["layer"] == Layer.IOMMU)]
+            for obj in np.unique(tagged).tolist():
                 if obj in self.known:
                     continue
                 self.known.add(obj)
                 pid = obj & 0xFFFFFFFF
-                new.append(ObjectInfo(obj=obj, vm=vm_name(pid), device="kvm", dev_type="kvm",
-                                      layer=int(Layer.KVM), pid=pid))
+                kvm = obj & TAG_MASK == KVM_TAG
+                new.append(ObjectInfo(obj=obj, vm=vm_name(pid), device="kvm" if kvm else "iommu",
+                                      dev_type="kvm" if kvm else "iommu",
+                                      layer=int(Layer.KVM if kvm else Layer.IOMMU), pid=pid))
         return new
 
     def _lost(self, now: int) -> list[bytes]:

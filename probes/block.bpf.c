@@ -1,0 +1,131 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Guest side: block requests per blk-mq hardware queue, for per-request
+ * latency. virtio-blk maps hardware queue N to virtqueue N
+ * (drivers/block/virtio_blk.c virtio_queue_rq: vblk->vqs[hctx->queue_num]),
+ * and a request's tag is unique among that queue's requests in flight, so
+ * issue and completion pair like a descriptor's head in a ring.
+ *
+ * Raw tracepoints block_rq_issue(struct request *) and
+ * block_rq_complete(struct request *, blk_status_t, unsigned int nr_bytes)
+ * (include/trace/events/block.h). Offsets from BTF:
+ *   OFF_RQ_Q, OFF_RQ_HCTX, OFF_RQ_FLAGS, OFF_RQ_TAG, OFF_RQ_LEN   struct request
+ *   OFF_HCTX_NUM                                                  struct blk_mq_hw_ctx
+ *   OFF_Q_DISK                                                    struct request_queue
+ *   OFF_DISK_NAME                                                 struct gendisk
+ */
+#include "vtrace.h"
+
+#define UNOBSERVED 0xffffffffU
+#define REQ_OP_MASK 0xff	/* include/linux/blk_types.h */
+#define REQ_OP_WRITE 1
+
+struct hq_info {
+	u64 issued;
+	u32 queue_num;
+	u32 pad;
+	char disk[32];
+};
+
+BPF_HASH(hq_info, u64, struct hq_info, 1024);
+BPF_PERCPU_ARRAY(lost, u64, 1);
+BPF_RINGBUF_OUTPUT(events, VTRACE_RB_PAGES);
+
+static __always_inline u64 rd_u64(const void *p)
+{
+	u64 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), p);
+	return v;
+}
+
+static __always_inline u32 rd_u32(const void *p)
+{
+	u32 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), p);
+	return v;
+}
+
+/* The object a request belongs to: its disk plus the hardware queue number
+ * (a byte offset into the gendisk: unique, and never another object's pointer). */
+static __always_inline int req_obj(const void *rq, u64 *obj, u32 *qn)
+{
+	const void *q = (const void *)rd_u64(rq + OFF_RQ_Q);
+	const void *disk = (const void *)rd_u64(q + OFF_Q_DISK);
+	const void *hctx = (const void *)rd_u64(rq + OFF_RQ_HCTX);
+	if (!disk || !hctx)
+		return -1;
+	*qn = rd_u32(hctx + OFF_HCTX_NUM);
+	*obj = (u64)disk + *qn;
+	struct hq_info *hi = hq_info.lookup(obj);
+	if (!hi) {
+		struct hq_info z = {};
+		z.queue_num = *qn;
+		bpf_probe_read_kernel_str(z.disk, sizeof(z.disk), disk + OFF_DISK_NAME);
+		hq_info.insert(obj, &z);
+	}
+	return 0;
+}
+
+static __always_inline void emit(struct vtrace_event *e)
+{
+	if (events.ringbuf_output(e, sizeof(*e), BPF_RB_NO_WAKEUP)) {
+		int zero = 0;
+		u64 *l = lost.lookup(&zero);
+		if (l)
+			(*l)++;
+	}
+}
+
+#ifdef HAVE_block_rq_issue
+RAW_TRACEPOINT_PROBE(block_rq_issue)
+{
+	const void *rq = (const void *)ctx->args[0];
+	int tag = (int)rd_u32(rq + OFF_RQ_TAG);
+	u64 obj;
+	u32 qn;
+	if (tag < 0 || req_obj(rq, &obj, &qn))
+		return 0;
+	u32 len = rd_u32(rq + OFF_RQ_LEN);
+	int write = (rd_u32(rq + OFF_RQ_FLAGS) & REQ_OP_MASK) == REQ_OP_WRITE;
+	struct vtrace_event e = {};
+	e.ts = bpf_ktime_get_ns();
+	e.obj = obj;
+	e.pid = bpf_get_current_pid_tgid() >> 32;
+	e.kind = VTRACE_AVAIL;
+	e.layer = VTRACE_LAYER_VIRTIO_GUEST;
+	e.queue = qn;
+	e.id = tag;
+	e.len = write ? 0 : len;	/* bytes the device writes (reads) */
+	e.aux = write ? len : 0;	/* bytes the device reads (writes) */
+	e.aux2 = UNOBSERVED;		/* descriptors: not visible at the block layer */
+	e.arg = UNOBSERVED;		/* avail idx: idem */
+	emit(&e);
+	return 0;
+}
+
+#endif
+
+#ifdef HAVE_block_rq_complete
+RAW_TRACEPOINT_PROBE(block_rq_complete)
+{
+	const void *rq = (const void *)ctx->args[0];
+	int tag = (int)rd_u32(rq + OFF_RQ_TAG);
+	u64 obj;
+	u32 qn;
+	if (tag < 0 || req_obj(rq, &obj, &qn))
+		return 0;
+	struct vtrace_event e = {};
+	e.ts = bpf_ktime_get_ns();
+	e.obj = obj;
+	e.pid = bpf_get_current_pid_tgid() >> 32;
+	e.kind = VTRACE_USED;
+	e.layer = VTRACE_LAYER_VIRTIO_GUEST;
+	e.queue = qn;
+	e.id = tag;
+	e.len = (u32)ctx->args[2];	/* nr_bytes completed */
+	e.aux2 = UNOBSERVED;
+	e.arg = UNOBSERVED;		/* used idx: not visible at the block layer */
+	emit(&e);
+	return 0;
+}
+#endif

@@ -1,0 +1,62 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * IOMMU map/unmap (include/trace/events/iommu.h: map(iova, paddr, size),
+ * unmap(iova, size, unmapped_size)). The tracepoints do not carry the
+ * mapping's prot flags (IOMMU_CACHE among them): prot is UNOBSERVED here and
+ * needs a function probe on iommu_map() where the kernel allows one.
+ * Mappings for a VM are made in its VMM's context (VFIO_IOMMU_MAP_DMA), so
+ * the object is the VMM's tgid, tagged "IOM".
+ */
+#include "vtrace.h"
+
+#define UNOBSERVED 0xffffffffU
+#define IOMMU_OBJ(tgid) (0x494f4d0000000000ULL | (u64)(tgid))
+
+BPF_PERCPU_ARRAY(lost, u64, 1);
+BPF_RINGBUF_OUTPUT(events, VTRACE_RB_PAGES);
+
+static __always_inline void emit(struct vtrace_event *e)
+{
+	if (events.ringbuf_output(e, sizeof(*e), BPF_RB_NO_WAKEUP)) {
+		int zero = 0;
+		u64 *l = lost.lookup(&zero);
+		if (l)
+			(*l)++;
+	}
+}
+
+static __always_inline void head(struct vtrace_event *e, u8 kind, u64 iova)
+{
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	e->ts = bpf_ktime_get_ns();
+	e->pid = tgid;
+	e->obj = IOMMU_OBJ(tgid);
+	e->kind = kind;
+	e->layer = VTRACE_LAYER_IOMMU;
+	e->queue = VTRACE_NO_QUEUE;
+	e->id = (u32)iova;
+	e->aux2 = iova >> 32;
+}
+
+#ifdef HAVE_map
+TRACEPOINT_PROBE(iommu, map)
+{
+	struct vtrace_event e = {};
+	head(&e, VTRACE_DMA_MAP, args->iova);
+	e.aux = UNOBSERVED;	/* prot */
+	e.arg = args->size;
+	emit(&e);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_unmap
+TRACEPOINT_PROBE(iommu, unmap)
+{
+	struct vtrace_event e = {};
+	head(&e, VTRACE_DMA_UNMAP, args->iova);
+	e.arg = args->unmapped_size;
+	emit(&e);
+	return 0;
+}
+#endif
