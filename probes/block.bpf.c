@@ -18,6 +18,7 @@
 
 #define UNOBSERVED 0xffffffffU
 #define REQ_OP_MASK 0xff	/* include/linux/blk_types.h */
+#define REQ_OP_READ 0
 #define REQ_OP_WRITE 1
 
 struct hq_info {
@@ -86,7 +87,7 @@ RAW_TRACEPOINT_PROBE(block_rq_issue)
 	if (tag < 0 || req_obj(rq, &obj, &qn))
 		return 0;
 	u32 len = rd_u32(rq + OFF_RQ_LEN);
-	int write = (rd_u32(rq + OFF_RQ_FLAGS) & REQ_OP_MASK) == REQ_OP_WRITE;
+	u32 op = rd_u32(rq + OFF_RQ_FLAGS) & REQ_OP_MASK;
 	struct vtrace_event e = {};
 	e.ts = bpf_ktime_get_ns();
 	e.obj = obj;
@@ -95,8 +96,10 @@ RAW_TRACEPOINT_PROBE(block_rq_issue)
 	e.layer = VTRACE_LAYER_VIRTIO_GUEST;
 	e.queue = qn;
 	e.id = tag;
-	e.len = write ? 0 : len;	/* bytes the device writes (reads) */
-	e.aux = write ? len : 0;	/* bytes the device reads (writes) */
+	/* Data the device moves: into memory for a read, out of it for a
+	 * write; flush, discard and write-zeroes move none. */
+	e.len = op == REQ_OP_READ ? len : 0;
+	e.aux = op == REQ_OP_WRITE ? len : 0;
 	e.aux2 = UNOBSERVED;		/* descriptors: not visible at the block layer */
 	e.arg = UNOBSERVED;		/* avail idx: idem */
 	emit(&e);
@@ -122,7 +125,8 @@ RAW_TRACEPOINT_PROBE(block_rq_complete)
 	e.layer = VTRACE_LAYER_VIRTIO_GUEST;
 	e.queue = qn;
 	e.id = tag;
-	e.len = (u32)ctx->args[2];	/* nr_bytes completed */
+	/* used.len counts what the device wrote into memory: a read's data. */
+	e.len = (rd_u32(rq + OFF_RQ_FLAGS) & REQ_OP_MASK) == REQ_OP_READ ? (u32)ctx->args[2] : 0;
 	e.aux2 = UNOBSERVED;
 	e.arg = UNOBSERVED;		/* used idx: not visible at the block layer */
 	emit(&e);

@@ -62,10 +62,18 @@ static __always_inline u16 rd_u16(const void *p)
 RAW_TRACEPOINT_PROBE(irq_handler_entry)
 {
 	const void *action = (const void *)ctx->args[1];
-
+#if OFF_IRQACTION_DEV_ID == OFF_IRQACTION_HANDLER + 8
+	/* handler and dev_id side by side: one read for both (every IRQ pays it) */
+	u64 hd[2] = {};
+	bpf_probe_read_kernel(hd, sizeof(hd), action + OFF_IRQACTION_HANDLER);
+	if (hd[0] != VRING_INTERRUPT)
+		return 0;
+	const void *vq = (const void *)hd[1];
+#else
 	if (rd_u64(action + OFF_IRQACTION_HANDLER) != VRING_INTERRUPT)
 		return 0;
 	const void *vq = (const void *)rd_u64(action + OFF_IRQACTION_DEV_ID);
+#endif
 	u64 key = (u64)vq;
 	struct vq_info *vi = vq_info.lookup(&key);
 	if (!vi) {
