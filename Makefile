@@ -55,6 +55,7 @@ bench: setup
 	$(PY) bench/pipeline.py
 	$(PY) bench/check.py
 	$(PY) bench/qemulog.py
+	$(PY) bench/live.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info bench/results

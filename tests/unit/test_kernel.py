@@ -114,7 +114,7 @@ def test_every_probe_program_compiles_against_the_minimal_tree(program, tmp_path
     lib = _libbcc()
     tree = headers.tree(cache_dir=str(tmp_path))
     monkeypatch.setenv("BCC_KERNEL_SOURCE", tree)
-    from vtrace.sources.live import OFFSETS
+    from vtrace.sources.live import OFFSETS, have_macro
     flags = [f"-I{attach.PROBES_DIR}", "-DVTRACE_STREAM", "-DVTRACE_RB_PAGES=64"]
     flags += [f"-D{m}=8" for m in OFFSETS[program]]
     for p in attach.CATALOGUE:
@@ -122,14 +122,22 @@ def test_every_probe_program_compiles_against_the_minimal_tree(program, tmp_path
             continue
         for s in p.strategies:
             flags += [f"-D{n.upper()}=0xffffffff81000000ULL" for n in s.needs]
-            if s.kind == "tracepoint":
-                flags.append(f"-DHAVE_{s.target.split(':', 1)[1]}")
+            flags.append(f"-DHAVE_{have_macro(p, s)}")  # every point's code compiled in
     with open(os.path.join(attach.PROBES_DIR, f"{program}.bpf.c"), "rb") as f:
         text = f.read()
     arr = (ctypes.c_char_p * len(flags))(*[x.encode() for x in flags])
     mod = lib.bpf_module_create_c_from_string(text, 0, arr, len(flags), True, None)
     assert mod, f"probes/{program}.bpf.c does not compile (bcc printed why above)"
-    lib.bpf_module_destroy(mod)
+    try:
+        # every function the catalogue attaches exists in the compiled module
+        lib.bpf_function_start.restype = ctypes.c_void_p
+        lib.bpf_function_start.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        for p in attach.CATALOGUE:
+            for s in p.strategies if p.program == program else ():
+                for _ptype, fn in s.attach:
+                    assert lib.bpf_function_start(mod, fn.encode()), f"{program}: no function {fn}"
+    finally:
+        lib.bpf_module_destroy(mod)
 
 
 def test_tree_is_cached_and_complete(tmp_path):

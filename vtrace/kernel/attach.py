@@ -19,9 +19,11 @@ PROBES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.pat
 
 @dataclass(frozen=True)
 class Strategy:
-    kind: str    # "tracepoint" (group:name) or "raw_tracepoint" (name)
+    kind: str    # "kprobe" (function), "tracepoint" (group:name) or "raw_tracepoint" (name)
     target: str
     needs: tuple[str, ...] = ()  # kallsyms symbols the program compares against
+    # kprobe: the program's functions to attach, as (kprobe|kretprobe, function name)
+    attach: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,32 @@ class Point:
     what: str
 
 
+def _kp(fn: str, *attach: tuple[str, str]) -> tuple[Strategy, ...]:
+    return (Strategy("kprobe", fn, (), tuple(attach)),)
+
+
 CATALOGUE: tuple[Point, ...] = (
+    # host: vhost (module vhost; offsets from its BTF)
+    Point("vhost", "fetch", "vhost", _kp("vhost_get_vq_desc", ("kprobe", "fetch_entry"),
+                                         ("kretprobe", "fetch_return")),
+          "descriptor chains the device took: head, descriptor count, last_avail_idx"),
+    Point("vhost", "used", "vhost", _kp("vhost_add_used_n", ("kprobe", "used_entry")),
+          "used ring entries: head, used.len, used idx"),
+    Point("vhost", "signal", "vhost", _kp("vhost_notify", ("kprobe", "signal_entry"),
+                                          ("kretprobe", "signal_return")),
+          "the signal decision with the driver's used_event and flags"),
+    Point("vhost", "notify_enable", "vhost", _kp("vhost_enable_notify", ("kprobe", "notify_enable_entry")),
+          "the device re-enables kicks"),
+    Point("vhost", "notify_disable", "vhost", _kp("vhost_disable_notify", ("kprobe", "notify_disable_entry")),
+          "the device suppresses kicks"),
+    Point("vhost", "kick", "vhost", _kp("vhost_poll_queue", ("kprobe", "kick_entry")),
+          "kicks queued to the vhost worker, with the avail idx"),
+    Point("vhost", "vring_ioctl", "vhost", _kp("vhost_vring_ioctl", ("kprobe", "vring_ioctl_entry"),
+                                               ("kretprobe", "vring_ioctl_return")),
+          "GET/SET_VRING_BASE"),
+    Point("vhost", "reset_owner", "vhost", _kp("vhost_dev_reset_owner", ("kprobe", "reset_owner_entry")),
+          "RESET_OWNER: every queue of the device reset"),
+    # guest
     Point("virtio-guest", "vring_interrupt", "virtio",
           (Strategy("raw_tracepoint", "irq_handler_entry", ("vring_interrupt",)),),
           "per-virtqueue interrupts in a guest (action->handler == vring_interrupt)"),
@@ -76,10 +103,22 @@ def tracepoint_exists(target: str, root: str | None = None) -> bool:
         return False
 
 
+def kprobes_available(root: str | None = None) -> bool:
+    root = root or tracefs()
+    return root is not None and os.path.exists(os.path.join(root, "kprobe_events"))
+
+
 def choose(point: Point, symbols=None, root: str | None = None) -> tuple[Strategy | None, str]:
     """(the strategy to use, or None, and why not)."""
     why = []
     for s in point.strategies:
+        if s.kind == "kprobe":
+            if not kprobes_available(root):
+                why.append("kprobes are not available (CONFIG_KPROBES off or tracefs missing)")
+                continue
+            if symbols is None or not symbols.lookup(s.target):
+                why.append(f"{s.target} is not in /proc/kallsyms (module not loaded, or inlined)")
+                continue
         if s.kind in ("tracepoint", "raw_tracepoint"):
             if root is None and tracefs() is None:
                 why.append("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)")

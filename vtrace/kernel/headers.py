@@ -24,6 +24,7 @@ CACHE_DIR = os.environ.get("VTRACE_CACHE", "/var/cache/vtrace")
 UAPI = "/usr/include"
 UAPI_ARCH = "/usr/include/x86_64-linux-gnu/asm"
 CONFIG = "/proc/config.gz"
+TREE_VERSION = 2  # bump when the tree's contents change: cached trees are keyed by it
 
 # Kernel typedefs the tracepoint formats use (include/linux/types.h and
 # include/linux/kvm_types.h), on top of the UAPI __u32 family.
@@ -55,6 +56,21 @@ _PAGE_H = "#ifndef _VTRACE_ASM_PAGE_H\n#define _VTRACE_ASM_PAGE_H\n#define PAGE_
 # bcc's helpers.h includes <uapi/linux/bpf.h>; bcc carries its own (newer)
 # copy, and the two together conflict: point the UAPI name at bcc's.
 _BPF_H = "#include <bcc/bpf.h>\n"  # /virtual/include/bcc/bpf.h, in libbcc
+# kprobe programs read arguments through the kernel's struct pt_regs (bcc's
+# PT_REGS_PARM1 is ctx->di on x86-64); the UAPI header only has the user
+# layout (rdi...). arch/x86/include/asm/ptrace.h, the 21 saved registers.
+_PTRACE_H = """\
+#ifndef _VTRACE_ASM_X86_PTRACE_H
+#define _VTRACE_ASM_X86_PTRACE_H
+#include <asm/ptrace-abi.h>
+struct pt_regs {
+	unsigned long r15, r14, r13, r12, bp, bx;
+	unsigned long r11, r10, r9, r8, ax, cx, dx, si, di;
+	unsigned long orig_ax;
+	unsigned long ip, cs, flags, sp, ss;
+};
+#endif
+"""
 _KCONFIG_H = "#ifndef _VTRACE_KCONFIG_H\n#define _VTRACE_KCONFIG_H\n#include <generated/autoconf.h>\n#endif\n"
 
 
@@ -96,7 +112,7 @@ def tree(release: str | None = None, cache_dir: str = CACHE_DIR) -> str:
     """The path of a header tree for this kernel (built once, then reused)."""
     release = release or os.uname().release
     cfg = _config()
-    key = hashlib.sha256((release + cfg).encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{TREE_VERSION}\0{release}\0{cfg}".encode()).hexdigest()[:12]
     dest = os.path.join(cache_dir, f"headers-{release}-{key}")
     if os.path.isfile(os.path.join(dest, ".complete")):
         return dest
@@ -117,6 +133,7 @@ def tree(release: str | None = None, cache_dir: str = CACHE_DIR) -> str:
             "include/linux/log2.h": "",
             "include/asm/page.h": _PAGE_H,
             "arch/x86/include/asm/page.h": _PAGE_H,
+            "arch/x86/include/asm/ptrace.h": _PTRACE_H,
             "include/uapi/linux/bpf.h": _BPF_H,
             # kbuild adds these include dirs; they must exist.
             "arch/x86/include/generated/.keep": "",

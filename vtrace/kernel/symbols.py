@@ -57,6 +57,12 @@ class Kallsyms:
         syms.sort(key=lambda s: (s.name != name, s.name))
         return syms
 
+    def name_at(self, addr: int) -> Symbol | None:
+        """The function symbol at exactly ``addr`` (a function pointer read from the kernel)."""
+        if not hasattr(self, "_by_addr"):
+            self._by_addr = {s.addr: s for syms in self.by_base.values() for s in syms if s.kind in "Tt"}
+        return self._by_addr.get(addr)
+
     def address(self, name: str) -> int:
         """The address of ``name`` itself (not a clone)."""
         if self.hidden:

@@ -38,8 +38,25 @@ KVM_TAG = 0x4B564D0000000000    # "KVM" + tgid (probes/kvm.bpf.c)
 IOMMU_TAG = 0x494F4D0000000000  # "IOM" + tgid (probes/iommu.bpf.c)
 TAG_MASK = 0xFFFFFF0000000000
 
-# Struct offsets each program needs: {MACRO: (struct, member path)}.
+# Struct offsets each program needs: {MACRO: (struct, member path)}, read from
+# vmlinux BTF or, for a program in MODULES, from that module's BTF.
+MODULES = {"vhost": "vhost"}
 OFFSETS: dict[str, dict[str, tuple[str, str]]] = {
+    "vhost": {
+        "OFF_VQ_DEV": ("vhost_virtqueue", "dev"),
+        "OFF_VQ_NUM": ("vhost_virtqueue", "num"),
+        "OFF_VQ_AVAIL": ("vhost_virtqueue", "avail"),
+        "OFF_VQ_POLL": ("vhost_virtqueue", "poll"),
+        "OFF_VQ_HANDLE_KICK": ("vhost_virtqueue", "handle_kick"),
+        "OFF_VQ_LAST_AVAIL": ("vhost_virtqueue", "last_avail_idx"),
+        "OFF_VQ_LAST_USED": ("vhost_virtqueue", "last_used_idx"),
+        "OFF_VQ_SIGNALLED_USED": ("vhost_virtqueue", "signalled_used"),
+        "OFF_VQ_SIGNALLED_VALID": ("vhost_virtqueue", "signalled_used_valid"),
+        "OFF_VQ_ACKED_FEATURES": ("vhost_virtqueue", "acked_features"),
+        "OFF_DEV_VQS": ("vhost_dev", "vqs"),
+        "OFF_DEV_NVQS": ("vhost_dev", "nvqs"),
+        "OFF_POLL_DEV": ("vhost_poll", "dev"),
+    },
     "virtio": {
         "OFF_IRQACTION_HANDLER": ("irqaction", "handler"),
         "OFF_IRQACTION_DEV_ID": ("irqaction", "dev_id"),
@@ -67,6 +84,11 @@ OFFSETS: dict[str, dict[str, tuple[str, str]]] = {
     "iommu": {},
 }
 PROGRAMS = tuple(OFFSETS)
+
+
+def have_macro(point, strategy) -> str:
+    """The -DHAVE_<x> that compiles a point's code in: the tracepoint's name, or the point's."""
+    return strategy.target.split(":", 1)[-1] if strategy.kind != "kprobe" else point.name
 
 
 class LiveError(Exception):
@@ -122,6 +144,7 @@ class LiveSource:
         self.status: list[ProbeStatus] = []
         self.programs: list[_Program] = []
         self.known: set[int] = set()
+        self.vhost_devs: dict[int, str] = {}
         self.host = socket.gethostname()
         try:
             self.syms = Kallsyms()
@@ -148,12 +171,12 @@ class LiveSource:
         if not chosen:
             return None
         try:
-            for macro, off in btf.offsets(OFFSETS.get(name, {})).items():
+            for macro, off in btf.offsets(OFFSETS.get(name, {}), MODULES.get(name)).items():
                 cflags.append(f"-D{macro}={off}")
             for p, s in chosen:
                 for sym in s.needs:
                     cflags.append(f"-D{sym.upper()}={self.syms.address(sym):#x}ULL")
-                cflags.append(f"-DHAVE_{s.target.split(':', 1)[-1]}")
+                cflags.append(f"-DHAVE_{have_macro(p, s)}")
         except (btf.BtfError, SymbolError) as e:
             for p, s in chosen:
                 self.status.append(ProbeStatus(p.layer, p.name, s.kind, False, str(e)))
@@ -186,13 +209,26 @@ class LiveSource:
             try:
                 prog.bpf = BPF(text=prog.text.encode(), cflags=prog.cflags)
                 prog.bpf[b"events"].open_ring_buffer(_ring_callback(prog.chunks))
-                for p, s in prog.chosen:  # type: ignore[attr-defined]
-                    self.status.append(ProbeStatus(p.layer, p.name, f"{s.kind}:{s.target}", True))
             except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
                 msg = str(e).splitlines()[0] if str(e) else type(e).__name__
                 for p, s in prog.chosen:  # type: ignore[attr-defined]
                     self.status.append(ProbeStatus(p.layer, p.name, f"{s.kind}:{s.target}", False, msg))
                 prog.bpf = None
+                continue
+            for p, s in prog.chosen:  # type: ignore[attr-defined]
+                label = f"{s.kind}:{s.target}"
+                try:
+                    if s.kind == "kprobe":
+                        # the symbol itself, or its compiler clone (.isra, .constprop)
+                        sym = self.syms.lookup(s.target)[0].name
+                        label = f"kprobe:{sym}"
+                        for ptype, fn in s.attach:
+                            att = prog.bpf.attach_kprobe if ptype == "kprobe" else prog.bpf.attach_kretprobe
+                            att(event=sym.encode(), fn_name=fn.encode())
+                    self.status.append(ProbeStatus(p.layer, p.name, label, True))
+                except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
+                    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    self.status.append(ProbeStatus(p.layer, p.name, label, False, msg))
         if not any(p.bpf for p in self.programs):
             self.close()
             reasons = "; ".join(f"{s.point}: {s.error}" for s in self.status if not s.attached)
@@ -214,6 +250,8 @@ class LiveSource:
     def _objects(self, ev: np.ndarray) -> list[ObjectInfo]:
         new = []
         for prog in self.programs:
+            if prog.bpf is not None and prog.name == "vhost":
+                new.extend(self._vhost_objects(prog))
             if prog.bpf is None or prog.name not in ("virtio", "block"):
                 continue
             for k, v in prog.bpf[b"vq_info" if prog.name == "virtio" else b"hq_info"].items():
@@ -243,6 +281,30 @@ class LiveSource:
                                       dev_type="kvm" if kvm else "iommu",
                                       layer=int(Layer.KVM if kvm else Layer.IOMMU), pid=pid))
         return new
+
+    def _vhost_objects(self, prog: _Program) -> list[ObjectInfo]:
+        """vhost queues: the VM from the worker's name (vhost-<owner pid>), the
+        driver and queue role from the kick handler's symbol."""
+        out = []
+        for k, v in prog.bpf[b"vq_info"].items():
+            obj = int(k.value)
+            if obj in self.known:
+                continue
+            self.known.add(obj)
+            comm = v.comm.decode(errors="replace")
+            owner = int(comm[6:]) if comm.startswith("vhost-") and comm[6:].isdigit() else int(v.tgid)
+            sym = self.syms.name_at(int(v.handle_kick))
+            fn = sym.name if sym else ""
+            dev_type = ("vsock" if "vsock" in fn else "net" if (sym and sym.module == "vhost_net") or "_net" in fn
+                        else "scsi" if "scsi" in fn else "vdpa" if "vdpa" in fn else "unknown")
+            role = "rx" if "rx" in fn else "tx" if "tx" in fn else ""
+            devs = self.vhost_devs.setdefault(int(v.dev), f"{dev_type}{len(self.vhost_devs)}")
+            qi = int(v.index)
+            out.append(ObjectInfo(obj=obj, vm=vm_name(owner), device=devs, dev_type=dev_type,
+                                  queue=qi if qi != 0xFFFF else 0xFFFF,
+                                  name=f"{role}{qi // 2}" if dev_type == "net" and role else role,
+                                  size=int(v.num), layer=int(Layer.VHOST), pid=owner, features=int(v.features)))
+        return out
 
     def _lost(self, now: int) -> list[bytes]:
         out = []

@@ -1,0 +1,340 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Host side: the vhost ring data path and lifecycle (drivers/vhost/vhost.c,
+ * vhost_net.c, vsock.c, vdpa.c) through kprobes. Function signatures:
+ *   int  vhost_get_vq_desc(struct vhost_virtqueue *vq, struct iovec iov[],
+ *            unsigned int iov_size, unsigned int *out_num, unsigned int *in_num,
+ *            struct vhost_log *log, unsigned int *log_num)      -> head, or vq->num when empty
+ *   int  vhost_add_used_n(struct vhost_virtqueue *vq, struct vring_used_elem *heads,
+ *            unsigned int count)                                (vhost_add_used calls it)
+ *   bool vhost_notify(struct vhost_dev *dev, struct vhost_virtqueue *vq)   static: the
+ *            signal decision; where the compiler inlined it the point reports so
+ *   bool vhost_enable_notify(dev, vq), void vhost_disable_notify(dev, vq)
+ *   void vhost_poll_queue(struct vhost_poll *poll)              kick work; the poll is
+ *            embedded in its vq (vq->poll) or in a device (socket polls): told apart
+ *            by vq->dev == poll->dev
+ *   long vhost_vring_ioctl(struct vhost_dev *d, unsigned int ioctl, void __user *argp)
+ *   void vhost_dev_reset_owner(struct vhost_dev *dev, struct vhost_iotlb *umem)
+ * Offsets come from the vhost module's BTF (-D OFF_*), the ioctl numbers
+ * from include/uapi/linux/vhost.h.
+ */
+#include <uapi/linux/ptrace.h>
+#include "vtrace.h"
+
+#define UNOBSERVED 0xffffffffU
+#define MAX_VQS 8		/* net: 2 per pair; vsock 2 (+event); dev->vqs scan bound */
+#define MAX_USED 64		/* vring_used_elem per vhost_add_used_n call, beyond that: lost */
+#define VHOST_SET_VRING_BASE 0x4008af12U	/* _IOW(0xAF, 0x12, struct vhost_vring_state) */
+#define VHOST_GET_VRING_BASE 0xc008af12U	/* _IOWR(0xAF, 0x12, ...) */
+
+struct vq_info {
+	u64 dev;
+	u64 handle_kick;	/* names the driver and the queue role (kallsyms) */
+	u64 features;		/* vq->acked_features when first seen */
+	u32 index;
+	u32 num;
+	u32 tgid;		/* the task that first touched it: a vhost worker "vhost-<owner>" */
+	u32 pad;
+	char comm[16];
+};
+
+struct call {
+	u64 a0, a1, a2, a3, a4;
+};
+
+BPF_HASH(vq_info, u64, struct vq_info, 4096);
+BPF_HASH(calls, u64, struct call, 4096);	/* (tid, point) -> entry args for the return probe */
+BPF_PERCPU_ARRAY(lost, u64, 1);
+BPF_RINGBUF_OUTPUT(events, VTRACE_RB_PAGES);
+
+static __always_inline u64 rd_u64(const void *p)
+{
+	u64 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), p);
+	return v;
+}
+
+static __always_inline u32 rd_u32(const void *p)
+{
+	u32 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), p);
+	return v;
+}
+
+static __always_inline u16 rd_u16(const void *p)
+{
+	u16 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), p);
+	return v;
+}
+
+static __always_inline void count_lost(u64 n)
+{
+	int zero = 0;
+	u64 *l = lost.lookup(&zero);
+	if (l)
+		*l += n;
+}
+
+static __always_inline void emit(struct vtrace_event *e)
+{
+	if (events.ringbuf_output(e, sizeof(*e), BPF_RB_NO_WAKEUP))
+		count_lost(1);
+}
+
+/* Who a vq is, once: its device, index in dev->vqs, ring size, kick handler. */
+static __always_inline struct vq_info *vq_seen(const void *vq)
+{
+	u64 key = (u64)vq;
+	struct vq_info *vi = vq_info.lookup(&key);
+	if (vi)
+		return vi;
+	struct vq_info z = {};
+	const void *dev = (const void *)rd_u64(vq + OFF_VQ_DEV);
+	z.dev = (u64)dev;
+	z.num = rd_u32(vq + OFF_VQ_NUM);
+	z.handle_kick = rd_u64(vq + OFF_VQ_HANDLE_KICK);
+	z.features = rd_u64(vq + OFF_VQ_ACKED_FEATURES);
+	z.index = 0xffff;
+	const void *vqs = (const void *)rd_u64(dev + OFF_DEV_VQS);
+	u32 nvqs = rd_u32(dev + OFF_DEV_NVQS);
+#pragma unroll
+	for (int i = 0; i < MAX_VQS; i++) {
+		if (i < nvqs && rd_u64(vqs + 8 * i) == key)
+			z.index = i;
+	}
+	z.tgid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(z.comm, sizeof(z.comm));
+	vq_info.insert(&key, &z);
+	return vq_info.lookup(&key);
+}
+
+static __always_inline void head(struct vtrace_event *e, u8 kind, const void *vq, struct vq_info *vi)
+{
+	e->ts = bpf_ktime_get_ns();
+	e->obj = (u64)vq;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->kind = kind;
+	e->layer = VTRACE_LAYER_VHOST;
+	e->queue = vi ? vi->index : VTRACE_NO_QUEUE;
+}
+
+static __always_inline u64 call_key(u32 point)
+{
+	return (bpf_get_current_pid_tgid() & 0xffffffffULL) | ((u64)point << 32);
+}
+
+#ifdef HAVE_fetch
+int fetch_entry(struct pt_regs *ctx)
+{
+	struct call c = {};
+	c.a0 = PT_REGS_PARM1(ctx);	/* vq */
+	c.a3 = PT_REGS_PARM4(ctx);	/* out_num */
+	c.a4 = PT_REGS_PARM5(ctx);	/* in_num */
+	u64 k = call_key(1);
+	calls.update(&k, &c);
+	return 0;
+}
+
+int fetch_return(struct pt_regs *ctx)
+{
+	u64 k = call_key(1);
+	struct call *c = calls.lookup(&k);
+	if (!c)
+		return 0;
+	const void *vq = (const void *)c->a0;
+	u32 out = rd_u32((const void *)c->a3), in = rd_u32((const void *)c->a4);
+	calls.delete(&k);
+	int headid = PT_REGS_RC(ctx);
+	struct vq_info *vi = vq_seen(vq);
+	if (headid < 0 || !vi || headid >= vi->num)
+		return 0;	/* an error, or nothing available (head == vq->num) */
+	struct vtrace_event e = {};
+	head(&e, VTRACE_FETCH, vq, vi);
+	e.id = headid;
+	e.len = UNOBSERVED;	/* byte counts need the iov walk: not read here */
+	e.aux = UNOBSERVED;
+	e.aux2 = out + in;
+	e.arg = rd_u16(vq + OFF_VQ_LAST_AVAIL);
+	emit(&e);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_used
+int used_entry(struct pt_regs *ctx)
+{
+	const void *vq = (const void *)PT_REGS_PARM1(ctx);
+	const u32 *heads = (const u32 *)PT_REGS_PARM2(ctx);	/* struct vring_used_elem {id, len} */
+	u32 count = PT_REGS_PARM3(ctx);
+	struct vq_info *vi = vq_seen(vq);
+	u16 used = rd_u16(vq + OFF_VQ_LAST_USED);
+#pragma unroll
+	for (int i = 0; i < MAX_USED; i++) {
+		if (i >= count)
+			break;
+		u32 el[2] = {};
+		bpf_probe_read_kernel(el, sizeof(el), heads + 2 * i);
+		struct vtrace_event e = {};
+		head(&e, VTRACE_USED, vq, vi);
+		e.id = el[0];
+		e.len = el[1];
+		e.aux2 = UNOBSERVED;
+		e.arg = (u16)(used + i + 1);
+		emit(&e);
+	}
+	if (count > MAX_USED)
+		count_lost(count - MAX_USED);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_signal
+int signal_entry(struct pt_regs *ctx)
+{
+	struct call c = {};
+	const void *vq = (const void *)PT_REGS_PARM2(ctx);
+	c.a1 = (u64)vq;
+	/* vhost_notify replaces signalled_used: keep the old value and validity */
+	c.a2 = rd_u16(vq + OFF_VQ_SIGNALLED_USED);
+	c.a3 = rd_u64(vq + OFF_VQ_SIGNALLED_VALID) & 0xff;
+	u64 k = call_key(2);
+	calls.update(&k, &c);
+	return 0;
+}
+
+int signal_return(struct pt_regs *ctx)
+{
+	u64 k = call_key(2);
+	struct call *c = calls.lookup(&k);
+	if (!c)
+		return 0;
+	const void *vq = (const void *)c->a1;
+	u32 old = c->a2, valid = c->a3;
+	calls.delete(&k);
+	struct vq_info *vi = vq_seen(vq);
+	struct vtrace_event e = {};
+	head(&e, PT_REGS_RC(ctx) & 0xff ? VTRACE_SIGNAL : VTRACE_SIGNAL_SUPPRESSED, vq, vi);
+	/* The driver's avail ring lives in the VMM's memory, which the vhost
+	 * worker has adopted (kthread_use_mm): used_event = avail->ring[num]. */
+	const u16 *avail = (const u16 *)rd_u64(vq + OFF_VQ_AVAIL);
+	u32 num = vi ? vi->num : 0;
+	u16 flags = 0, used_event = 0;
+	if (avail && !bpf_probe_read_user(&flags, sizeof(flags), avail))
+		e.len = flags;
+	else
+		e.len = UNOBSERVED;
+	if (avail && num && !bpf_probe_read_user(&used_event, sizeof(used_event), avail + 2 + num))
+		e.id = used_event;
+	else
+		e.id = UNOBSERVED;
+	e.aux = valid ? old : UNOBSERVED;	/* signalled_used at the previous decision */
+	e.arg = rd_u16(vq + OFF_VQ_LAST_USED);
+	emit(&e);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_notify_enable
+int notify_enable_entry(struct pt_regs *ctx)
+{
+	const void *vq = (const void *)PT_REGS_PARM2(ctx);
+	struct vtrace_event e = {};
+	head(&e, VTRACE_NOTIFY_ENABLE, vq, vq_seen(vq));
+	e.id = 0;	/* device side: kicks re-enabled */
+	emit(&e);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_notify_disable
+int notify_disable_entry(struct pt_regs *ctx)
+{
+	const void *vq = (const void *)PT_REGS_PARM2(ctx);
+	struct vtrace_event e = {};
+	head(&e, VTRACE_NOTIFY_DISABLE, vq, vq_seen(vq));
+	e.id = 0;
+	emit(&e);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_kick
+int kick_entry(struct pt_regs *ctx)
+{
+	const void *poll = (const void *)PT_REGS_PARM1(ctx);
+	const void *vq = poll - OFF_VQ_POLL;
+	u64 pdev = rd_u64(poll + OFF_POLL_DEV);
+	if (!pdev || rd_u64(vq + OFF_VQ_DEV) != pdev)
+		return 0;	/* a socket poll, not a vq's kick */
+	struct vq_info *vi = vq_seen(vq);
+	struct vtrace_event e = {};
+	head(&e, VTRACE_KICK, vq, vi);
+	/* Runs in the kicking vCPU thread (ioeventfd): the avail ring is in its mm. */
+	const u16 *avail = (const u16 *)rd_u64(vq + OFF_VQ_AVAIL);
+	u16 idx = 0;
+	e.arg = avail && !bpf_probe_read_user(&idx, sizeof(idx), avail + 1) ? idx : UNOBSERVED;
+	emit(&e);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_vring_ioctl
+int vring_ioctl_entry(struct pt_regs *ctx)
+{
+	u32 ioctl = PT_REGS_PARM2(ctx);
+	if (ioctl != VHOST_SET_VRING_BASE && ioctl != VHOST_GET_VRING_BASE)
+		return 0;
+	struct call c = {};
+	c.a0 = PT_REGS_PARM1(ctx);
+	c.a1 = ioctl;
+	c.a2 = PT_REGS_PARM3(ctx);
+	u64 k = call_key(3);
+	calls.update(&k, &c);
+	return 0;
+}
+
+int vring_ioctl_return(struct pt_regs *ctx)
+{
+	u64 k = call_key(3);
+	struct call *c = calls.lookup(&k);
+	if (!c)
+		return 0;
+	struct call a = *c;
+	calls.delete(&k);
+	if (PT_REGS_RC(ctx) != 0)
+		return 0;
+	u32 st[2] = {};		/* struct vhost_vring_state {index, num} in the VMM's memory */
+	if (bpf_probe_read_user(st, sizeof(st), (const void *)a.a2))
+		return 0;
+	if (st[0] >= MAX_VQS)
+		return 0;
+	const void *vqs = (const void *)rd_u64((const void *)a.a0 + OFF_DEV_VQS);
+	const void *vq = (const void *)rd_u64(vqs + 8 * st[0]);
+	struct vq_info *vi = vq_seen(vq);
+	struct vtrace_event e = {};
+	head(&e, a.a1 == VHOST_GET_VRING_BASE ? VTRACE_VRING_BASE_GET : VTRACE_VRING_BASE_SET, vq, vi);
+	e.id = st[1];
+	emit(&e);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_reset_owner
+int reset_owner_entry(struct pt_regs *ctx)
+{
+	const void *dev = (const void *)PT_REGS_PARM1(ctx);
+	const void *vqs = (const void *)rd_u64(dev + OFF_DEV_VQS);
+	u32 nvqs = rd_u32(dev + OFF_DEV_NVQS);
+#pragma unroll
+	for (int i = 0; i < MAX_VQS; i++) {
+		if (i >= nvqs)
+			break;
+		const void *vq = (const void *)rd_u64(vqs + 8 * i);
+		struct vtrace_event e = {};
+		head(&e, VTRACE_RESET, vq, vq_seen(vq));
+		emit(&e);
+	}
+	return 0;
+}
+#endif
