@@ -10,6 +10,7 @@
  * mmio and user-space exits. kvm_set_irq from an irqfd runs in a kworker
  * (virt/kvm/eventfd.c irqfd_inject), so its pid is not the VM's.
  */
+#include <uapi/linux/ptrace.h>
 #include "vtrace.h"
 
 #define KVM_OBJ(tgid) (0x4b564d0000000000ULL | (u64)(tgid))	/* "KVM" + tgid */
@@ -106,6 +107,65 @@ TRACEPOINT_PROBE(kvm, kvm_msi_set_irq)
 	head(&e, VTRACE_KVM_MSI);
 	e.id = args->data;
 	e.arg = args->address;
+	emit(&e);
+	return 0;
+}
+#endif
+
+/*
+ * Function probes (kprobes), where the kernel allows them:
+ *   static int ioeventfd_write(struct kvm_vcpu *, struct kvm_io_device *, gpa_t addr,
+ *                              int len, const void *val)       virt/kvm/eventfd.c: a guest
+ *            write matched an ioeventfd and signals it in the kernel (no exit)
+ *   static void irqfd_inject(struct work_struct *work)          virt/kvm/eventfd.c: the
+ *            kworker that raises an irqfd's GSI; work is irqfd->inject, and the VM is
+ *            irqfd->kvm->userspace_pid (OFF_IRQFD_*, OFF_KVM_USERSPACE_PID from BTF)
+ *   void kvm_arch_(un)register_noncoherent_dma(struct kvm *)    arch/x86/kvm/x86.c: a VFIO
+ *            device without snoop control joined (left) the VM (seed 003)
+ */
+#ifdef HAVE_ioeventfd
+int ioeventfd_entry(struct pt_regs *ctx)
+{
+	struct vtrace_event e = {};
+	head(&e, VTRACE_KVM_IOEVENTFD);
+	e.arg = PT_REGS_PARM3(ctx);	/* addr */
+	e.len = PT_REGS_PARM4(ctx);	/* len */
+	emit(&e);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_irqfd
+int irqfd_entry(struct pt_regs *ctx)
+{
+	const void *irqfd = (const void *)(PT_REGS_PARM1(ctx) - OFF_IRQFD_INJECT);
+	const void *kvm = 0;
+	u32 gsi = 0, vm = 0;
+	bpf_probe_read_kernel(&kvm, sizeof(kvm), irqfd + OFF_IRQFD_KVM);
+	bpf_probe_read_kernel(&gsi, sizeof(gsi), irqfd + OFF_IRQFD_GSI);
+	bpf_probe_read_kernel(&vm, sizeof(vm), kvm + OFF_KVM_USERSPACE_PID);
+	struct vtrace_event e = {};
+	head(&e, VTRACE_KVM_IRQFD);
+	e.obj = KVM_OBJ(vm);	/* the VM, not the kworker */
+	e.id = gsi;
+	emit(&e);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_noncoherent_dma
+int noncoherent_register_entry(struct pt_regs *ctx)
+{
+	struct vtrace_event e = {};
+	head(&e, VTRACE_NONCOHERENT_DMA_REGISTER);
+	emit(&e);
+	return 0;
+}
+
+int noncoherent_unregister_entry(struct pt_regs *ctx)
+{
+	struct vtrace_event e = {};
+	head(&e, VTRACE_NONCOHERENT_DMA_UNREGISTER);
 	emit(&e);
 	return 0;
 }

@@ -114,9 +114,10 @@ def test_every_probe_program_compiles_against_the_minimal_tree(program, tmp_path
     lib = _libbcc()
     tree = headers.tree(cache_dir=str(tmp_path))
     monkeypatch.setenv("BCC_KERNEL_SOURCE", tree)
-    from vtrace.sources.live import OFFSETS, have_macro
+    from vtrace.sources.live import EXTRA_ATTACH, OFFSETS, POINT_OFFSETS, have_macro
     flags = [f"-I{attach.PROBES_DIR}", "-DVTRACE_STREAM", "-DVTRACE_RB_PAGES=64"]
     flags += [f"-D{m}=8" for m in OFFSETS[program]]
+    flags += [f"-D{m}=8" for p in attach.CATALOGUE if p.program == program for m in POINT_OFFSETS.get(p.name, {})]
     for p in attach.CATALOGUE:
         if p.program != program:
             continue
@@ -134,7 +135,8 @@ def test_every_probe_program_compiles_against_the_minimal_tree(program, tmp_path
         lib.bpf_function_start.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
         for p in attach.CATALOGUE:
             for s in p.strategies if p.program == program else ():
-                for _ptype, fn in s.attach:
+                fns = [fn for _ptype, fn in s.attach] + [x[2] for x in EXTRA_ATTACH.get(p.name, ())]
+                for fn in fns:
                     assert lib.bpf_function_start(mod, fn.encode()), f"{program}: no function {fn}"
     finally:
         lib.bpf_module_destroy(mod)

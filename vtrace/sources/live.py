@@ -36,6 +36,7 @@ DEVICE_TYPES = {1: "net", 2: "blk", 3: "console", 4: "rng", 5: "balloon", 8: "sc
                 16: "gpu", 18: "input", 19: "vsock", 20: "crypto", 26: "fs", 27: "pmem", 29: "mem"}
 KVM_TAG = 0x4B564D0000000000    # "KVM" + tgid (probes/kvm.bpf.c)
 IOMMU_TAG = 0x494F4D0000000000  # "IOM" + tgid (probes/iommu.bpf.c)
+VFIO_TAG = 0x5646490000000000   # "VFI" + tgid (probes/vfio.bpf.c)
 TAG_MASK = 0xFFFFFF0000000000
 
 # Struct offsets each program needs: {MACRO: (struct, member path)}, read from
@@ -81,7 +82,25 @@ OFFSETS: dict[str, dict[str, tuple[str, str]]] = {
         "OFF_DISK_NAME": ("gendisk", "disk_name"),
     },
     "kvm": {},
+    "admin": {
+        "OFF_CMD_OPCODE": ("virtio_admin_cmd", "opcode"),
+        "OFF_CMD_GROUP_TYPE": ("virtio_admin_cmd", "group_type"),
+        "OFF_CMD_MEMBER_ID": ("virtio_admin_cmd", "group_member_id"),
+    },
+    "vfio": {},
     "iommu": {},
+}
+# Offsets only one point needs: a kernel without them loses that point, not the program.
+POINT_OFFSETS: dict[str, dict[str, tuple[str, str]]] = {
+    "irqfd": {
+        "OFF_IRQFD_INJECT": ("kvm_kernel_irqfd", "inject"),
+        "OFF_IRQFD_KVM": ("kvm_kernel_irqfd", "kvm"),
+        "OFF_IRQFD_GSI": ("kvm_kernel_irqfd", "gsi"),
+        "OFF_KVM_USERSPACE_PID": ("kvm", "userspace_pid"),
+    },
+}
+EXTRA_ATTACH = {  # the second function of a point (same program code block)
+    "noncoherent_dma": (("kprobe", "kvm_arch_unregister_noncoherent_dma", "noncoherent_unregister_entry"),),
 }
 PROGRAMS = tuple(OFFSETS)
 
@@ -167,6 +186,12 @@ class LiveSource:
             if s is None:
                 self.status.append(ProbeStatus(p.layer, p.name, "-", False, why))
                 continue
+            try:
+                for macro, off in btf.offsets(POINT_OFFSETS.get(p.name, {}), MODULES.get(name)).items():
+                    cflags.append(f"-D{macro}={off}")
+            except btf.BtfError as e:
+                self.status.append(ProbeStatus(p.layer, p.name, f"{s.kind}:{s.target}", False, str(e)))
+                continue
             chosen.append((p, s))
         if not chosen:
             return None
@@ -225,6 +250,11 @@ class LiveSource:
                         for ptype, fn in s.attach:
                             att = prog.bpf.attach_kprobe if ptype == "kprobe" else prog.bpf.attach_kretprobe
                             att(event=sym.encode(), fn_name=fn.encode())
+                        for ptype, target, fn in EXTRA_ATTACH.get(p.name, ()):
+                            extra = self.syms.lookup(target)
+                            if extra:
+                                att = prog.bpf.attach_kprobe if ptype == "kprobe" else prog.bpf.attach_kretprobe
+                                att(event=extra[0].name.encode(), fn_name=fn.encode())
                     self.status.append(ProbeStatus(p.layer, p.name, label, True))
                 except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
                     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -270,16 +300,27 @@ class LiveSource:
                                           dev_type="blk-mq", queue=qn, name=f"hq{qn}",
                                           layer=int(Layer.VIRTIO_GUEST)))
         if ev.size:
-            tagged = ev["obj"][(ev["layer"] == Layer.KVM) | (ev["layer"] == Layer.IOMMU)]
-            for obj in np.unique(tagged).tolist():
+            sel = np.isin(ev["layer"], [Layer.KVM, Layer.IOMMU, Layer.VFIO])
+            objs, first = np.unique(ev["obj"][sel], return_index=True)
+            pids = ev["pid"][sel][first]
+            kinds = ev["kind"][sel][first]
+            for obj, pid, kind in zip(objs.tolist(), pids.tolist(), kinds.tolist()):
                 if obj in self.known:
                     continue
                 self.known.add(obj)
-                pid = obj & 0xFFFFFFFF
-                kvm = obj & TAG_MASK == KVM_TAG
-                new.append(ObjectInfo(obj=obj, vm=vm_name(pid), device="kvm" if kvm else "iommu",
-                                      dev_type="kvm" if kvm else "iommu",
-                                      layer=int(Layer.KVM if kvm else Layer.IOMMU), pid=pid))
+                tag = obj & TAG_MASK
+                if tag in (KVM_TAG, IOMMU_TAG, VFIO_TAG):  # per-VMM objects: the pid is in the id
+                    pid = obj & 0xFFFFFFFF
+                    what, layer = {KVM_TAG: ("kvm", Layer.KVM), IOMMU_TAG: ("iommu", Layer.IOMMU),
+                                   VFIO_TAG: ("vfio", Layer.VFIO)}[tag]
+                    new.append(ObjectInfo(obj=obj, vm=vm_name(pid), device=what, dev_type=what, layer=int(layer),
+                                          pid=pid))
+                elif kind in (Kind.ADMIN_SUBMIT, Kind.ADMIN_COMPLETE):  # the PF's virtio_device
+                    new.append(ObjectInfo(obj=obj, vm=self.host, device=f"pf-{obj & 0xFFFFFF:06x}",
+                                          dev_type="admin-queue", name="admin", layer=int(Layer.VFIO)))
+                else:  # a vfio_device changing migration state, in its VMM's context
+                    new.append(ObjectInfo(obj=obj, vm=vm_name(pid), device=f"vfio-{obj & 0xFFFFFF:06x}",
+                                          dev_type="vfio", layer=int(Layer.VFIO), pid=pid))
         return new
 
     def _vhost_objects(self, prog: _Program) -> list[ObjectInfo]:

@@ -1,0 +1,93 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * virtio admin commands (drivers/virtio/virtio_pci_modern.c, Linux 6.9+):
+ *   int vp_modern_admin_cmd_exec(struct virtio_device *vdev, struct virtio_admin_cmd *cmd)
+ * is every admin command the PF driver sends (legacy I/O for VFs, device
+ * parts, LIST_QUERY/USE ...). Entry: opcode, group type, member id (struct
+ * virtio_admin_cmd, little-endian, offsets from BTF). Return: the function
+ * returns -status when the device answered with a status other than OK
+ * (VIRTIO_ADMIN_STATUS_* share errno values), 0 for OK; a transport error
+ * returns a negative errno too, indistinguishable here. The status qualifier
+ * stays inside the function: UNOBSERVED. Latency is entry to return.
+ */
+#include <uapi/linux/ptrace.h>
+#include "vtrace.h"
+
+#define UNOBSERVED 0xffffffffU
+
+struct submit {
+	u64 ts;
+	u64 vdev;
+	u64 member;
+	u32 opcode;
+	u32 group;
+};
+
+BPF_HASH(inflight, u32, struct submit, 1024);	/* tid -> the command it waits for */
+BPF_PERCPU_ARRAY(lost, u64, 1);
+BPF_RINGBUF_OUTPUT(events, VTRACE_RB_PAGES);
+
+static __always_inline void emit(struct vtrace_event *e)
+{
+	if (events.ringbuf_output(e, sizeof(*e), BPF_RB_NO_WAKEUP)) {
+		int zero = 0;
+		u64 *l = lost.lookup(&zero);
+		if (l)
+			(*l)++;
+	}
+}
+
+#ifdef HAVE_admin_cmd
+int admin_entry(struct pt_regs *ctx)
+{
+	const void *cmd = (const void *)PT_REGS_PARM2(ctx);
+	struct submit s = {};
+	u16 op = 0, grp = 0;
+	bpf_probe_read_kernel(&op, sizeof(op), cmd + OFF_CMD_OPCODE);
+	bpf_probe_read_kernel(&grp, sizeof(grp), cmd + OFF_CMD_GROUP_TYPE);
+	bpf_probe_read_kernel(&s.member, sizeof(s.member), cmd + OFF_CMD_MEMBER_ID);
+	s.ts = bpf_ktime_get_ns();
+	s.vdev = PT_REGS_PARM1(ctx);
+	s.opcode = op;
+	s.group = grp;
+	u32 tid = bpf_get_current_pid_tgid();
+	inflight.update(&tid, &s);
+	struct vtrace_event e = {};
+	e.ts = s.ts;
+	e.obj = s.vdev;
+	e.pid = bpf_get_current_pid_tgid() >> 32;
+	e.kind = VTRACE_ADMIN_SUBMIT;
+	e.layer = VTRACE_LAYER_VFIO;
+	e.queue = VTRACE_NO_QUEUE;
+	e.id = op;
+	e.aux = grp;
+	e.aux2 = s.member;
+	e.len = UNOBSERVED;	/* command data (DEV_MODE_SET flags) is in data_sg */
+	emit(&e);
+	return 0;
+}
+
+int admin_return(struct pt_regs *ctx)
+{
+	u32 tid = bpf_get_current_pid_tgid();
+	struct submit *s = inflight.lookup(&tid);
+	if (!s)
+		return 0;
+	struct vtrace_event e = {};
+	e.ts = bpf_ktime_get_ns();
+	e.obj = s->vdev;
+	e.pid = bpf_get_current_pid_tgid() >> 32;
+	e.kind = VTRACE_ADMIN_COMPLETE;
+	e.layer = VTRACE_LAYER_VFIO;
+	e.queue = VTRACE_NO_QUEUE;
+	e.id = s->opcode;
+	e.aux = s->group;
+	int ret = PT_REGS_RC(ctx);
+	e.len = ret <= 0 ? -ret : UNOBSERVED;
+	e.aux2 = UNOBSERVED;	/* status qualifier */
+	e.arg = e.ts - s->ts;
+	inflight.delete(&tid);
+	emit(&e);
+	return 0;
+}
+#endif
