@@ -7,7 +7,8 @@ macros, point bcc at a minimal header tree when the kernel has none
 reported (``probes()``) and the rest run.
 
 Events reach user space through one BPF ring buffer per program, written
-with BPF_RB_NO_WAKEUP and drained on a timer: a wakeup per event slows the
+with BPF_RB_NO_WAKEUP and drained on a timer by reading its memory mapping a
+batch at a time (vtrace.sources.ringbuf), not one Python callback per record: a wakeup per event slows the
 traced path (../shared/KERNEL-NOTES.md: -21% IOPS at QD1 with per-event
 wakeups, -7% drained every 50 ms). A record the ring cannot take is
 counted in a per-CPU ``lost`` array and surfaces as a LOST event.
@@ -18,7 +19,7 @@ import it at import time).
 
 from __future__ import annotations
 
-import ctypes
+import mmap
 import os
 import socket
 import time
@@ -30,6 +31,7 @@ import numpy as np
 from vtrace.events import RECORD_DTYPE, RECORD_SIZE, Batch, Kind, Layer, ObjectInfo, ProbeStatus
 from vtrace.kernel import attach, btf, headers
 from vtrace.kernel.symbols import Kallsyms, SymbolError
+from vtrace.sources.ringbuf import RingReader
 
 # virtio device ids (VIRTIO 1.2 §5) -> dev_type
 DEVICE_TYPES = {1: "net", 2: "blk", 3: "console", 4: "rng", 5: "balloon", 8: "scsi", 9: "9p",
@@ -140,15 +142,9 @@ class _Program:
     cflags: list[str]
     points: list[attach.Point]
     bpf: object = None
-    chunks: list[bytes] = field(default_factory=list)
+    ring: RingReader | None = None
+    chunks: list[np.ndarray] = field(default_factory=list)
     lost_seen: int = 0
-
-
-def _ring_callback(chunks: list[bytes]):
-    def cb(_ctx, data, size):
-        chunks.append(ctypes.string_at(data, size))
-        return 0
-    return cb
 
 
 class LiveSource:
@@ -233,7 +229,7 @@ class LiveSource:
         for prog in self.programs:
             try:
                 prog.bpf = BPF(text=prog.text.encode(), cflags=prog.cflags)
-                prog.bpf[b"events"].open_ring_buffer(_ring_callback(prog.chunks))
+                prog.ring = RingReader(prog.bpf[b"events"].map_fd, self.ring_pages * mmap.PAGESIZE)
             except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
                 msg = str(e).splitlines()[0] if str(e) else type(e).__name__
                 for p, s in prog.chosen:  # type: ignore[attr-defined]
@@ -269,6 +265,9 @@ class LiveSource:
 
     def close(self) -> None:
         for prog in self.programs:
+            if prog.ring is not None:
+                prog.ring.close()
+                prog.ring = None
             if prog.bpf is not None:
                 try:
                     prog.bpf.cleanup()
@@ -347,7 +346,7 @@ class LiveSource:
                                   size=int(v.num), layer=int(Layer.VHOST), pid=owner, features=int(v.features)))
         return out
 
-    def _lost(self, now: int) -> list[bytes]:
+    def _lost(self, now: int) -> list[np.ndarray]:
         out = []
         for prog in self.programs:
             if prog.bpf is None:
@@ -357,7 +356,7 @@ class LiveSource:
                 rec = np.zeros(1, dtype=RECORD_DTYPE)
                 rec["ts"], rec["kind"], rec["layer"] = now, Kind.LOST, Layer.VTRACE
                 rec["arg"], rec["queue"] = total - prog.lost_seen, 0xFFFF
-                out.append(rec.tobytes())
+                out.append(rec)
                 prog.lost_seen = total
         return out
 
@@ -371,17 +370,19 @@ class LiveSource:
             while True:
                 time.sleep(self.drain_s)
                 for prog in self.programs:
-                    if prog.bpf is not None:
-                        prog.bpf.ring_buffer_consume()
+                    if prog.ring is not None:
+                        ev = prog.ring.read()
+                        if ev.size:
+                            prog.chunks.append(ev)
                 now = time.monotonic_ns()
                 end = self.duration_ns is not None and now - t0 >= self.duration_ns
                 if now < next_batch and not end:
                     continue
                 next_batch = now + self.batch_ns
-                raw = b"".join(c for prog in self.programs for c in prog.chunks) + b"".join(self._lost(now))
+                parts = [c for prog in self.programs for c in prog.chunks] + self._lost(now)
                 for prog in self.programs:
                     prog.chunks.clear()
-                ev = np.frombuffer(raw, dtype=RECORD_DTYPE).copy() if raw else np.zeros(0, RECORD_DTYPE)
+                ev = np.concatenate(parts) if parts else np.zeros(0, RECORD_DTYPE)
                 if ev.size > 1:
                     ev = ev[np.argsort(ev["ts"], kind="stable")]  # several rings, several CPUs
                 objects = tuple(self._objects(ev))
