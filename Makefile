@@ -56,6 +56,7 @@ bench: setup
 	$(PY) bench/check.py
 	$(PY) bench/qemulog.py
 	$(PY) bench/live.py
+	$(PY) bench/ringbuf.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info bench/results
