@@ -257,3 +257,17 @@ def test_ebpf_prints_the_program_with_its_btf_offsets():
     assert r.returncode == 0, r.stderr
     off = btf.member("virtqueue", "num_free").offset
     assert f"#define OFF_VQ_NUM_FREE {off}" in r.stdout and "RAW_TRACEPOINT_PROBE(irq_handler_entry)" in r.stdout
+
+
+def test_check_runs_on_the_live_source():
+    """`vtrace check --source live`: real block requests pair up; no divergence, exit 0."""
+    p = subprocess.Popen([sys.executable, "-m", "vtrace.cli", "check", "--source", "live", "-d", "6s", "-j"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)  # compile and attach
+    _direct_io(1000)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, (out[-2000:], err)
+    res = json.loads(out)
+    assert res["events"] >= 2000
+    tally = {r["id"]: r for r in res["rules"]}
+    assert tally["used-unknown-id"]["checked"] >= 1000 and tally["used-twice"]["checked"] >= 1000
