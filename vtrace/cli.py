@@ -308,10 +308,50 @@ def _probe_table(points) -> None:
         click.echo(f"{p.layer:<13} {p.point:<18} {p.strategy:<38} {status}")
 
 
+def _probe_stats(duration_ns: int, as_json: bool) -> int:
+    """Attach everything, count with kernel.bpf_stats_enabled for a while, report per point."""
+    from vtrace.sources.live import LiveError, LiveSource
+    knob = "/proc/sys/kernel/bpf_stats_enabled"
+    try:
+        with open(knob) as f:
+            before = f.read().strip()
+        with open(knob, "w") as f:
+            f.write("1")
+    except OSError as e:
+        raise VtraceError(f"cannot enable BPF statistics ({knob}: {e.strerror})") from None
+    try:
+        src = LiveSource()
+        try:
+            src.start()
+        except LiveError as e:
+            raise VtraceError(str(e)) from None
+        click.echo(f"Counting for {duration_ns / 1e9:g} s with BPF statistics on... Hit Ctrl-C to end.", err=True)
+        try:
+            time.sleep(duration_ns / 1e9)
+        except KeyboardInterrupt:
+            pass
+        rows = src.prog_stats()
+        src.close()
+    finally:
+        with open(knob, "w") as f:
+            f.write(before)
+    if as_json:
+        for layer, point, cnt, ns in rows:
+            click.echo(json.dumps({"layer": layer, "point": point, "run_cnt": cnt, "run_time_ns": ns,
+                                   "ns_per_hit": round(ns / cnt, 1) if cnt else None}))
+    else:
+        click.echo(f"{'LAYER':<13} {'POINT':<18} {'RUNS':>10} {'NS/HIT':>8}")
+        for layer, point, cnt, ns in rows:
+            click.echo(f"{layer:<13} {point:<18} {cnt:>10,} {f'{ns / cnt:.0f}' if cnt else '-':>8}")
+    return 0
+
+
 @cli.command(context_settings={"max_content_width": 100})
 @click.option("--ebpf", is_flag=True, hidden=True, help="print the BPF programs that would be loaded, and exit")
 @click.option("-j", "--json", "as_json", is_flag=True, help="one JSON object per point")
-def probes(ebpf, as_json):
+@click.option("--stats", "stats_for", callback=_duration, metavar="TIME",
+              help="stay attached this long with BPF statistics on; print runs and ns per hit")
+def probes(ebpf, as_json, stats_for):
     """List every probe point, the attach strategy chosen here, and its status.
 
     Attaches each point for a moment to prove it (needs root), then
@@ -321,6 +361,7 @@ def probes(ebpf, as_json):
     Examples:
       sudo vtrace probes
       sudo vtrace probes -j
+      sudo vtrace probes --stats 10s     # runs and mean ns per hit of each point (BPF statistics)
     """
     from vtrace.sources import live_available
     from vtrace.sources.live import LiveError, LiveSource
@@ -333,6 +374,8 @@ def probes(ebpf, as_json):
     ok, why = live_available()
     if not ok:
         raise VtraceError(why)
+    if stats_for:
+        return _probe_stats(stats_for, as_json)
     points = _attach_all()
     if as_json:
         for p in points:

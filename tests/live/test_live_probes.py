@@ -271,3 +271,18 @@ def test_check_runs_on_the_live_source():
     assert res["events"] >= 2000
     tally = {r["id"]: r for r in res["rules"]}
     assert tally["used-unknown-id"]["checked"] >= 1000 and tally["used-twice"]["checked"] >= 1000
+
+
+def test_probes_stats_counts_hits_and_restores_the_knob():
+    knob = "/proc/sys/kernel/bpf_stats_enabled"
+    before = open(knob).read().strip()
+    p = subprocess.Popen([sys.executable, "-m", "vtrace.cli", "probes", "--stats", "5s", "-j"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    _direct_io(500)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    rows = {r["point"]: r for r in map(json.loads, out.splitlines())}
+    for point in ("vring_interrupt", "block_rq_issue", "block_rq_complete"):
+        assert rows[point]["run_cnt"] >= 1000 and rows[point]["ns_per_hit"] > 0, rows[point]
+    assert open(knob).read().strip() == before

@@ -112,6 +112,20 @@ def have_macro(point, strategy) -> str:
     return strategy.target.split(":", 1)[-1] if strategy.kind != "kprobe" else point.name
 
 
+def _fdinfo(fd: int) -> dict[str, int]:
+    out = {}
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            for ln in f:
+                k, _, v = ln.partition(":")
+                v = v.strip()
+                if v.isdigit():
+                    out[k] = int(v)
+    except OSError:
+        pass
+    return out
+
+
 class LiveError(Exception):
     """Live tracing cannot start here (one line, with the fix)."""
 
@@ -262,6 +276,32 @@ class LiveSource:
 
     def probes(self) -> tuple[ProbeStatus, ...]:
         return tuple(self.status)
+
+    def prog_stats(self) -> list[tuple[str, str, int, int]]:
+        """(layer, point, run_cnt, run_time_ns) per attached point, from each program's
+        fdinfo. The kernel counts only while kernel.bpf_stats_enabled is 1."""
+        out = []
+        for prog in self.programs:
+            if prog.bpf is None:
+                continue
+            for p, s in prog.chosen:  # type: ignore[attr-defined]
+                if s.kind == "kprobe":
+                    names = [fn for _t, fn in s.attach]
+                elif s.kind == "tracepoint":
+                    g, n = s.target.split(":", 1)
+                    names = [f"tracepoint__{g}__{n}"]
+                else:
+                    names = [f"raw_tracepoint__{s.target}"]
+                cnt = ns = 0
+                for name in names:
+                    fn = prog.bpf.funcs.get(name.encode())
+                    if fn is None:
+                        continue
+                    info = _fdinfo(fn.fd)
+                    cnt += info.get("run_cnt", 0)
+                    ns += info.get("run_time_ns", 0)
+                out.append((p.layer, p.name, cnt, ns))
+        return out
 
     def close(self) -> None:
         for prog in self.programs:
