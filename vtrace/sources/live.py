@@ -28,7 +28,7 @@ from typing import Iterator
 
 import numpy as np
 
-from vtrace.events import RECORD_DTYPE, RECORD_SIZE, Batch, Kind, Layer, ObjectInfo, ProbeStatus
+from vtrace.events import RECORD_DTYPE, Batch, Kind, Layer, ObjectInfo, ProbeStatus
 from vtrace.kernel import attach, btf, headers
 from vtrace.kernel.symbols import Kallsyms, SymbolError
 from vtrace.sources.ringbuf import RingReader
@@ -155,6 +155,7 @@ class _Program:
     text: str
     cflags: list[str]
     points: list[attach.Point]
+    chosen: list = field(default_factory=list)  # (Point, Strategy) to attach
     bpf: object = None
     ring: RingReader | None = None
     chunks: list[np.ndarray] = field(default_factory=list)
@@ -219,9 +220,7 @@ class LiveSource:
         path = os.path.join(attach.PROBES_DIR, f"{name}.bpf.c")
         with open(path) as f:
             text = f.read()
-        prog = _Program(name, text, cflags, [p for p, _ in chosen])
-        prog.chosen = chosen  # type: ignore[attr-defined]
-        return prog
+        return _Program(name, text, cflags, [p for p, _ in chosen], chosen)
 
     def ebpf(self) -> str:
         """What would be loaded: each program with its -D macros written out (--ebpf)."""
@@ -246,11 +245,11 @@ class LiveSource:
                 prog.ring = RingReader(prog.bpf[b"events"].map_fd, self.ring_pages * mmap.PAGESIZE)
             except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
                 msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-                for p, s in prog.chosen:  # type: ignore[attr-defined]
+                for p, s in prog.chosen:
                     self.status.append(ProbeStatus(p.layer, p.name, f"{s.kind}:{s.target}", False, msg))
                 prog.bpf = None
                 continue
-            for p, s in prog.chosen:  # type: ignore[attr-defined]
+            for p, s in prog.chosen:
                 label = f"{s.kind}:{s.target}"
                 try:
                     if s.kind == "kprobe":
@@ -284,7 +283,7 @@ class LiveSource:
         for prog in self.programs:
             if prog.bpf is None:
                 continue
-            for p, s in prog.chosen:  # type: ignore[attr-defined]
+            for p, s in prog.chosen:
                 if s.kind == "kprobe":
                     names = [fn for _t, fn in s.attach]
                 elif s.kind == "tracepoint":
@@ -434,5 +433,3 @@ class LiveSource:
         finally:
             self.close()
 
-
-assert RECORD_SIZE == 48
