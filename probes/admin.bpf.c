@@ -13,8 +13,6 @@
 #include <uapi/linux/ptrace.h>
 #include "vtrace.h"
 
-#define UNOBSERVED 0xffffffffU
-
 struct submit {
 	u64 ts;
 	u64 vdev;

@@ -16,7 +16,6 @@
  */
 #include "vtrace.h"
 
-#define UNOBSERVED 0xffffffffU
 #define REQ_OP_MASK 0xff	/* include/linux/blk_types.h */
 #define REQ_OP_READ 0
 #define REQ_OP_WRITE 1
@@ -31,20 +30,6 @@ struct hq_info {
 BPF_HASH(hq_info, u64, struct hq_info, 1024);
 BPF_PERCPU_ARRAY(lost, u64, 1);
 BPF_RINGBUF_OUTPUT(events, VTRACE_RB_PAGES);
-
-static __always_inline u64 rd_u64(const void *p)
-{
-	u64 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), p);
-	return v;
-}
-
-static __always_inline u32 rd_u32(const void *p)
-{
-	u32 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), p);
-	return v;
-}
 
 /* The object a request belongs to: its disk plus the hardware queue number
  * (a byte offset into the gendisk: unique, and never another object's pointer). */
@@ -77,58 +62,55 @@ static __always_inline void emit(struct vtrace_event *e)
 	}
 }
 
-#ifdef HAVE_block_rq_issue
-RAW_TRACEPOINT_PROBE(block_rq_issue)
+/* The event for a request: its (disk, hardware queue) object and its tag as
+ * the head. Descriptors and ring indices are not visible at the block layer.
+ * Nonzero when the request has no tag or no queue (not one of ours). */
+static __always_inline int rq_event(const void *rq, struct vtrace_event *e, u8 kind)
 {
-	const void *rq = (const void *)ctx->args[0];
 	int tag = (int)rd_u32(rq + OFF_RQ_TAG);
 	u64 obj;
 	u32 qn;
 	if (tag < 0 || req_obj(rq, &obj, &qn))
+		return -1;
+	e->ts = bpf_ktime_get_ns();
+	e->obj = obj;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->kind = kind;
+	e->layer = VTRACE_LAYER_VIRTIO_GUEST;
+	e->queue = qn;
+	e->id = tag;
+	e->aux2 = UNOBSERVED;
+	e->arg = UNOBSERVED;
+	return 0;
+}
+
+#ifdef HAVE_block_rq_issue
+RAW_TRACEPOINT_PROBE(block_rq_issue)
+{
+	const void *rq = (const void *)ctx->args[0];
+	struct vtrace_event e = {};
+	if (rq_event(rq, &e, VTRACE_AVAIL))
 		return 0;
 	u32 len = rd_u32(rq + OFF_RQ_LEN);
 	u32 op = rd_u32(rq + OFF_RQ_FLAGS) & REQ_OP_MASK;
-	struct vtrace_event e = {};
-	e.ts = bpf_ktime_get_ns();
-	e.obj = obj;
-	e.pid = bpf_get_current_pid_tgid() >> 32;
-	e.kind = VTRACE_AVAIL;
-	e.layer = VTRACE_LAYER_VIRTIO_GUEST;
-	e.queue = qn;
-	e.id = tag;
 	/* Data the device moves: into memory for a read, out of it for a
 	 * write; flush, discard and write-zeroes move none. */
 	e.len = op == REQ_OP_READ ? len : 0;
 	e.aux = op == REQ_OP_WRITE ? len : 0;
-	e.aux2 = UNOBSERVED;		/* descriptors: not visible at the block layer */
-	e.arg = UNOBSERVED;		/* avail idx: idem */
 	emit(&e);
 	return 0;
 }
-
 #endif
 
 #ifdef HAVE_block_rq_complete
 RAW_TRACEPOINT_PROBE(block_rq_complete)
 {
 	const void *rq = (const void *)ctx->args[0];
-	int tag = (int)rd_u32(rq + OFF_RQ_TAG);
-	u64 obj;
-	u32 qn;
-	if (tag < 0 || req_obj(rq, &obj, &qn))
-		return 0;
 	struct vtrace_event e = {};
-	e.ts = bpf_ktime_get_ns();
-	e.obj = obj;
-	e.pid = bpf_get_current_pid_tgid() >> 32;
-	e.kind = VTRACE_USED;
-	e.layer = VTRACE_LAYER_VIRTIO_GUEST;
-	e.queue = qn;
-	e.id = tag;
+	if (rq_event(rq, &e, VTRACE_USED))
+		return 0;
 	/* used.len counts what the device wrote into memory: a read's data. */
 	e.len = (rd_u32(rq + OFF_RQ_FLAGS) & REQ_OP_MASK) == REQ_OP_READ ? (u32)ctx->args[2] : 0;
-	e.aux2 = UNOBSERVED;
-	e.arg = UNOBSERVED;		/* used idx: not visible at the block layer */
 	emit(&e);
 	return 0;
 }

@@ -9,7 +9,6 @@
  */
 #include "vtrace.h"
 
-#define UNOBSERVED 0xffffffffU
 #define IOMMU_OBJ(tgid) (0x494f4d0000000000ULL | (u64)(tgid))
 
 BPF_PERCPU_ARRAY(lost, u64, 1);

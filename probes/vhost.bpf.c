@@ -21,7 +21,6 @@
 #include <uapi/linux/ptrace.h>
 #include "vtrace.h"
 
-#define UNOBSERVED 0xffffffffU
 #define MAX_VQS 8		/* net: 2 per pair; vsock 2 (+event); dev->vqs scan bound */
 #define MAX_USED 64		/* vring_used_elem per vhost_add_used_n call, beyond that: lost */
 #define VHOST_SET_VRING_BASE 0x4008af12U	/* _IOW(0xAF, 0x12, struct vhost_vring_state) */
@@ -46,27 +45,6 @@ BPF_HASH(vq_info, u64, struct vq_info, 4096);
 BPF_HASH(calls, u64, struct call, 4096);	/* (tid, point) -> entry args for the return probe */
 BPF_PERCPU_ARRAY(lost, u64, 1);
 BPF_RINGBUF_OUTPUT(events, VTRACE_RB_PAGES);
-
-static __always_inline u64 rd_u64(const void *p)
-{
-	u64 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), p);
-	return v;
-}
-
-static __always_inline u32 rd_u32(const void *p)
-{
-	u32 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), p);
-	return v;
-}
-
-static __always_inline u16 rd_u16(const void *p)
-{
-	u16 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), p);
-	return v;
-}
 
 static __always_inline void count_lost(u64 n)
 {

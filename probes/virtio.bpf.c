@@ -18,8 +18,6 @@
  */
 #include "vtrace.h"
 
-#define UNOBSERVED 0xffffffffU
-
 struct vq_info {
 	u64 interrupts;
 	u32 index;
@@ -36,27 +34,6 @@ BPF_PERCPU_ARRAY(lost, u64, 1);
 #ifdef VTRACE_STREAM
 BPF_RINGBUF_OUTPUT(events, VTRACE_RB_PAGES);
 #endif
-
-static __always_inline u64 rd_u64(const void *p)
-{
-	u64 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), p);
-	return v;
-}
-
-static __always_inline u32 rd_u32(const void *p)
-{
-	u32 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), p);
-	return v;
-}
-
-static __always_inline u16 rd_u16(const void *p)
-{
-	u16 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), p);
-	return v;
-}
 
 #ifdef HAVE_irq_handler_entry
 RAW_TRACEPOINT_PROBE(irq_handler_entry)

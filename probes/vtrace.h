@@ -80,4 +80,37 @@ struct vtrace_event {
 	__u8 layer;	/* 47: enum vtrace_layer */
 };
 
+#ifdef VTRACE_RB_PAGES	/* compiled as a probe program (bcc sets it) */
+
+#define UNOBSERVED 0xffffffffU	/* a field the probe cannot see (vtrace/events.py) */
+
+static __always_inline u64 rd_u64(const void *p)
+{
+	u64 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), p);
+	return v;
+}
+
+static __always_inline u32 rd_u32(const void *p)
+{
+	u32 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), p);
+	return v;
+}
+
+static __always_inline u16 rd_u16(const void *p)
+{
+	u16 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), p);
+	return v;
+}
+
+/*
+ * Each program declares its own `events` ring buffer, `lost` counter and
+ * emit(): bcc rewrites map calls only in the program's file, not in headers
+ * or macros ("cannot use map function inside a macro").
+ */
+
+#endif /* VTRACE_RB_PAGES */
+
 #endif /* __VTRACE_H */
