@@ -1,24 +1,13 @@
-"""Live tier: needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN) and BPF here.
-
-Outside CI a missing privilege skips the tier with the reason; with
-CI=true it must run, so the same condition is a failure, never a skip.
-"""
+"""Live tier: needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN) and BPF here;
+must run under CI=true (tests/tiers.py)."""
 
 import os
 
 import pytest
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def require(cond: bool, why: str) -> None:
-    if cond:
-        return
-    if IN_CI:
-        pytest.fail(f"live tier cannot run under CI=true: {why}")
-    pytest.skip(why)
+from tests.tiers import require
 
 
 @pytest.fixture(autouse=True)
 def _root():
-    require(os.geteuid() == 0, "needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)")
+    require(os.geteuid() == 0, "needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)", "live")

@@ -7,6 +7,7 @@ the irq_handler_entry raw tracepoint and the kvm points on kvm tracepoints.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -22,7 +23,7 @@ import pytest
 from tests.live import kvmguest
 from vtrace.aggregate import Aggregator
 from vtrace.capture import CaptureWriter
-from vtrace.events import Kind, Layer
+from vtrace.events import RECORD_DTYPE, Kind, Layer
 from vtrace.kernel import btf
 from vtrace.pipeline import Pipeline
 from vtrace.sources.live import LiveSource
@@ -53,15 +54,32 @@ def _direct_io(n: int) -> None:
                    check=True, capture_output=True)
 
 
-def _drain(src: LiveSource, stop: threading.Event):
-    """Collect batches until told to stop, then one more drain."""
-    evs, objs = [], {}
-    for b in src.batches():
-        evs.append(b.events)
-        objs.update({o.obj: o for o in b.objects})
-        if stop.is_set():
-            break
-    return np.concatenate(evs) if evs else np.zeros(0), objs
+@contextlib.contextmanager
+def _tracing(src: LiveSource, agg: Aggregator | None = None, settle: float = 0.3):
+    """Drain ``src`` in a thread (feeding ``agg`` too) while the body runs the workload;
+    the yielded dict then holds every event (``ev``) and object (``objs``)."""
+    stop = threading.Event()
+    out: dict = {}
+
+    def drain():
+        evs, objs = [], {}
+        for b in src.batches():
+            if agg is not None:
+                agg.feed(b)
+            evs.append(b.events)
+            objs.update({o.obj: o for o in b.objects})
+            if stop.is_set():
+                break
+        out.update(ev=np.concatenate(evs) if evs else np.zeros(0, RECORD_DTYPE), objs=objs)
+    t = threading.Thread(target=drain)
+    t.start()
+    try:
+        time.sleep(settle)  # the probes see the whole workload
+        yield out
+        time.sleep(settle)
+    finally:
+        stop.set()
+        t.join(30)
 
 
 def test_btf_offsets_match_bpftool():
@@ -78,19 +96,10 @@ def test_guest_vring_interrupts_match_proc_interrupts():
     src = LiveSource(programs=("virtio",), batch_ms=100)
     src.start()
     assert [s.attached for s in src.probes()] == [True], src.probes()
-    stop = threading.Event()
-    result = {}
-    t = threading.Thread(target=lambda: result.update(zip(("ev", "objs"), _drain(src, stop))))
-    t.start()
-    try:
-        time.sleep(0.3)
+    with _tracing(src) as result:
         before, t1 = _proc_interrupts(), time.monotonic_ns()
         _direct_io(3000)
         after, t2 = _proc_interrupts(), time.monotonic_ns()
-        time.sleep(0.3)
-    finally:
-        stop.set()
-        t.join(30)
     ev, objs = result["ev"], result["objs"]
     disk = os.path.basename(os.path.realpath("/sys/block/vda/device"))  # e.g. virtio1
     q = [o for o in objs.values() if o.device == disk and o.name == "req.0"]
@@ -129,29 +138,10 @@ def test_block_requests_match_diskstats_and_fill_latency_histograms():
     assert all(s.attached for s in src.probes()), src.probes()
     agg = Aggregator()
     agg.set_source(src.info)
-    stop = threading.Event()
-    result = {}
-
-    def drain():
-        evs, objs = [], {}
-        for b in src.batches():
-            agg.feed(b)
-            evs.append(b.events)
-            objs.update({o.obj: o for o in b.objects})
-            if stop.is_set():
-                break
-        result.update(ev=np.concatenate(evs), objs=objs)
-    t = threading.Thread(target=drain)
-    t.start()
-    try:
-        time.sleep(0.3)
+    with _tracing(src, agg) as result:
         before, t1 = _diskstats("vda"), time.monotonic_ns()
         _direct_io(2000)
         after, t2 = _diskstats("vda"), time.monotonic_ns()
-        time.sleep(0.3)
-    finally:
-        stop.set()
-        t.join(30)
     ev, objs = result["ev"], result["objs"]
     hq = [o for o in objs.values() if o.device == "vda"]
     assert hq and all(o.dev_type == "blk-mq" and o.name == f"hq{o.queue}" for o in hq)
@@ -173,17 +163,8 @@ def test_tiny_kvm_guest_pio_and_irqfd():
     got = {s.point: s for s in src.probes()}
     for p in ("pio", "userspace_exit", "set_irq", "msi"):
         assert got[p].attached, got[p]
-    stop = threading.Event()
-    result = {}
-    t = threading.Thread(target=lambda: result.update(zip(("ev", "objs"), _drain(src, stop))))
-    t.start()
-    try:
-        time.sleep(0.3)
+    with _tracing(src, settle=0.5) as result:  # irqfd injection runs later, in a kworker
         r = kvmguest.run(37)
-        time.sleep(0.5)
-    finally:
-        stop.set()
-        t.join(30)
     ev, objs = result["ev"], result["objs"]
     mine = ev[ev["pid"] == r.pid]
     pio = mine[mine["kind"] == Kind.KVM_PIO]

@@ -10,20 +10,13 @@ import shutil
 
 import pytest
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def require(cond: bool, why: str) -> None:
-    if cond:
-        return
-    if IN_CI:
-        pytest.fail(f"vmlab tier cannot run under CI=true: {why}")
-    pytest.skip(why)
+from tests.tiers import require
 
 
 @pytest.fixture(autouse=True)
 def _tools():
     from tests.vmlab import lab
-    require(shutil.which(lab.QEMU) is not None, f"{lab.QEMU} is not installed (apt-get install qemu-system-x86)")
-    require(os.path.exists(lab.BUSYBOX), f"{lab.BUSYBOX} is missing (apt-get install busybox-static)")
-    require(shutil.which("apt-get") is not None, "apt-get is needed to fetch the stock kernel")
+    require(shutil.which(lab.QEMU) is not None, f"{lab.QEMU} is not installed (apt-get install qemu-system-x86)",
+            "vmlab")
+    require(os.path.exists(lab.BUSYBOX), f"{lab.BUSYBOX} is missing (apt-get install busybox-static)", "vmlab")
+    require(shutil.which("apt-get") is not None, "apt-get is needed to fetch the stock kernel", "vmlab")
