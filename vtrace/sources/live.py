@@ -316,11 +316,21 @@ class LiveSource:
 
     # running ------------------------------------------------------------------------
     def _objects(self, ev: np.ndarray) -> list[ObjectInfo]:
+        """Identities of objects this batch's events name for the first time. The
+        identity maps are read from the kernel only when such an object appears in
+        their layer, not on every drain."""
+        if not ev.size:
+            return []
+        objs, first = np.unique(ev["obj"], return_index=True)
+        fresh = np.array([o not in self.known for o in objs.tolist()], dtype=bool)
+        if not fresh.any():
+            return []
+        layers = set(ev["layer"][first[fresh]].tolist())
         new = []
         for prog in self.programs:
-            if prog.bpf is not None and prog.name == "vhost":
+            if prog.bpf is not None and prog.name == "vhost" and Layer.VHOST in layers:
                 new.extend(self._vhost_objects(prog))
-            if prog.bpf is None or prog.name not in ("virtio", "block"):
+            if prog.bpf is None or prog.name not in ("virtio", "block") or Layer.VIRTIO_GUEST not in layers:
                 continue
             for k, v in prog.bpf[b"vq_info" if prog.name == "virtio" else b"hq_info"].items():
                 obj = int(k.value)
@@ -337,12 +347,10 @@ class LiveSource:
                     new.append(ObjectInfo(obj=obj, vm=self.host, device=v.disk.decode(errors="replace"),
                                           dev_type="blk-mq", queue=qn, name=f"hq{qn}",
                                           layer=int(Layer.VIRTIO_GUEST)))
-        if ev.size:
-            sel = np.isin(ev["layer"], [Layer.KVM, Layer.IOMMU, Layer.VFIO])
-            objs, first = np.unique(ev["obj"][sel], return_index=True)
-            pids = ev["pid"][sel][first]
-            kinds = ev["kind"][sel][first]
-            for obj, pid, kind in zip(objs.tolist(), pids.tolist(), kinds.tolist()):
+        if layers & {Layer.KVM, Layer.IOMMU, Layer.VFIO}:
+            sel = fresh & np.isin(ev["layer"][first], [Layer.KVM, Layer.IOMMU, Layer.VFIO])
+            for obj, pid, kind in zip(objs[sel].tolist(), ev["pid"][first[sel]].tolist(),
+                                      ev["kind"][first[sel]].tolist()):
                 if obj in self.known:
                     continue
                 self.known.add(obj)
