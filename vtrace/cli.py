@@ -209,8 +209,7 @@ def capture(duration, output, force, realtime, chunk, source_spec):
     """
     if output is None:
         output = time.strftime("vtrace-%Y%m%d-%H%M%S.vtrace")
-    if os.path.exists(output) and not force:
-        raise VtraceError(f"{output} exists (use --force to overwrite)")
+    _refuse_clobber(output, force)
     if realtime is None:
         realtime = duration is None
     src = _open(source_spec, realtime=realtime, duration_ns=duration)
@@ -248,6 +247,11 @@ def _record(src, output: str, *, duration: int | None = None, chunk: int = 65536
     if snap.damage:
         click.echo(f"vtrace: warning: {snap.damage}", err=True)
     return snap
+
+
+def _refuse_clobber(output: str, force: bool) -> None:
+    if os.path.exists(output) and not force:
+        raise VtraceError(f"{output} exists (use --force to overwrite)")
 
 
 # doctor / probes ------------------------------------------------------------------
@@ -289,15 +293,18 @@ def doctor(as_json):
 
 
 def _attach_all():
+    """Attach every point once, detach, and return each point's status."""
     from vtrace.sources.live import LiveError, LiveSource
     try:
         src = LiveSource()
-        try:
-            src.start()
-        finally:
-            src.close()
+    except LiveError as e:
+        raise VtraceError(str(e)) from None
+    try:
+        src.start()
     except LiveError:
-        pass
+        pass  # nothing attached: the statuses say why
+    finally:
+        src.close()
     return list(src.probes())
 
 
@@ -444,8 +451,7 @@ def import_qemu(log, output, force, vm, types, line_time):
     from vtrace.sources.qemulog import QemuLogError, QemuLogSource
     if output is None:
         output = (log[:-4] if log.endswith(".log") else log) + ".vtrace"
-    if os.path.exists(output) and not force:
-        raise VtraceError(f"{output} exists (use --force to overwrite)")
+    _refuse_clobber(output, force)
     try:
         src = QemuLogSource(log, vm=vm, types=types, line_time=line_time)
     except QemuLogError as e:
@@ -589,13 +595,12 @@ def convert(file, fmt, output, force):
     """
     from vtrace.jsonl import write_jsonl
     from vtrace.perfetto import write_perfetto
-    src = _replay(file)
     if output is None:
         base = file[:-len(".vtrace")] if file.endswith(".vtrace") else file
         output = base + (".json" if fmt == "perfetto" else ".jsonl")
-    if output != "-" and os.path.exists(output) and not force:
-        src.close()
-        raise VtraceError(f"{output} exists (use --force to overwrite)")
+    if output != "-":
+        _refuse_clobber(output, force)
+    src = _replay(file)
     tmp = None
     try:
         if output == "-":
