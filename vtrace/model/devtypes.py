@@ -21,6 +21,11 @@ BLK_STATUS = 1
 VSOCK_HDR = 44
 
 
+# Device IDs (VIRTIO 1.2 §5 "Device Types") -> the dev_type names vtrace uses.
+DEVICE_IDS = {1: "net", 2: "blk", 3: "console", 4: "rng", 5: "balloon", 8: "scsi", 9: "9p",
+              16: "gpu", 18: "input", 19: "vsock", 20: "crypto", 26: "fs", 27: "pmem", 29: "mem"}
+
+
 @dataclass(frozen=True)
 class QueueRole:
     """What a queue is for.

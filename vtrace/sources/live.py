@@ -31,11 +31,9 @@ import numpy as np
 from vtrace.events import RECORD_DTYPE, Batch, Kind, Layer, ObjectInfo, ProbeStatus
 from vtrace.kernel import attach, btf, headers
 from vtrace.kernel.symbols import Kallsyms, SymbolError
+from vtrace.model.devtypes import DEVICE_IDS
 from vtrace.sources.ringbuf import RingReader
 
-# virtio device ids (VIRTIO 1.2 §5) -> dev_type
-DEVICE_TYPES = {1: "net", 2: "blk", 3: "console", 4: "rng", 5: "balloon", 8: "scsi", 9: "9p",
-                16: "gpu", 18: "input", 19: "vsock", 20: "crypto", 26: "fs", 27: "pmem", 29: "mem"}
 KVM_TAG = 0x4B564D0000000000    # "KVM" + tgid (probes/kvm.bpf.c)
 IOMMU_TAG = 0x494F4D0000000000  # "IOM" + tgid (probes/iommu.bpf.c)
 VFIO_TAG = 0x5646490000000000   # "VFI" + tgid (probes/vfio.bpf.c)
@@ -338,7 +336,7 @@ class LiveSource:
                     continue
                 self.known.add(obj)
                 if prog.name == "virtio":
-                    dt = DEVICE_TYPES.get(int(v.device_id), f"virtio-{int(v.device_id)}")
+                    dt = DEVICE_IDS.get(int(v.device_id), f"virtio-{int(v.device_id)}")
                     new.append(ObjectInfo(obj=obj, vm=self.host, device=f"virtio{int(v.vdev_index)}", dev_type=dt,
                                           queue=int(v.index), name=v.name.decode(errors="replace"),
                                           size=int(v.num_max), layer=int(Layer.VIRTIO_GUEST)))

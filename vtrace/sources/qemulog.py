@@ -45,11 +45,10 @@ from typing import Iterator
 import numpy as np
 
 from vtrace.events import NO_QUEUE, RECORD_DTYPE, UNOBSERVED, Batch, Kind, Layer, ObjectInfo
+from vtrace.model.devtypes import DEVICE_IDS
 
 BATCH = 65536
 U16 = 0xFFFF
-# virtio device ids (VIRTIO 1.2 §5 "Device Types") -> vtrace dev_type.
-DEVICE_IDS = {1: "net", 2: "blk", 3: "console", 4: "rng", 8: "scsi", 19: "vsock", 26: "fs"}
 TYPES = ("net", "blk", "vsock", "console", "rng", "scsi", "fs", "unknown")
 
 # TID@SEC.USEC:name args   (-msg timestamp=on)   or   name args
