@@ -15,7 +15,6 @@ Target (issue "reference model and checker"): checker >= 1M events/s with all ru
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchlib import RESULTS, pin_one_core, save  # noqa: E402
 from vtrace.aggregate import Aggregator  # noqa: E402
 from vtrace.capture import CaptureReader, CaptureWriter  # noqa: E402
 from vtrace.check import Checker  # noqa: E402
@@ -34,12 +34,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=10_000_000)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    ap.add_argument("--out", default=RESULTS)
     a = ap.parse_args()
-    try:
-        os.sched_setaffinity(0, {0})
-    except (AttributeError, OSError):
-        pass
+    pin_one_core()
     cfg = SimConfig.parse("workload=mixed,vms=4,scale=6,seed=11,suspend_every=2")
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "bench.vtrace")
@@ -81,9 +78,7 @@ def main() -> int:
     for k, v in res.items():
         print(f"  {k:<20} {v / 1e6:6.2f} M events/s")
     print(f"  divergences found by the checker: {div} (healthy simulator: expect 0)")
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "check.json"), "w") as f:
-        json.dump({"events": n, "events_per_s": res, "divergences": div, "time": time.time()}, f, indent=1)
+    save(a.out, "check.json", {"events": n, "events_per_s": res, "divergences": div, "time": time.time()})
     return 0
 
 

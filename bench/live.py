@@ -24,7 +24,8 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import RESULTS, ROOT, save
+
 FILE = "/var/tmp/vtrace-bench-fio.bin"
 PY = sys.executable
 
@@ -107,7 +108,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=5)
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    ap.add_argument("--out", default=RESULTS)
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/live.py: needs root (BPF); skipped", file=sys.stderr)
@@ -148,9 +149,7 @@ def main() -> int:
         res["per_hit"][cfg] = per_hit(cfg, tmp, a.seconds)
         h = res["per_hit"][cfg]
         print(f"per hit, {cfg}: {h['ns_per_hit']} ns mean over {h['run_cnt']:,} hits ({', '.join(h['programs'])})")
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "live.json"), "w") as f:
-        json.dump(res, f, indent=1)
+    save(a.out, "live.json", res)
     os.unlink(FILE)
     return 0
 

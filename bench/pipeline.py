@@ -25,18 +25,12 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import RESULTS, ROOT, pin_one_core, save  # noqa: E402 - bench/ is sys.path[0]
+
 sys.path.insert(0, ROOT)
 
 SIM = {"net": "workload=net,vms=4,scale=4,seed=11", "mixed": "workload=mixed,vms=4,scale=4,seed=11"}
 NAIVE_EVENTS = 1_000_000
-
-
-def _pin() -> None:
-    try:
-        os.sched_setaffinity(0, {0})
-    except (AttributeError, OSError):
-        pass
 
 
 def _rss_mb() -> float:
@@ -154,12 +148,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=10_000_000)
     ap.add_argument("--workload", choices=sorted(SIM), default="net")
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    ap.add_argument("--out", default=RESULTS)
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     ap.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.phase:
-        _pin()
+        pin_one_core()
         fn = {"write": lambda: phase_write(a.args[0], int(a.args[1]), a.args[2]),
               "read": lambda: phase_read(a.args[0]),
               "aggregate": lambda: phase_aggregate(a.args[0]),
@@ -204,11 +198,7 @@ def main() -> None:
         "sim_events_per_s": n / w["sim_s"], "bytes_per_event": bpe, "gzip_bytes_per_event": gz_bpe,
         "snapshot_ms": g["snapshot_s"] * 1000,
     }
-    os.makedirs(a.out, exist_ok=True)
-    out = os.path.join(a.out, f"pipeline-{a.workload}.json")
-    with open(out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {out}")
+    print(f"wrote {save(a.out, f'pipeline-{a.workload}.json', result, indent=2)}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ this one process, pinned to CPU 0, best of --repeat:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -26,6 +25,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchlib import RESULTS, pin_one_core, save  # noqa: E402
 from vtrace.check import Checker  # noqa: E402
 from vtrace.sources import qemulog  # noqa: E402
 
@@ -97,12 +97,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lines", type=int, default=2_000_000)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    ap.add_argument("--out", default=RESULTS)
     a = ap.parse_args()
-    try:
-        os.sched_setaffinity(0, {0})
-    except (AttributeError, OSError):
-        pass
+    pin_one_core()
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "qemu-trace.log")
         lines = write_log(path, a.lines)
@@ -119,9 +116,7 @@ def main() -> int:
             print(f"{name:6s} {best:7.2f} s  {lines / best / 1e3:8.0f}k lines/s  "
                   f"({out:,} {'lines matched' if name == 'floor' else 'records'})")
     print(f"log: {lines:,} lines, {size / 1e6:.1f} MB")
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "qemulog.json"), "w") as f:
-        json.dump(res, f, indent=1)
+    save(a.out, "qemulog.json", res)
     return 0
 
 

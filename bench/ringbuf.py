@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import mmap
 import multiprocessing as mp
 import os
@@ -29,6 +28,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchlib import RESULTS, save  # noqa: E402
 from vtrace.capture import CaptureWriter  # noqa: E402
 from vtrace.events import Batch  # noqa: E402
 from vtrace.kernel import attach, headers  # noqa: E402
@@ -136,7 +136,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--procs", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     ap.add_argument("--pages", type=int, default=4096)
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    ap.add_argument("--out", default=RESULTS)
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/ringbuf.py: needs root (BPF); skipped", file=sys.stderr)
@@ -150,9 +150,7 @@ def main() -> int:
             print(f"{mode:5s} received {r['received']:>11,} lost {r['lost']:>11,} in {r['seconds']} s: "
                   f"{r['received_per_s'] / 1e6:.2f}M/s drained of {r['produced_per_s'] / 1e6:.2f}M/s produced",
                   flush=True)
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "ringbuf.json"), "w") as f:
-        json.dump(res, f, indent=1)
+    save(a.out, "ringbuf.json", res)
     return 0
 
 
