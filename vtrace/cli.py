@@ -333,9 +333,11 @@ def _probe_stats(duration_ns: int, as_json: bool) -> int:
         except LiveError as e:
             raise VtraceError(str(e)) from None
         click.echo(f"Counting for {duration_ns / 1e9:g} s with BPF statistics on... Hit Ctrl-C to end.", err=True)
+        from vtrace.pipeline import Stop, stoppable
         try:
-            time.sleep(duration_ns / 1e9)
-        except KeyboardInterrupt:
+            with stoppable():
+                time.sleep(duration_ns / 1e9)
+        except (KeyboardInterrupt, Stop):
             pass
         rows = src.prog_stats()
         src.close()

@@ -6,6 +6,7 @@ replay of a capture prints the same per-second rows however fast it is read.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from typing import Callable
 
@@ -21,6 +22,29 @@ class Stop(Exception):
 
 def _sigterm(_signo, _frame):
     raise Stop()
+
+
+@contextlib.contextmanager
+def stoppable():
+    """Ctrl-C and SIGTERM end the block (as KeyboardInterrupt / Stop).
+
+    "Hit Ctrl-C to end" must hold even when a supervisor or CI runner started
+    us with SIGINT/SIGTERM blocked: a blocked mask survives exec and the
+    signal would stay pending forever. An *ignored* SIGINT (a shell's
+    `cmd &`) is deliberate and stays ignored.
+    """
+    old = None
+    try:
+        old = signal.signal(signal.SIGTERM, _sigterm)
+    except ValueError:  # not the main thread
+        pass
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 class Pipeline:
@@ -39,53 +63,47 @@ class Pipeline:
 
         Always returns a final snapshot of everything fed (no interval lost).
         """
-        old = None
-        try:
-            old = signal.signal(signal.SIGTERM, _sigterm)
-        except ValueError:  # not the main thread
-            pass
-        start = None
-        boundary = None
-        done = False
-        it = self.source.batches()
-        try:
-            for batch in it:
-                if self.writer is not None:
-                    self.writer.write_batch(batch)
-                ev = batch.events
-                if start is None and (ev.size or batch.t_end):
-                    start = int(ev["ts"][0]) if ev.size else batch.t_end
-                    boundary = start + interval_ns if interval_ns else None
-                objects, probes, meta = batch.objects, batch.probes, batch.meta
-                # Cut the batch at every interval boundary it spans, so each
-                # report covers exactly one interval whatever the batch size.
-                while boundary is not None and batch.t_end >= boundary:
-                    cut = int(np.searchsorted(ev["ts"], boundary))
-                    self.agg.feed(Batch(events=ev[:cut], t_end=boundary, objects=objects, probes=probes,
-                                        meta=meta))
-                    objects, probes, meta = (), None, {}
-                    ev = ev[cut:]
-                    snap = self.agg.snapshot()
-                    self.intervals += 1
-                    if on_interval:
-                        on_interval(snap)
-                    boundary += interval_ns
-                    if count and self.intervals >= count:
-                        done = True
+        with stoppable():
+            start = None
+            boundary = None
+            done = False
+            it = self.source.batches()
+            try:
+                for batch in it:
+                    if self.writer is not None:
+                        self.writer.write_batch(batch)
+                    ev = batch.events
+                    if start is None and (ev.size or batch.t_end):
+                        start = int(ev["ts"][0]) if ev.size else batch.t_end
+                        boundary = start + interval_ns if interval_ns else None
+                    objects, probes, meta = batch.objects, batch.probes, batch.meta
+                    # Cut the batch at every interval boundary it spans, so each
+                    # report covers exactly one interval whatever the batch size.
+                    while boundary is not None and batch.t_end >= boundary:
+                        cut = int(np.searchsorted(ev["ts"], boundary))
+                        self.agg.feed(Batch(events=ev[:cut], t_end=boundary, objects=objects, probes=probes,
+                                            meta=meta))
+                        objects, probes, meta = (), None, {}
+                        ev = ev[cut:]
+                        snap = self.agg.snapshot()
+                        self.intervals += 1
+                        if on_interval:
+                            on_interval(snap)
+                        boundary += interval_ns
+                        if count and self.intervals >= count:
+                            done = True
+                            break
+                    if done:
                         break
-                if done:
-                    break
-                self.agg.feed(Batch(events=ev, t_end=batch.t_end, objects=objects, probes=probes, meta=meta))
-                if duration_ns and start is not None and batch.t_end - start >= duration_ns:
-                    break
-        except (KeyboardInterrupt, Stop):
-            self.interrupted = True
-        finally:
-            close = getattr(it, "close", None)
-            if close is not None:
-                close()  # a live source detaches its probes here, on every exit path
-            if old is not None:
-                signal.signal(signal.SIGTERM, old)
+                    self.agg.feed(Batch(events=ev, t_end=batch.t_end, objects=objects, probes=probes, meta=meta))
+                    if duration_ns and start is not None and batch.t_end - start >= duration_ns:
+                        break
+            except (KeyboardInterrupt, Stop):
+                self.interrupted = True
+            finally:
+                close = getattr(it, "close", None)
+                if close is not None:
+                    close()  # a live source detaches its probes here, on every exit path
         dmg = getattr(self.source, "damage", None)
         if callable(dmg):
             self.agg.damage = dmg()
