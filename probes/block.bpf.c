@@ -28,8 +28,7 @@ struct hq_info {
 };
 
 BPF_HASH(hq_info, u64, struct hq_info, 1024);
-BPF_PERCPU_ARRAY(lost, u64, 1);
-BPF_RINGBUF_OUTPUT(events, VTRACE_RB_PAGES);
+#include "vtrace_emit.inc"	/* lost, events, emit(): pasted in by the loader */
 
 /* The object a request belongs to: its disk plus the hardware queue number
  * (a byte offset into the gendisk: unique, and never another object's pointer). */
@@ -50,16 +49,6 @@ static __always_inline int req_obj(const void *rq, u64 *obj, u32 *qn)
 		hq_info.insert(obj, &z);
 	}
 	return 0;
-}
-
-static __always_inline void emit(struct vtrace_event *e)
-{
-	if (events.ringbuf_output(e, sizeof(*e), BPF_RB_NO_WAKEUP)) {
-		int zero = 0;
-		u64 *l = lost.lookup(&zero);
-		if (l)
-			(*l)++;
-	}
 }
 
 /* The event for a request: its (disk, hardware queue) object and its tag as

@@ -15,18 +15,7 @@
 
 #define KVM_OBJ(tgid) (0x4b564d0000000000ULL | (u64)(tgid))	/* "KVM" + tgid */
 
-BPF_PERCPU_ARRAY(lost, u64, 1);
-BPF_RINGBUF_OUTPUT(events, VTRACE_RB_PAGES);
-
-static __always_inline void emit(struct vtrace_event *e)
-{
-	if (events.ringbuf_output(e, sizeof(*e), BPF_RB_NO_WAKEUP)) {
-		int zero = 0;
-		u64 *l = lost.lookup(&zero);
-		if (l)
-			(*l)++;
-	}
-}
+#include "vtrace_emit.inc"	/* lost, events, emit(): pasted in by the loader */
 
 static __always_inline void head(struct vtrace_event *e, u8 kind)
 {

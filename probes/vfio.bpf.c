@@ -23,18 +23,7 @@ struct req {
 };
 
 BPF_HASH(reqs, u32, struct req, 1024);
-BPF_PERCPU_ARRAY(lost, u64, 1);
-BPF_RINGBUF_OUTPUT(events, VTRACE_RB_PAGES);
-
-static __always_inline void emit(struct vtrace_event *e)
-{
-	if (events.ringbuf_output(e, sizeof(*e), BPF_RB_NO_WAKEUP)) {
-		int zero = 0;
-		u64 *l = lost.lookup(&zero);
-		if (l)
-			(*l)++;
-	}
-}
+#include "vtrace_emit.inc"	/* lost, events, emit(): pasted in by the loader */
 
 #ifdef HAVE_dma
 int dma_entry(struct pt_regs *ctx)

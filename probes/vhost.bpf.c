@@ -43,22 +43,7 @@ struct call {
 
 BPF_HASH(vq_info, u64, struct vq_info, 4096);
 BPF_HASH(calls, u64, struct call, 4096);	/* (tid, point) -> entry args for the return probe */
-BPF_PERCPU_ARRAY(lost, u64, 1);
-BPF_RINGBUF_OUTPUT(events, VTRACE_RB_PAGES);
-
-static __always_inline void count_lost(u64 n)
-{
-	int zero = 0;
-	u64 *l = lost.lookup(&zero);
-	if (l)
-		*l += n;
-}
-
-static __always_inline void emit(struct vtrace_event *e)
-{
-	if (events.ringbuf_output(e, sizeof(*e), BPF_RB_NO_WAKEUP))
-		count_lost(1);
-}
+#include "vtrace_emit.inc"	/* lost, events, emit(): pasted in by the loader */
 
 /* Who a vq is, once: its device, index in dev->vqs, ring size, kick handler. */
 static __always_inline struct vq_info *vq_seen(const void *vq)

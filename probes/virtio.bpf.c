@@ -30,10 +30,7 @@ struct vq_info {
 };
 
 BPF_HASH(vq_info, u64, struct vq_info, 4096);
-BPF_PERCPU_ARRAY(lost, u64, 1);
-#ifdef VTRACE_STREAM
-BPF_RINGBUF_OUTPUT(events, VTRACE_RB_PAGES);
-#endif
+#include "vtrace_emit.inc"	/* lost, events, emit(): pasted in by the loader */
 
 #ifdef HAVE_irq_handler_entry
 RAW_TRACEPOINT_PROBE(irq_handler_entry)
@@ -71,7 +68,6 @@ RAW_TRACEPOINT_PROBE(irq_handler_entry)
 	__sync_fetch_and_add(&vi->interrupts, 1);
 	u32 num_free = rd_u32(vq + OFF_VQ_NUM_FREE);
 	vi->num_free = num_free;
-#ifdef VTRACE_STREAM
 	struct vtrace_event e = {};
 	e.ts = bpf_ktime_get_ns();
 	e.obj = key;
@@ -83,18 +79,14 @@ RAW_TRACEPOINT_PROBE(irq_handler_entry)
 	e.id = UNOBSERVED;
 	e.len = UNOBSERVED;
 	e.aux = UNOBSERVED;
-	/* used->idx as the driver will read it (split rings; packed has none). */
+	e.arg = UNOBSERVED;
+#ifndef VTRACE_AGG
+	/* used->idx as the driver will read it (split rings; packed has none);
+	 * only a streamed record carries it, so counting skips the two reads. */
 	if (!vi->packed)
 		e.arg = rd_u16((const void *)rd_u64(vq + OFF_VVQ_SPLIT_USED) + 2);
-	else
-		e.arg = UNOBSERVED;
-	if (events.ringbuf_output(&e, sizeof(e), BPF_RB_NO_WAKEUP)) {
-		int zero = 0;
-		u64 *l = lost.lookup(&zero);
-		if (l)
-			(*l)++;
-	}
 #endif
+	emit(&e);
 	return 0;
 }
 #endif

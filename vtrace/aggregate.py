@@ -265,7 +265,8 @@ class _AdminAcc:
 class Aggregator:
     # Arrays indexed by slot that start at zero for a new object (grown together).
     _PER_SLOT = ("cnt", "used_bytes", "read_bytes", "hist", "lat_sum", "inflight_max",
-                 "inflight_max_total", "orphans", "dma_bytes", "_prev_cnt", "_prev_bytes", "_prev_read")
+                 "inflight_max_total", "orphans", "dma_bytes", "_prev_cnt", "_prev_bytes", "_prev_read",
+                 "k_inflight", "hist_only", "_prev_hist")
 
     def __init__(self, *, evict_after_s: float = 600.0, sample_cap: int = SAMPLE_CAP, checker=None):
         # ``checker``: a vtrace.check.Checker fed the same batches; the snapshot
@@ -289,6 +290,11 @@ class Aggregator:
         self.orphans = np.zeros(cap, dtype=np.int64)
         self.last_seen = np.zeros(cap, dtype=np.int64)
         self.dma_bytes = np.zeros((cap, 2), dtype=np.int64)
+        # Counted in the kernel (a counting live source): buffers in flight
+        # there now, and whether latency is known only as log2 buckets.
+        self.k_inflight = np.zeros(cap, dtype=np.int64)
+        self.hist_only = np.zeros(cap, dtype=bool)
+        self._prev_hist = np.zeros((cap, NBUCKETS), dtype=np.int64)
         self.active = np.zeros(cap, dtype=bool)
         self.state: dict[int, str] = {}
         self._reset: set[int] = set()  # slots whose state is "reset" (kept by _set_state)
@@ -419,6 +425,8 @@ class Aggregator:
             self.probes = tuple(batch.probes)
         ev = batch.events
         self.ts_end = max(self.ts_end, int(batch.t_end))
+        if batch.counts is not None:
+            self._kernel_counts(batch.counts)
         n = ev.size
         if n == 0:
             self._maybe_evict()
@@ -458,6 +466,55 @@ class Aggregator:
         if start < n:
             self._data(ev[start:], slot[start:])
         self._maybe_evict()
+
+    def _kernel_counts(self, kc) -> None:
+        """Deltas summed in the kernel (probes/vtrace_emit.inc): the same
+        counters the event path keeps, without the events."""
+        c = kc.counts
+        if self.ts_first is None and (c.size or kc.latency.size):
+            self.ts_first = self.ts_end
+        if c.size:
+            slot = self._slots_of(c)
+            nslots = len(self.info)
+            kind, n = c["kind"], c["n"]
+            self.events_total += int(n.sum())
+            delta = np.bincount(slot * NK + KIDX[kind], weights=n, minlength=nslots * NK)
+            delta = delta.astype(np.int64).reshape(nslots, NK)
+            self.cnt[:nslots] += delta
+            self.last_seen[:nslots][delta.any(axis=1)] = self.ts_end
+            self.unknown_kinds += int(delta[:, K_UNKNOWN].sum())
+            for k, dest in ((Kind.USED, self.used_bytes), (Kind.AVAIL, self.read_bytes),
+                            (Kind.FETCH, self.read_bytes)):
+                m = kind == k
+                if m.any():
+                    dest[:nslots] += sum_by_slot(slot[m], c["bytes"][m], nslots)
+            for col, k in ((0, Kind.DMA_MAP), (1, Kind.DMA_UNMAP)):
+                m = kind == k
+                if m.any():
+                    self.dma_bytes[:nslots, col] += sum_by_slot(slot[m], c["bytes"][m], nslots)
+            for s_, r, k_n in zip(slot[kind == Kind.KVM_EXIT].tolist(), c["id"][kind == Kind.KVM_EXIT].tolist(),
+                                  n[kind == Kind.KVM_EXIT].tolist()):
+                d = self.exits.setdefault(s_, {})
+                d[r] = d.get(r, 0) + k_n
+        lt = kc.latency
+        if lt.size:
+            slot = self._slots_of(lt)
+            nslots = len(self.info)
+            b = np.minimum(lt["bucket"].astype(np.int64), NBUCKETS - 1)
+            self.hist[:nslots] += np.bincount(slot * NBUCKETS + b, weights=lt["n"],
+                                              minlength=nslots * NBUCKETS).astype(np.int64).reshape(nslots, NBUCKETS)
+            self.lat_sum[:nslots] += sum_by_slot(slot, lt["sum_ns"], nslots)
+            self.hist_only[slot] = True
+        fl = kc.flight
+        if fl.size:
+            slot = self._slots_of(fl)
+            for s_, cur, peak, orph in zip(slot.tolist(), fl["inflight"].tolist(), fl["peak"].tolist(),
+                                           fl["orphans"].tolist()):
+                self.k_inflight[s_] = max(cur, 0)
+                top = max(peak, cur)  # peak -1: only the reads' samples are known
+                self.inflight_max[s_] = max(int(self.inflight_max[s_]), top)
+                self.inflight_max_total[s_] = max(int(self.inflight_max_total[s_]), top)
+                self.orphans[s_] += orph
 
     def _rare(self, ev: np.ndarray, slot: np.ndarray, nslots: int) -> None:
         kind = ev["kind"]
@@ -705,6 +762,7 @@ class Aggregator:
         exact = self._stride == 1
         c_slot = self.c_key >> 32
         infl = np.bincount(c_slot, minlength=n) if c_slot.size else np.zeros(n, dtype=np.int64)
+        infl = infl + self.k_inflight[:n]
 
         def rate(x):
             return float(x) / secs if secs else 0.0
@@ -725,8 +783,11 @@ class Aggregator:
             d = dc[s]
             used_d = int(d[U])
             p = pct.get(s)
-            if p is None and not exact:
-                p = (percentile_from_hist(self.hist[s], 0.5), percentile_from_hist(self.hist[s], 0.99))
+            if p is None and (not exact or self.hist_only[s]):
+                # No exact samples (decimated, or counted in the kernel): the
+                # interval's log2 buckets give an estimate (bucket midpoint).
+                h = self.hist[s] - self._prev_hist[s]
+                p = (percentile_from_hist(h, 0.5), percentile_from_hist(h, 0.99)) if h.any() else None
             queues.append(QueueStats(
                 obj=info.obj, vm=info.vm, device=info.device, dev_type=info.dev_type,
                 queue=info.queue, name=info.name or str(info.queue), size=info.size,
@@ -749,7 +810,7 @@ class Aggregator:
                 latency_count=int(self.hist[s].sum()), latency_sum_ns=int(self.lat_sum[s]),
                 latency_hist=_ro(self.hist[s]),
                 p50_ns=p[0] if p else None, p99_ns=p[1] if p else None,
-                latency_exact=exact, last_suspend=self.suspend.get(s),
+                latency_exact=exact and not self.hist_only[s], last_suspend=self.suspend.get(s),
                 timeline=tuple(self.timeline.get(s, ())), last_seen=int(self.last_seen[s]),
             ))
         admin = tuple(
@@ -781,6 +842,7 @@ class Aggregator:
             self._prev_cnt[:n] = self.cnt[:n]
             self._prev_bytes[:n] = self.used_bytes[:n]
             self._prev_read[:n] = self.read_bytes[:n]
+            self._prev_hist[:n] = self.hist[:n]
             self._prev_events = self.events_total
             self._prev_end = end
             self.inflight_max[:n] = infl  # the next interval starts with what is in flight now

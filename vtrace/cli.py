@@ -92,9 +92,9 @@ def source_option(f):
                         help=SOURCE_HELP)(f)
 
 
-def _open(spec: str, *, realtime: bool, duration_ns: int | None = None):
+def _open(spec: str, *, realtime: bool, duration_ns: int | None = None, stream: bool = True):
     from vtrace.sources import open_source
-    src, notice = open_source(spec, realtime=realtime, duration_ns=duration_ns)
+    src, notice = open_source(spec, realtime=realtime, duration_ns=duration_ns, stream=stream)
     if notice:
         click.echo(f"vtrace: {notice}", err=True)
     return src
@@ -129,13 +129,17 @@ def cli():
 @click.option("-n", "--top", type=click.IntRange(min=1), help="show only the first N rows")
 @click.option("--vm", "vms", multiple=True, metavar="NAME", help="only this VM (repeatable)")
 @click.option("-a", "--all", "show_all", is_flag=True, help="include idle queues")
-def stat(interval, count, source_spec, as_json, sort, top, vms, show_all):
+@click.option("--stream", is_flag=True,
+              help="live: stream every event for exact percentiles (costs more per event; see OVERHEAD)")
+def stat(interval, count, source_spec, as_json, sort, top, vms, show_all, stream):
     """Per-virtqueue rates, in flight and latency every INTERVAL.
 
     INTERVAL defaults to 1 second (also 500ms, 2s, ...); COUNT limits the
     number of reports. Rates are per second; latency is available -> used
-    over the interval (exact percentiles); K/B and S/B are kicks and
-    signals per used buffer (batching: lower is better).
+    over the interval; K/B and S/B are kicks and signals per used buffer
+    (batching: lower is better). Live, the kernel sums events in maps and
+    percentiles come from log2 buckets ("~" marks them); --stream sends
+    every event up instead, for exact percentiles.
 
     \b
     Examples:
@@ -143,6 +147,7 @@ def stat(interval, count, source_spec, as_json, sort, top, vms, show_all):
       vtrace stat 5 3               # three 5-second reports
       vtrace stat -s p99 -n 10      # ten worst queues by p99 latency
       vtrace stat --vm web1 -j 1    # JSON lines for one VM
+      vtrace stat --stream 1 10     # exact percentiles (every event to user space)
       vtrace stat --source replay:run.vtrace 1   # per-second rows of a capture
     """
     from vtrace import report
@@ -153,8 +158,10 @@ def stat(interval, count, source_spec, as_json, sort, top, vms, show_all):
         raise click.BadParameter(str(e), param_hint="INTERVAL") from None
     if count is not None and count < 1:
         raise click.BadParameter("must be at least 1", param_hint="COUNT")
-    src = _open(source_spec, realtime=True)
+    src = _open(source_spec, realtime=True, stream=stream)
     label = "simulated host" if getattr(src, "kind", "") == "sim" else src.kind
+    if src.info.get("mode") == "count":
+        label += ", counting in kernel"
     click.echo(f"Tracing virtqueues ({label})... Hit Ctrl-C to end.", err=as_json)
 
     def show(snap):
@@ -315,7 +322,7 @@ def _probe_table(points) -> None:
         click.echo(f"{p.layer:<13} {p.point:<18} {p.strategy:<38} {status}")
 
 
-def _probe_stats(duration_ns: int, as_json: bool) -> int:
+def _probe_stats(duration_ns: int, as_json: bool, stream: bool) -> int:
     """Attach everything, count with kernel.bpf_stats_enabled for a while, report per point."""
     from vtrace.sources.live import LiveError, LiveSource
     knob = "/proc/sys/kernel/bpf_stats_enabled"
@@ -327,7 +334,7 @@ def _probe_stats(duration_ns: int, as_json: bool) -> int:
     except OSError as e:
         raise VtraceError(f"cannot enable BPF statistics ({knob}: {e.strerror})") from None
     try:
-        src = LiveSource()
+        src = LiveSource(stream=stream)
         try:
             src.start()
         except LiveError as e:
@@ -360,7 +367,9 @@ def _probe_stats(duration_ns: int, as_json: bool) -> int:
 @click.option("-j", "--json", "as_json", is_flag=True, help="one JSON object per point")
 @click.option("--stats", "stats_for", callback=_duration, metavar="TIME",
               help="stay attached this long with BPF statistics on; print runs and ns per hit")
-def probes(ebpf, as_json, stats_for):
+@click.option("--stream", is_flag=True,
+              help="with --stats/--ebpf: the streaming programs (capture, check), not the counting ones (stat)")
+def probes(ebpf, as_json, stats_for, stream):
     """List every probe point, the attach strategy chosen here, and its status.
 
     Attaches each point for a moment to prove it (needs root), then
@@ -371,12 +380,13 @@ def probes(ebpf, as_json, stats_for):
       sudo vtrace probes
       sudo vtrace probes -j
       sudo vtrace probes --stats 10s     # runs and mean ns per hit of each point (BPF statistics)
+      sudo vtrace probes --stats 10s --stream   # the same for what capture and check load
     """
     from vtrace.sources import live_available
     from vtrace.sources.live import LiveError, LiveSource
     if ebpf:
         try:
-            click.echo(LiveSource().ebpf())
+            click.echo(LiveSource(stream=stream).ebpf())
         except LiveError as e:
             raise VtraceError(str(e)) from None
         return 0
@@ -384,7 +394,7 @@ def probes(ebpf, as_json, stats_for):
     if not ok:
         raise VtraceError(why)
     if stats_for:
-        return _probe_stats(stats_for, as_json)
+        return _probe_stats(stats_for, as_json, stream)
     points = _attach_all()
     if as_json:
         for p in points:

@@ -150,6 +150,20 @@ RECORD_FIELDS: tuple[tuple[str, str], ...] = (
 RECORD_DTYPE = np.dtype(list(RECORD_FIELDS))
 RECORD_SIZE = RECORD_DTYPE.itemsize  # 48
 
+# Kernel-side aggregation (probes/vtrace_emit.inc, -DVTRACE_AGG): what the
+# maps add up between two reads, as deltas. ``COUNT`` rows: hits per
+# (object, queue, kind[, exit reason in id]) and the kind's bytes (USED: len,
+# AVAIL/FETCH: aux, DMA: arg). ``LATENCY`` rows: completions per log2(ns)
+# bucket with their sum. ``FLIGHT`` rows: buffers in flight now (absolute),
+# the peak since the last read (-1: not known), and completions with no
+# start seen (delta).
+COUNT_DTYPE = np.dtype([("obj", "<u8"), ("n", "<i8"), ("bytes", "<i8"), ("id", "<u4"),
+                        ("queue", "<u2"), ("kind", "u1"), ("layer", "u1")])
+LATENCY_DTYPE = np.dtype([("obj", "<u8"), ("n", "<i8"), ("sum_ns", "<i8"), ("queue", "<u2"),
+                          ("bucket", "<u2"), ("layer", "u1")])
+FLIGHT_DTYPE = np.dtype([("obj", "<u8"), ("inflight", "<i8"), ("peak", "<i8"), ("orphans", "<i8"),
+                         ("queue", "<u2"), ("layer", "u1")])
+
 
 def kind_name(k: int) -> str:
     try:
@@ -275,3 +289,13 @@ class Batch:
     objects: tuple[ObjectInfo, ...] = ()
     probes: tuple[ProbeStatus, ...] | None = None
     meta: dict = field(default_factory=dict)
+    # Kernel-side aggregates since the previous batch (a counting live
+    # source); None when every event is in ``events``.
+    counts: "KernelCounts | None" = None
+
+
+@dataclass
+class KernelCounts:
+    counts: np.ndarray    # COUNT_DTYPE
+    latency: np.ndarray   # LATENCY_DTYPE
+    flight: np.ndarray    # FLIGHT_DTYPE

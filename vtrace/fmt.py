@@ -5,10 +5,18 @@ from __future__ import annotations
 import math
 
 
-def dur(ns: float | None) -> str:
-    """Human duration that fits in 6 columns: 850ns 84.4us 18.3ms 1.20s."""
+def dur(ns: float | None, approx: bool = False) -> str:
+    """Human duration that fits in 6 columns: 850ns 84.4us 18.3ms 1.20s.
+
+    ``approx``: an estimate (a log2 bucket), marked and shown with the two
+    digits it deserves in the same width: ~850ns ~1.2us ~84us."""
     if ns is None:
         return "-"
+    if approx:
+        for div, unit in ((1, "ns"), (1e3, "us"), (1e6, "ms"), (1e9, "s")):
+            v = ns / div
+            if v < 999.5 or unit == "s":
+                return f"~{v:.1f}{unit}" if v < 9.95 else f"~{v:.0f}{unit}"
     if ns < 1_000:
         return f"{ns:.0f}ns"
     for div, unit in ((1e3, "us"), (1e6, "ms"), (1e9, "s")):

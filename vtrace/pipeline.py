@@ -67,6 +67,10 @@ class Pipeline:
             start = None
             boundary = None
             done = False
+            prev_end = None
+            align = getattr(self.source, "align", None)
+            if interval_ns and align is not None:
+                align(interval_ns)
             it = self.source.batches()
             try:
                 for batch in it:
@@ -77,12 +81,20 @@ class Pipeline:
                         start = int(ev["ts"][0]) if ev.size else batch.t_end
                         boundary = start + interval_ns if interval_ns else None
                     objects, probes, meta = batch.objects, batch.probes, batch.meta
+                    # Kernel-side counts cover (previous batch's end, t_end] and
+                    # cannot be cut: they go with the interval holding most of it.
+                    counts, b0 = batch.counts, prev_end if prev_end is not None else batch.t_end
+                    prev_end = batch.t_end
                     # Cut the batch at every interval boundary it spans, so each
                     # report covers exactly one interval whatever the batch size.
                     while boundary is not None and batch.t_end >= boundary:
                         cut = int(np.searchsorted(ev["ts"], boundary))
+                        here = None
+                        if counts is not None and boundary - b0 >= batch.t_end - boundary:
+                            here, counts = counts, None
                         self.agg.feed(Batch(events=ev[:cut], t_end=boundary, objects=objects, probes=probes,
-                                            meta=meta))
+                                            meta=meta, counts=here))
+                        b0 = boundary
                         objects, probes, meta = (), None, {}
                         ev = ev[cut:]
                         snap = self.agg.snapshot()
@@ -95,7 +107,8 @@ class Pipeline:
                             break
                     if done:
                         break
-                    self.agg.feed(Batch(events=ev, t_end=batch.t_end, objects=objects, probes=probes, meta=meta))
+                    self.agg.feed(Batch(events=ev, t_end=batch.t_end, objects=objects, probes=probes, meta=meta,
+                                        counts=counts))
                     if duration_ns and start is not None and batch.t_end - start >= duration_ns:
                         break
             except (KeyboardInterrupt, Stop):

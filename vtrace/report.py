@@ -64,9 +64,10 @@ def stat_summary(s: Snapshot) -> str:
 def stat_rows(qs: list[QueueStats]) -> list[str]:
     rows = []
     for q in qs:
+        est = not q.latency_exact
         rows.append(
             f"{q.vm[:7]:<7} {q.device[:7]:<7} {q.name[:6]:<6} {si(q.avail_rate):>5} {si(q.used_rate):>5} "
-            f"{si(q.signal_rate):>5} {q.bytes_rate / 1e6:>5.1f} {q.in_flight:>4} {dur(q.p50_ns):>6} {dur(q.p99_ns):>6} "
+            f"{si(q.signal_rate):>5} {q.bytes_rate / 1e6:>5.1f} {q.in_flight:>4} {dur(q.p50_ns, est):>6} {dur(q.p99_ns, est):>6} "
             f"{ratio(q.kicks_per_buffer):>4} {ratio(q.signals_per_buffer):>4} "
             f"{STATE_SHORT.get(q.state, q.state)[:4]:<4}".rstrip())
     return rows

@@ -267,3 +267,50 @@ def test_probes_stats_counts_hits_and_restores_the_knob():
     for point in ("vring_interrupt", "block_rq_issue", "block_rq_complete"):
         assert rows[point]["run_cnt"] >= 1000 and rows[point]["ns_per_hit"] > 0, rows[point]
     assert open(knob).read().strip() == before
+
+
+def test_counting_in_kernel_matches_proc_interrupts_and_diskstats():
+    """stat's mode: hot events summed in kernel maps, read as deltas. The totals
+    still match the kernel's own counters, latency lands in log2 buckets, and
+    nothing stays in flight once the I/O is done."""
+    src = LiveSource(programs=("virtio", "block"), batch_ms=100, stream=False)
+    src.start()
+    assert all(s.attached for s in src.probes()), src.probes()
+    agg = Aggregator()
+    agg.set_source(src.info)
+    disk = os.path.basename(os.path.realpath("/sys/block/vda/device"))
+    with _tracing(src, agg) as result:
+        irq0, req0 = _proc_interrupts()[f"{disk}-req.0"], _diskstats("vda")
+        _direct_io(2000)
+        irq1, req1 = _proc_interrupts()[f"{disk}-req.0"], _diskstats("vda")
+    assert result["ev"].size == 0  # nothing hot was streamed
+    snap = agg.snapshot(close_interval=False)
+    q = {(x.device, x.name): x for x in snap.queues}
+    vq, hq = q[(disk, "req.0")], [x for x in snap.queues if x.device == "vda"]
+    irq, req = irq1 - irq0, req1 - req0
+    used = sum(x.used_total for x in hq)
+    print(f"counting: interrupts vtrace {vq.signals_total} /proc {irq}; requests vtrace {used} diskstats {req}")
+    # the window vtrace counted holds the measured one, plus a little idle time
+    assert irq >= 3000 and irq <= vq.signals_total <= irq + max(2, irq // 100)
+    assert req >= 4000 and req <= used <= req + max(2, req // 100)
+    assert sum(x.latency_count for x in hq) >= 4000
+    assert all(not x.latency_exact for x in hq if x.latency_count) and any(x.p99_ns for x in hq)
+    assert sum(x.in_flight for x in hq) == 0 and snap.lost_total == 0
+    assert sum(x.used_bytes_total for x in hq) >= 2000 * 4096  # the reads' data
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "count"])
+def test_tiny_kvm_guest_counts_the_same_either_way(stream):
+    src = LiveSource(programs=("kvm",), batch_ms=100, stream=stream)
+    src.start()
+    agg = Aggregator()
+    agg.set_source(src.info)
+    with _tracing(src, agg, settle=0.5):
+        r = kvmguest.run(37)
+    snap = agg.snapshot(close_interval=False)
+    vm = [v for v in snap.vms if v.pid == r.pid]
+    assert len(vm) == 1, snap.vms
+    kinds = dict(vm[0].__dict__)
+    print(kinds)
+    # 37 OUTs to the test port, one to the ioeventfd port, one to the done port
+    assert kinds["pio_total"] == 39 and kinds["userspace_exits_total"] == 38, kinds

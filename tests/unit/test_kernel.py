@@ -101,8 +101,9 @@ def _libbcc():
     return lib
 
 
+@pytest.mark.parametrize("mode", ["stream", "count"])
 @pytest.mark.parametrize("program", sorted({p.program for p in attach.CATALOGUE}))
-def test_every_probe_program_compiles_against_the_minimal_tree(program, tmp_path, monkeypatch):
+def test_every_probe_program_compiles_against_the_minimal_tree(program, mode, tmp_path, monkeypatch):
     """Compile only (no root, no load): every point's code with every HAVE_ macro on,
     offsets as the loader would pass them (any value compiles)."""
     if not os.path.exists(headers.CONFIG):
@@ -111,7 +112,7 @@ def test_every_probe_program_compiles_against_the_minimal_tree(program, tmp_path
     tree = headers.tree(cache_dir=str(tmp_path))
     monkeypatch.setenv("BCC_KERNEL_SOURCE", tree)
     from vtrace.sources.live import EXTRA_ATTACH, OFFSETS, POINT_OFFSETS, have_macro
-    flags = [f"-I{attach.PROBES_DIR}", "-DVTRACE_STREAM", "-DVTRACE_RB_PAGES=64"]
+    flags = [f"-I{attach.PROBES_DIR}", "-DVTRACE_RB_PAGES=64"] + (["-DVTRACE_AGG"] if mode == "count" else [])
     flags += [f"-D{m}=8" for m in OFFSETS[program]]
     flags += [f"-D{m}=8" for p in attach.CATALOGUE if p.program == program for m in POINT_OFFSETS.get(p.name, {})]
     for p in attach.CATALOGUE:
@@ -120,8 +121,7 @@ def test_every_probe_program_compiles_against_the_minimal_tree(program, tmp_path
         for s in p.strategies:
             flags += [f"-D{n.upper()}=0xffffffff81000000ULL" for n in s.needs]
             flags.append(f"-DHAVE_{have_macro(p, s)}")  # every point's code compiled in
-    with open(os.path.join(attach.PROBES_DIR, f"{program}.bpf.c"), "rb") as f:
-        text = f.read()
+    text = attach.program_text(program).encode()
     arr = (ctypes.c_char_p * len(flags))(*[x.encode() for x in flags])
     mod = lib.bpf_module_create_c_from_string(text, 0, arr, len(flags), True, None)
     assert mod, f"probes/{program}.bpf.c does not compile (bcc printed why above)"

@@ -15,6 +15,24 @@ from dataclasses import dataclass
 TRACEFS_DIRS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 PROBES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                           "probes")
+# Pasted into each program's text in place of its #include line: bcc rewrites
+# map calls only in the program's own text (probes/vtrace_emit.inc says why).
+SHARED_INCLUDES = ("vtrace_emit.inc",)
+
+
+def program_text(name: str) -> str:
+    """probes/<name>.bpf.c as bcc must see it: shared map code pasted in."""
+    with open(os.path.join(PROBES_DIR, f"{name}.bpf.c")) as f:
+        text = f.read()
+    for inc in SHARED_INCLUDES:
+        line = f'#include "{inc}"'
+        if line in text:
+            with open(os.path.join(PROBES_DIR, inc)) as f:
+                body = f.read()
+            start = text.index(line)
+            end = text.find("\n", start)
+            text = f"{text[:start]}/* ---- {inc} ---- */\n{body}/* ---- end of {inc} ---- */{text[end:]}"
+    return text
 
 
 @dataclass(frozen=True)

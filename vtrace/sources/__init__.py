@@ -28,8 +28,11 @@ def live_available() -> tuple[bool, str]:
     return True, ""
 
 
-def open_source(spec: str, *, realtime: bool = True, duration_ns: int | None = None):
-    """Returns (source, notice). ``notice`` is a line for stderr or None."""
+def open_source(spec: str, *, realtime: bool = True, duration_ns: int | None = None, stream: bool = True):
+    """Returns (source, notice). ``notice`` is a line for stderr or None.
+
+    ``stream=False`` lets a live source sum hot events in the kernel (stat,
+    the exporter, top); capture and check need every event (the default)."""
     notice = None
     if spec == "auto":
         ok, why = live_available()
@@ -69,7 +72,7 @@ def open_source(spec: str, *, realtime: bool = True, duration_ns: int | None = N
             raise SourceError(f"--source live: {why}; or use --source sim")
         from vtrace.sources.live import LiveError, LiveSource
         try:
-            src = LiveSource(realtime=realtime, duration_ns=duration_ns)
+            src = LiveSource(realtime=realtime, duration_ns=duration_ns, stream=stream)
             src.start()
         except LiveError as e:
             raise SourceError(f"--source live: {e}") from None

@@ -28,7 +28,8 @@ from typing import Iterator
 
 import numpy as np
 
-from vtrace.events import RECORD_DTYPE, Batch, Kind, Layer, ObjectInfo, ProbeStatus
+from vtrace.events import (COUNT_DTYPE, FLIGHT_DTYPE, LATENCY_DTYPE, RECORD_DTYPE, Batch, Kind, KernelCounts,
+                           Layer, ObjectInfo, ProbeStatus)
 from vtrace.kernel import attach, btf, headers
 from vtrace.kernel.symbols import Kallsyms, SymbolError
 from vtrace.model.devtypes import DEVICE_IDS
@@ -124,6 +125,24 @@ def _fdinfo(fd: int) -> dict[str, int]:
     return out
 
 
+_STARTS = (Kind.AVAIL, Kind.FETCH)
+
+
+def _as_records(kc: KernelCounts) -> np.ndarray:
+    """The objects kernel counts name, as records, for identity lookup only."""
+    rows = [a for a in (kc.counts, kc.latency, kc.flight) if a.size]
+    n = sum(a.size for a in rows)
+    rec = np.zeros(n, dtype=RECORD_DTYPE)
+    i = 0
+    for a in rows:
+        for f in ("obj", "queue", "layer"):
+            rec[f][i:i + a.size] = a[f]
+        if "kind" in a.dtype.names:
+            rec["kind"][i:i + a.size] = a["kind"]
+        i += a.size
+    return rec
+
+
 class LiveError(Exception):
     """Live tracing cannot start here (one line, with the fix)."""
 
@@ -158,13 +177,22 @@ class _Program:
     ring: RingReader | None = None
     chunks: list[np.ndarray] = field(default_factory=list)
     lost_seen: int = 0
+    # counting mode: the maps' totals at the previous read, per key
+    seen: dict = field(default_factory=dict)
 
 
 class LiveSource:
     kind = "live"
 
-    def __init__(self, *, realtime: bool = True, duration_ns: int | None = None, ring_pages: int = 256,
-                 drain_ms: int = 50, batch_ms: int = 200, programs: tuple[str, ...] = PROGRAMS):
+    def __init__(self, *, realtime: bool = True, duration_ns: int | None = None, ring_pages: int | None = None,
+                 drain_ms: int = 50, batch_ms: int = 200, programs: tuple[str, ...] = PROGRAMS,
+                 stream: bool = True):
+        # stream: every record through the ring (capture, check). Otherwise
+        # the hot kinds are summed in kernel maps and read as deltas once per
+        # batch; only rare records take the (smaller) ring.
+        self.stream = stream
+        if ring_pages is None:
+            ring_pages = 256 if stream else 16
         self.duration_ns = duration_ns
         self.drain_s = drain_ms / 1000
         self.batch_ns = batch_ms * 1_000_000
@@ -183,13 +211,15 @@ class LiveSource:
             if prog is not None:
                 self.programs.append(prog)
         self.info = {"source": "live", "host": self.host, "kernel": os.uname().release, "simulated": False,
-                     "ts_start": time.monotonic_ns()}
+                     "ts_start": time.monotonic_ns(), "mode": "stream" if stream else "count"}
 
     # building ---------------------------------------------------------------------
     def _prepare(self, name: str) -> _Program | None:
         points = [p for p in attach.CATALOGUE if p.program == name]
         chosen = []
-        cflags = [f"-I{attach.PROBES_DIR}", "-DVTRACE_STREAM", f"-DVTRACE_RB_PAGES={self.ring_pages}"]
+        cflags = [f"-I{attach.PROBES_DIR}", f"-DVTRACE_RB_PAGES={self.ring_pages}"]
+        if not self.stream:
+            cflags.append("-DVTRACE_AGG")
         for p in points:
             s, why = attach.choose(p, self.syms)
             if s is None:
@@ -215,10 +245,7 @@ class LiveSource:
             for p, s in chosen:
                 self.status.append(ProbeStatus(p.layer, p.name, s.kind, False, str(e)))
             return None
-        path = os.path.join(attach.PROBES_DIR, f"{name}.bpf.c")
-        with open(path) as f:
-            text = f.read()
-        return _Program(name, text, cflags, [p for p, _ in chosen], chosen)
+        return _Program(name, attach.program_text(name), cflags, [p for p, _ in chosen], chosen)
 
     def ebpf(self) -> str:
         """What would be loaded: each program with its -D macros written out (--ebpf)."""
@@ -391,6 +418,53 @@ class LiveSource:
                                   size=int(v.num), layer=int(Layer.VHOST), pid=owner, features=int(v.features)))
         return out
 
+    def align(self, interval_ns: int) -> None:
+        """Read at least once per reporting interval, on a period that divides it,
+        so kernel-side counts fall in the interval they belong to."""
+        k = max(1, -(-interval_ns // self.batch_ns))
+        self.batch_ns = max(interval_ns // k, 1_000_000)
+        self.drain_s = min(self.drain_s, self.batch_ns / 1e9)
+
+    def _delta(self, prog: _Program, table: str, key, totals: tuple[int, ...]) -> tuple[int, ...]:
+        seen = prog.seen.setdefault(table, {})
+        before = seen.get(key)
+        seen[key] = totals
+        return totals if before is None else tuple(a - b for a, b in zip(totals, before))
+
+    def _kernel_counts(self) -> KernelCounts | None:
+        """What the counting maps (probes/vtrace_emit.inc) added since the last read."""
+        if self.stream:
+            return None
+        crow, lrow, frow = [], [], []
+        for prog in self.programs:
+            if prog.bpf is None:
+                continue
+            layer_of = prog.seen.setdefault("layer", {})  # (obj, queue) -> layer, for identity
+            for k, per_cpu in prog.bpf[b"counts"].items():
+                key = (k.obj, k.id, k.queue, k.kind, k.layer)
+                layer_of[(k.obj, k.queue)] = k.layer
+                n, b = self._delta(prog, "counts", key, (sum(v.n for v in per_cpu), sum(v.bytes for v in per_cpu)))
+                if n:
+                    crow.append((k.obj, n, b, k.id, k.queue, k.kind, k.layer))
+            for k, per_cpu in prog.bpf[b"lat"].items():
+                key = (k.obj, k.queue, k.bucket)
+                n, ns = self._delta(prog, "lat", key, (sum(v.n for v in per_cpu), sum(v.sum_ns for v in per_cpu)))
+                if n:
+                    lrow.append((k.obj, n, ns, k.queue, k.bucket, layer_of.get((k.obj, k.queue), 0)))
+            # Buffers in flight: starts - used - untracked + orphans, from totals
+            # since attach (probes/vtrace_emit.inc count_rare).
+            flow: dict[tuple[int, int], int] = {}
+            for (obj, _id, q, kind, _layer), (n, _b) in prog.seen.get("counts", {}).items():
+                if kind in _STARTS or kind == Kind.USED:
+                    flow[(obj, q)] = flow.get((obj, q), 0) + (n if kind in _STARTS else -n)
+            rare = {(k.obj, k.queue): (int(v.untracked), int(v.orphans)) for k, v in prog.bpf[b"qstate"].items()}
+            for (obj, q), net in flow.items():
+                untracked, orphans = rare.get((obj, q), (0, 0))
+                (d_orph,) = self._delta(prog, "orphans", (obj, q), (orphans,))
+                frow.append((obj, max(net - untracked + orphans, 0), -1, d_orph, q, layer_of.get((obj, q), 0)))
+        return KernelCounts(counts=np.array(crow, dtype=COUNT_DTYPE), latency=np.array(lrow, dtype=LATENCY_DTYPE),
+                            flight=np.array(frow, dtype=FLIGHT_DTYPE))
+
     def _lost(self, now: int) -> list[np.ndarray]:
         out = []
         for prog in self.programs:
@@ -423,16 +497,17 @@ class LiveSource:
                 end = self.duration_ns is not None and now - t0 >= self.duration_ns
                 if now < next_batch and not end:
                     continue
-                next_batch = now + self.batch_ns
+                next_batch = max(next_batch + self.batch_ns, now)  # no drift: reads stay on the period
+                kc = self._kernel_counts()
                 parts = [c for prog in self.programs for c in prog.chunks] + self._lost(now)
                 for prog in self.programs:
                     prog.chunks.clear()
                 ev = np.concatenate(parts) if parts else np.zeros(0, RECORD_DTYPE)
                 if ev.size > 1:
                     ev = ev[np.argsort(ev["ts"], kind="stable")]  # several rings, several CPUs
-                objects = tuple(self._objects(ev))
+                objects = tuple(self._objects(ev if kc is None else np.concatenate((ev, _as_records(kc)))))
                 yield Batch(events=ev, t_end=max(now, int(ev["ts"][-1]) if ev.size else 0), objects=objects,
-                            probes=self.probes() if first else None)
+                            probes=self.probes() if first else None, counts=kc)
                 first = False
                 if end:
                     return
