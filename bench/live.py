@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Live overhead: fio 4 KiB random reads (O_DIRECT, a file on the virtio-blk
 disk) at QD1 and QD32, interleaved rounds, with nothing tracing, with
-`vtrace stat --source live`, with `vtrace capture --source live`, and with a
-bpftrace one-liner counting the same virtqueue's interrupts. Then the
-per-hit cost of the interrupt program from BPF's own statistics
-(kernel.bpf_stats_enabled: run_time_ns / run_cnt), vtrace's and bpftrace's,
-in one pass each.
+`vtrace stat --source live` (counting in the kernel), `vtrace stat --stream`
+(every event to user space), `vtrace capture --source live`, and a bpftrace
+one-liner counting the same virtqueue's interrupts. Then the per-hit cost
+of each program from BPF's own statistics (kernel.bpf_stats_enabled:
+run_time_ns / run_cnt), one pass each, beside an empty raw tracepoint
+program: the floor this machine charges any BPF program (the statistics'
+own two clock reads included).
 
     sudo python bench/live.py [--rounds 5] [--seconds 5] [--out bench/results]
 
@@ -27,6 +29,7 @@ import time
 from benchlib import RESULTS, ROOT, save
 
 FILE = "/var/tmp/vtrace-bench-fio.bin"
+TPS = ("irq_handler_entry", "block_rq_issue", "block_rq_complete")
 PY = sys.executable
 
 
@@ -46,6 +49,16 @@ def fio(qd: int, seconds: int) -> float:
 def start(cfg: str, tmp: str):
     if cfg == "none":
         return None
+    if cfg == "empty":  # the floor: a raw tracepoint program that does nothing, on the same points
+        code = ("import os, signal, sys\nfrom vtrace.kernel import headers\nos.environ.update(headers.bcc_env())\n"
+                "from bcc import BPF\nb = BPF(text=b'" + "".join(
+                    f"RAW_TRACEPOINT_PROBE({tp}) {{ return 0; }} " for tp in TPS) + "')\n"
+                "print('Hit Ctrl-C', file=sys.stderr, flush=True)\nsignal.sigwait({signal.SIGTERM})\n")
+        p = subprocess.Popen([PY, "-c", code], stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        line = p.stderr.readline()
+        if "Hit Ctrl-C" not in line:
+            raise RuntimeError(f"empty program did not load: {line}")
+        return p
     if cfg == "bpftrace":
         prog = f'tracepoint:irq:irq_handler_entry /str(args->name) == "{disk_queue()}"/ {{ @n = count(); }}'
         p = subprocess.Popen(["bpftrace", "-e", prog], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -58,8 +71,9 @@ def start(cfg: str, tmp: str):
         if "Attaching" not in seen[-1]:
             raise RuntimeError(f"bpftrace did not start: {' | '.join(seen)}")
         return p
-    args = ["stat", "-j", "--source", "live", "1"] if cfg == "stat" else \
-        ["capture", "--source", "live", "-f", "-o", os.path.join(tmp, "bench.vtrace")]
+    args = {"stat": ["stat", "-j", "--source", "live", "1"],
+            "stat-stream": ["stat", "-j", "--stream", "--source", "live", "1"],
+            "capture": ["capture", "--source", "live", "-f", "-o", os.path.join(tmp, "bench.vtrace")]}[cfg]
     p = subprocess.Popen([PY, "-m", "vtrace.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                          text=True, cwd=ROOT)
     line = p.stderr.readline()  # "Tracing ..." / "Capturing ...": printed once the probes are attached
@@ -80,7 +94,7 @@ def stop(p) -> None:
 
 
 def per_hit(cfg: str, tmp: str, seconds: int) -> dict:
-    """Mean run time per hit of the interrupt program, BPF's own statistics."""
+    """Mean run time per hit of each tracepoint's programs, BPF's own statistics."""
     subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=1"], check=True)
     try:
         p = start(cfg, tmp)
@@ -93,15 +107,18 @@ def per_hit(cfg: str, tmp: str, seconds: int) -> dict:
         stop(p)
     finally:
         subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=0"], check=True)
-    if cfg == "bpftrace":  # attached through perf events, named after its probe
-        hits = [x for x in progs if x.get("run_cnt") and x.get("name", "").startswith("irq_handler_ent")]
-    else:  # bcc truncates names; the raw tracepoint link says which program is which
-        ids = {lk["prog_id"] for lk in links if lk.get("tp_name") == "irq_handler_entry"}
-        hits = [x for x in progs if x["id"] in ids and x.get("run_cnt")]
-    cnt = sum(x["run_cnt"] for x in hits)
-    ns = sum(x["run_time_ns"] for x in hits)
-    return {"programs": [x.get("name") for x in hits], "run_cnt": cnt, "run_time_ns": ns,
-            "ns_per_hit": round(ns / cnt, 1) if cnt else None}
+    out = {}
+    for tp in TPS:
+        if cfg == "bpftrace":  # attached through perf events, named after its probe
+            hits = [x for x in progs if x.get("run_cnt") and x.get("name", "").startswith(tp[:15])]
+        else:  # bcc truncates names; the raw tracepoint link says which program is which
+            ids = {lk["prog_id"] for lk in links if lk.get("tp_name") == tp}
+            hits = [x for x in progs if x["id"] in ids and x.get("run_cnt")]
+        cnt = sum(x["run_cnt"] for x in hits)
+        ns = sum(x["run_time_ns"] for x in hits)
+        if cnt:
+            out[tp] = {"run_cnt": cnt, "run_time_ns": ns, "ns_per_hit": round(ns / cnt, 1)}
+    return out
 
 
 def main() -> int:
@@ -121,7 +138,7 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="vtrace-bench-")
     subprocess.run(["fio", "--name=prep", f"--filename={FILE}", "--rw=write", "--bs=1M", "--size=256M",
                     "--direct=1"], capture_output=True, check=True)
-    cfgs = ["none", "stat", "capture", "bpftrace"]
+    cfgs = ["none", "stat", "stat-stream", "capture", "bpftrace"]
     iops: dict[str, dict[int, list[float]]] = {c: {1: [], 32: []} for c in cfgs}
     fio(1, a.seconds)  # warm up the file and the page tables before the first measured run
     for r in range(a.rounds):
@@ -145,10 +162,12 @@ def main() -> int:
             m = statistics.median(iops[cfg][qd])
             res["median"][f"{cfg}_qd{qd}"] = m
             print(f"  QD{qd:<3} {cfg:<9} {m:9.0f}  {100 * (m - base) / base:+6.1f}%")
-    for cfg in ("stat", "bpftrace"):
-        res["per_hit"][cfg] = per_hit(cfg, tmp, a.seconds)
-        h = res["per_hit"][cfg]
-        print(f"per hit, {cfg}: {h['ns_per_hit']} ns mean over {h['run_cnt']:,} hits ({', '.join(h['programs'])})")
+    print("\nper hit, mean ns (hits) at QD32, from kernel.bpf_stats_enabled:")
+    print(f"  {'':<12}" + "".join(f"{tp:>28}" for tp in TPS))
+    for cfg in ("empty", "stat", "stat-stream", "capture", "bpftrace"):
+        res["per_hit"][cfg] = h = per_hit(cfg, tmp, a.seconds)
+        print(f"  {cfg:<12}" + "".join(f"{h[tp]['ns_per_hit']:>10} ({h[tp]['run_cnt']:>13,})" if tp in h
+                                      else f"{'-':>28}" for tp in TPS), flush=True)
     save(a.out, "live.json", res)
     os.unlink(FILE)
     return 0
