@@ -21,9 +21,7 @@
 #define REQ_OP_WRITE 1
 
 struct hq_info {
-	u64 issued;
 	u32 queue_num;
-	u32 pad;
 	char disk[32];
 };
 

@@ -19,7 +19,6 @@
 #include "vtrace.h"
 
 struct vq_info {
-	u64 interrupts;
 	u32 index;
 	u32 num_max;
 	u32 num_free;		/* at the last interrupt */
@@ -65,9 +64,7 @@ RAW_TRACEPOINT_PROBE(irq_handler_entry)
 		if (!vi)
 			return 0;
 	}
-	__sync_fetch_and_add(&vi->interrupts, 1);
-	u32 num_free = rd_u32(vq + OFF_VQ_NUM_FREE);
-	vi->num_free = num_free;
+	vi->num_free = rd_u32(vq + OFF_VQ_NUM_FREE);
 	struct vtrace_event e = {};
 	e.ts = bpf_ktime_get_ns();
 	e.obj = key;
