@@ -437,11 +437,7 @@ class Aggregator:
         kind = ev["kind"]
         slot = self._slots_of(ev)
         nslots = len(self.info)
-        kx = KIDX[kind]
-        delta = np.bincount(slot * NK + kx, minlength=nslots * NK).reshape(nslots, NK)
-        self.cnt[:nslots] += delta
-        self.last_seen[:nslots][delta.any(axis=1)] = self.ts_end
-        self.unknown_kinds += int(delta[:, K_UNKNOWN].sum())
+        delta = self._tally(slot, kind, nslots)
 
         # Bytes a probe did not see (UNOBSERVED) count as nothing, not 4 GiB.
         used = (kind == Kind.USED) & (ev["len"] != UNOBSERVED)
@@ -467,6 +463,26 @@ class Aggregator:
             self._data(ev[start:], slot[start:])
         self._maybe_evict()
 
+    def _tally(self, slot: np.ndarray, kind: np.ndarray, nslots: int, n: np.ndarray | None = None) -> np.ndarray:
+        """Add hits per (slot, kind): one per event, or ``n`` each (kernel counts)."""
+        delta = np.bincount(slot * NK + KIDX[kind], weights=n, minlength=nslots * NK)
+        delta = delta.astype(np.int64, copy=False).reshape(nslots, NK)
+        self.cnt[:nslots] += delta
+        self.last_seen[:nslots][delta.any(axis=1)] = self.ts_end
+        self.unknown_kinds += int(delta[:, K_UNKNOWN].sum())
+        return delta
+
+    def _add_dma(self, slot: np.ndarray, kind: np.ndarray, nbytes: np.ndarray, nslots: int) -> None:
+        for col, k in ((0, Kind.DMA_MAP), (1, Kind.DMA_UNMAP)):
+            m = kind == k
+            if m.any():
+                self.dma_bytes[:nslots, col] += sum_by_slot(slot[m], nbytes[m], nslots)
+
+    def _add_exits(self, slots, reasons, counts) -> None:
+        for s_, r, c in zip(slots, reasons, counts):
+            d = self.exits.setdefault(int(s_), {})
+            d[int(r)] = d.get(int(r), 0) + int(c)
+
     def _kernel_counts(self, kc) -> None:
         """Deltas summed in the kernel (probes/vtrace_emit.inc): the same
         counters the event path keeps, without the events."""
@@ -478,24 +494,15 @@ class Aggregator:
             nslots = len(self.info)
             kind, n = c["kind"], c["n"]
             self.events_total += int(n.sum())
-            delta = np.bincount(slot * NK + KIDX[kind], weights=n, minlength=nslots * NK)
-            delta = delta.astype(np.int64).reshape(nslots, NK)
-            self.cnt[:nslots] += delta
-            self.last_seen[:nslots][delta.any(axis=1)] = self.ts_end
-            self.unknown_kinds += int(delta[:, K_UNKNOWN].sum())
+            self._tally(slot, kind, nslots, n)
             for k, dest in ((Kind.USED, self.used_bytes), (Kind.AVAIL, self.read_bytes),
                             (Kind.FETCH, self.read_bytes)):
                 m = kind == k
                 if m.any():
                     dest[:nslots] += sum_by_slot(slot[m], c["bytes"][m], nslots)
-            for col, k in ((0, Kind.DMA_MAP), (1, Kind.DMA_UNMAP)):
-                m = kind == k
-                if m.any():
-                    self.dma_bytes[:nslots, col] += sum_by_slot(slot[m], c["bytes"][m], nslots)
-            for s_, r, k_n in zip(slot[kind == Kind.KVM_EXIT].tolist(), c["id"][kind == Kind.KVM_EXIT].tolist(),
-                                  n[kind == Kind.KVM_EXIT].tolist()):
-                d = self.exits.setdefault(s_, {})
-                d[r] = d.get(r, 0) + k_n
+            self._add_dma(slot, kind, c["bytes"], nslots)
+            ex = kind == Kind.KVM_EXIT
+            self._add_exits(slot[ex], c["id"][ex], n[ex])
         lt = kc.latency
         if lt.size:
             slot = self._slots_of(lt)
@@ -508,12 +515,11 @@ class Aggregator:
         fl = kc.flight
         if fl.size:
             slot = self._slots_of(fl)
-            for s_, cur, peak, orph in zip(slot.tolist(), fl["inflight"].tolist(), fl["peak"].tolist(),
-                                           fl["orphans"].tolist()):
+            # the kernel keeps no peak: the largest value read stands for it
+            for s_, cur, orph in zip(slot.tolist(), fl["inflight"].tolist(), fl["orphans"].tolist()):
                 self.k_inflight[s_] = max(cur, 0)
-                top = max(peak, cur)  # peak -1: only the reads' samples are known
-                self.inflight_max[s_] = max(int(self.inflight_max[s_]), top)
-                self.inflight_max_total[s_] = max(int(self.inflight_max_total[s_]), top)
+                self.inflight_max[s_] = max(int(self.inflight_max[s_]), cur)
+                self.inflight_max_total[s_] = max(int(self.inflight_max_total[s_]), cur)
                 self.orphans[s_] += orph
 
     def _rare(self, ev: np.ndarray, slot: np.ndarray, nslots: int) -> None:
@@ -537,15 +543,9 @@ class Aggregator:
                     acc.qual[int(q)] = acc.qual.get(int(q), 0) + int(c)
         ex = kind == Kind.KVM_EXIT
         if ex.any():
-            key = (slot[ex].astype(np.int64) << 32) | ev["id"][ex]
-            for k, c in zip(*np.unique(key, return_counts=True)):
-                d = self.exits.setdefault(int(k) >> 32, {})
-                r = int(k) & 0xFFFFFFFF
-                d[r] = d.get(r, 0) + int(c)
-        for col, k in ((0, Kind.DMA_MAP), (1, Kind.DMA_UNMAP)):
-            m = kind == k
-            if m.any():
-                self.dma_bytes[:nslots, col] += sum_by_slot(slot[m], ev["arg"][m], nslots)
+            key, c = np.unique((slot[ex].astype(np.int64) << 32) | ev["id"][ex], return_counts=True)
+            self._add_exits(key >> 32, key & 0xFFFFFFFF, c)
+        self._add_dma(slot, kind, ev["arg"], nslots)
         mig = np.flatnonzero(kind == Kind.MIGRATION_STATE)
         for i in mig:
             self.migration[int(slot[i])] = int(ev["id"][i])
