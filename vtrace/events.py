@@ -154,14 +154,13 @@ RECORD_SIZE = RECORD_DTYPE.itemsize  # 48
 # maps add up between two reads, as deltas. ``COUNT`` rows: hits per
 # (object, queue, kind[, exit reason in id]) and the kind's bytes (USED: len,
 # AVAIL/FETCH: aux, DMA: arg). ``LATENCY`` rows: completions per log2(ns)
-# bucket with their sum. ``FLIGHT`` rows: buffers in flight now (absolute),
-# the peak since the last read (-1: not known), and completions with no
-# start seen (delta).
+# bucket with their sum. ``FLIGHT`` rows: buffers in flight at the read
+# (absolute) and completions with no start seen (delta).
 COUNT_DTYPE = np.dtype([("obj", "<u8"), ("n", "<i8"), ("bytes", "<i8"), ("id", "<u4"),
                         ("queue", "<u2"), ("kind", "u1"), ("layer", "u1")])
 LATENCY_DTYPE = np.dtype([("obj", "<u8"), ("n", "<i8"), ("sum_ns", "<i8"), ("queue", "<u2"),
                           ("bucket", "<u2"), ("layer", "u1")])
-FLIGHT_DTYPE = np.dtype([("obj", "<u8"), ("inflight", "<i8"), ("peak", "<i8"), ("orphans", "<i8"),
+FLIGHT_DTYPE = np.dtype([("obj", "<u8"), ("inflight", "<i8"), ("orphans", "<i8"),
                          ("queue", "<u2"), ("layer", "u1")])
 
 

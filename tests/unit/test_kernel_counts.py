@@ -32,7 +32,7 @@ def test_counts_become_the_same_rates_and_totals_as_events():
                 (Q0, 10, 0, 0, 0, Kind.SIGNAL, V), (Q1, 5, 0, 0, 1, Kind.KICK, V),
                 (KVM, 7, 0, 30, 0xFFFF, Kind.KVM_EXIT, Layer.KVM), (KVM, 3, 0, 0, 0xFFFF, Kind.KVM_PIO, Layer.KVM)],
         latency=[(Q0, 900, 900 * 70_000, 0, 16, V), (Q0, 90, 90 * 300_000, 0, 18, V)],
-        flight=[(Q0, 10, -1, 2, 0, V)])))
+        flight=[(Q0, 10, 2, 0, V)])))
     s = a.snapshot()
     q0 = next(q for q in s.queues if q.obj == Q0)
     assert (q0.fetch_total, q0.used_total, q0.signals_total) == (1000, 990, 10)
@@ -46,7 +46,7 @@ def test_counts_become_the_same_rates_and_totals_as_events():
     assert dict(vm.exits_by_reason) == {30: 7} and vm.pio_total == 3
     assert s.events_total == 1000 + 990 + 10 + 5 + 7 + 3
     # the next interval: no counts, no latency; the percentiles are of this interval only
-    a.feed(empty(3 * S, kc(flight=[(Q0, 0, -1, 0, 0, V)])))
+    a.feed(empty(3 * S, kc(flight=[(Q0, 0, 0, 0, V)])))
     s = a.snapshot()
     q0 = next(q for q in s.queues if q.obj == Q0)
     assert q0.used_rate == 0 and q0.p50_ns is None and q0.in_flight == 0

@@ -439,29 +439,30 @@ class LiveSource:
         for prog in self.programs:
             if prog.bpf is None:
                 continue
-            layer_of = prog.seen.setdefault("layer", {})  # (obj, queue) -> layer, for identity
             for k, per_cpu in prog.bpf[b"counts"].items():
                 key = (k.obj, k.id, k.queue, k.kind, k.layer)
-                layer_of[(k.obj, k.queue)] = k.layer
                 n, b = self._delta(prog, "counts", key, (sum(v.n for v in per_cpu), sum(v.bytes for v in per_cpu)))
                 if n:
                     crow.append((k.obj, n, b, k.id, k.queue, k.kind, k.layer))
+            # From the totals since attach: each queue's layer (for identity), and
+            # its buffers in flight, starts - used - untracked + orphans
+            # (probes/vtrace_emit.inc count_rare).
+            layer_of: dict[tuple[int, int], int] = {}
+            flow: dict[tuple[int, int], int] = {}
+            for (obj, _id, q, kind, layer), (n, _b) in prog.seen.get("counts", {}).items():
+                layer_of[(obj, q)] = layer
+                if kind in _STARTS or kind == Kind.USED:
+                    flow[(obj, q)] = flow.get((obj, q), 0) + (n if kind in _STARTS else -n)
             for k, per_cpu in prog.bpf[b"lat"].items():
                 key = (k.obj, k.queue, k.bucket)
                 n, ns = self._delta(prog, "lat", key, (sum(v.n for v in per_cpu), sum(v.sum_ns for v in per_cpu)))
                 if n:
                     lrow.append((k.obj, n, ns, k.queue, k.bucket, layer_of.get((k.obj, k.queue), 0)))
-            # Buffers in flight: starts - used - untracked + orphans, from totals
-            # since attach (probes/vtrace_emit.inc count_rare).
-            flow: dict[tuple[int, int], int] = {}
-            for (obj, _id, q, kind, _layer), (n, _b) in prog.seen.get("counts", {}).items():
-                if kind in _STARTS or kind == Kind.USED:
-                    flow[(obj, q)] = flow.get((obj, q), 0) + (n if kind in _STARTS else -n)
             rare = {(k.obj, k.queue): (int(v.untracked), int(v.orphans)) for k, v in prog.bpf[b"qstate"].items()}
             for (obj, q), net in flow.items():
                 untracked, orphans = rare.get((obj, q), (0, 0))
                 (d_orph,) = self._delta(prog, "orphans", (obj, q), (orphans,))
-                frow.append((obj, max(net - untracked + orphans, 0), -1, d_orph, q, layer_of.get((obj, q), 0)))
+                frow.append((obj, max(net - untracked + orphans, 0), d_orph, q, layer_of.get((obj, q), 0)))
         return KernelCounts(counts=np.array(crow, dtype=COUNT_DTYPE), latency=np.array(lrow, dtype=LATENCY_DTYPE),
                             flight=np.array(frow, dtype=FLIGHT_DTYPE))
 
