@@ -765,53 +765,67 @@ class Aggregator:
         infl = infl + self.k_inflight[:n]
 
         def rate(x):
-            return float(x) / secs if secs else 0.0
+            return x / secs if secs else 0.0
 
         A, F, U = KI[Kind.AVAIL], KI[Kind.FETCH], KI[Kind.USED]
         K, KS, S, SS = KI[Kind.KICK], KI[Kind.KICK_SUPPRESSED], KI[Kind.SIGNAL], KI[Kind.SIGNAL_SUPPRESSED]
+        NE, ND = KI[Kind.NOTIFY_ENABLE], KI[Kind.NOTIFY_DISABLE]
+        # Every per-slot column as a Python list once: indexing numpy scalars
+        # one queue at a time costs more than the rest of the snapshot
+        # (10k queues: bench/export.py).
+        c = self.cnt[:n]
+        tot = {k: c[:, k].tolist() for k in (A, F, U, K, KS, S, SS, NE, ND)}
+        dlt = {k: dc[:, k].tolist() for k in (A, F, U, K, S)}
+        hist = _ro(self.hist[:n])  # one read-only copy; each queue gets a row view
+        lat_n = hist.sum(axis=1).tolist()
+        col = {name: getattr(self, name)[:n].tolist()
+               for name in ("used_bytes", "read_bytes", "orphans", "lat_sum", "inflight_max",
+                            "inflight_max_total", "last_seen", "hist_only")}
+        infl_l, db_l, dr_l = infl.tolist(), db.tolist(), dr.tolist()
+        layer_of = {}
         queues = []
         vms: dict[str, dict] = {}
         for s in range(n):
             info = self.info[s]
             if info is None:
                 continue
-            c = self.cnt[s]
             if info.queue == NO_QUEUE:
                 if info.layer in (Layer.KVM, Layer.VFIO, Layer.IOMMU) and info.dev_type != "admin-queue":
-                    self._vm_acc(vms, s, info, c)
+                    self._vm_acc(vms, s, info, self.cnt[s])
                 continue
-            d = dc[s]
-            used_d = int(d[U])
+            used_d = dlt[U][s]
             p = pct.get(s)
-            if p is None and (not exact or self.hist_only[s]):
+            hist_only = col["hist_only"][s]
+            if p is None and (not exact or hist_only):
                 # No exact samples (decimated, or counted in the kernel): the
                 # interval's log2 buckets give an estimate (bucket midpoint).
                 h = self.hist[s] - self._prev_hist[s]
                 p = (percentile_from_hist(h, 0.5), percentile_from_hist(h, 0.99)) if h.any() else None
+            if info.layer not in layer_of:
+                layer_of[info.layer] = layer_name(info.layer)
+            fl = infl_l[s]
             queues.append(QueueStats(
                 obj=info.obj, vm=info.vm, device=info.device, dev_type=info.dev_type,
                 queue=info.queue, name=info.name or str(info.queue), size=info.size,
-                layer=layer_name(info.layer), pid=info.pid, state=self.state.get(s, "running"),
-                avail_total=int(c[A] + c[F]), fetch_total=int(c[F]), used_total=int(c[U]),
-                used_bytes_total=int(self.used_bytes[s]), read_bytes_total=int(self.read_bytes[s]),
-                kicks_total=int(c[K]),
-                kicks_suppressed_total=int(c[KS]), signals_total=int(c[S]),
-                signals_suppressed_total=int(c[SS]),
-                notify_enable_total=int(c[KI[Kind.NOTIFY_ENABLE]]),
-                notify_disable_total=int(c[KI[Kind.NOTIFY_DISABLE]]),
-                orphan_used_total=int(self.orphans[s]),
-                avail_rate=rate(d[A] + d[F]), used_rate=rate(used_d), used_bytes_rate=rate(db[s]),
-                read_bytes_rate=rate(dr[s]),
-                kick_rate=rate(d[K]), signal_rate=rate(d[S]),
-                kicks_per_buffer=(float(d[K]) / used_d) if used_d else None,
-                signals_per_buffer=(float(d[S]) / used_d) if used_d else None,
-                in_flight=int(infl[s]), in_flight_max=int(max(self.inflight_max[s], infl[s])),
-                in_flight_max_total=int(max(self.inflight_max_total[s], infl[s])),
-                latency_count=int(self.hist[s].sum()), latency_sum_ns=int(self.lat_sum[s]),
-                latency_hist=_ro(self.hist[s]),
+                layer=layer_of[info.layer], pid=info.pid, state=self.state.get(s, "running"),
+                avail_total=tot[A][s] + tot[F][s], fetch_total=tot[F][s], used_total=tot[U][s],
+                used_bytes_total=col["used_bytes"][s], read_bytes_total=col["read_bytes"][s],
+                kicks_total=tot[K][s], kicks_suppressed_total=tot[KS][s], signals_total=tot[S][s],
+                signals_suppressed_total=tot[SS][s],
+                notify_enable_total=tot[NE][s], notify_disable_total=tot[ND][s],
+                orphan_used_total=col["orphans"][s],
+                avail_rate=rate(dlt[A][s] + dlt[F][s]), used_rate=rate(used_d),
+                used_bytes_rate=rate(db_l[s]), read_bytes_rate=rate(dr_l[s]),
+                kick_rate=rate(dlt[K][s]), signal_rate=rate(dlt[S][s]),
+                kicks_per_buffer=(dlt[K][s] / used_d) if used_d else None,
+                signals_per_buffer=(dlt[S][s] / used_d) if used_d else None,
+                in_flight=fl, in_flight_max=max(col["inflight_max"][s], fl),
+                in_flight_max_total=max(col["inflight_max_total"][s], fl),
+                latency_count=lat_n[s], latency_sum_ns=col["lat_sum"][s],
+                latency_hist=hist[s],
                 p50_ns=p[0] if p else None, p99_ns=p[1] if p else None,
-                latency_exact=exact and not self.hist_only[s], last_suspend=self.suspend.get(s),
-                timeline=tuple(self.timeline.get(s, ())), last_seen=int(self.last_seen[s]),
+                latency_exact=exact and not hist_only, last_suspend=self.suspend.get(s),
+                timeline=tuple(self.timeline.get(s, ())), last_seen=col["last_seen"][s],
             ))
         admin = tuple(
             AdminStats(opcode=op, opcode_name=admin_codes.opcode_name(op), status=st,

@@ -149,12 +149,13 @@ def test_block_requests_match_diskstats_and_fill_latency_histograms():
     done = ev[mine & (ev["kind"] == Kind.USED) & (ev["ts"] >= t1) & (ev["ts"] <= t2)]
     delta = after - before
     print(f"vda requests completed in window: vtrace {done.size}, /proc/diskstats {delta}")
-    assert delta >= 4000 and abs(done.size - delta) <= max(2, delta // 100)
+    tol = max(2, delta // 100)  # the tracepoint can miss a few under load: see the counting test
+    assert delta >= 4000 and abs(done.size - delta) <= tol
     # used_len is what the device wrote into memory: the 2000 reads' 4 KiB each, nothing for writes
-    assert (done["len"] == 4096).sum() >= 2000 and (done["len"] == 0).sum() >= 2000
+    assert (done["len"] == 4096).sum() >= 2000 - tol and (done["len"] == 0).sum() >= 2000 - tol
     snap = agg.snapshot(close_interval=False)
     q = [x for x in snap.queues if x.device == "vda"]
-    assert sum(x.latency_count for x in q) >= 4000 and sum(int(x.latency_hist.sum()) for x in q) >= 4000
+    assert sum(x.latency_count for x in q) >= delta - tol and sum(int(x.latency_hist.sum()) for x in q) >= delta - tol
 
 
 def test_tiny_kvm_guest_pio_and_irqfd():
@@ -290,12 +291,18 @@ def test_counting_in_kernel_matches_proc_interrupts_and_diskstats():
     irq, req = irq1 - irq0, req1 - req0
     used = sum(x.used_total for x in hq)
     print(f"counting: interrupts vtrace {vq.signals_total} /proc {irq}; requests vtrace {used} diskstats {req}")
-    # the window vtrace counted holds the measured one, plus a little idle time
-    assert irq >= 3000 and irq <= vq.signals_total <= irq + max(2, irq // 100)
-    assert req >= 4000 and req <= used <= req + max(2, req // 100)
-    assert sum(x.latency_count for x in hq) >= 4000
+    # vtrace counted from attach to the last read: the measured window plus a
+    # little idle time. Not a strict >=: under CPU load the kernel's counters
+    # run 1-6 per 4000 ahead of the irq_handler_entry and block_rq_complete
+    # tracepoints themselves (a bare raw-tracepoint program with one atomic
+    # counter, beside vtrace's, missed the same interrupts; recursion_misses
+    # stayed 0). The streaming test allows the same slack.
+    assert irq >= 3000 and abs(vq.signals_total - irq) <= max(2, irq // 100)
+    assert req >= 4000 and abs(used - req) <= max(2, req // 100)
+    assert req - max(2, req // 100) <= sum(x.latency_count for x in hq) <= used
     assert all(not x.latency_exact for x in hq if x.latency_count) and any(x.p99_ns for x in hq)
-    assert sum(x.in_flight for x in hq) == 0 and snap.lost_total == 0
+    # nothing stays in flight but the completions the tracepoint itself missed
+    assert sum(x.in_flight for x in hq) <= max(0, req - used) and snap.lost_total == 0
     assert sum(x.used_bytes_total for x in hq) >= 2000 * 4096  # the reads' data
 
 

@@ -471,7 +471,11 @@ class LiveSource:
         for prog in self.programs:
             if prog.bpf is None:
                 continue
+            # What the programs could not store (`lost`), plus runs the kernel
+            # skipped because the program was already running on that CPU
+            # (bpf_prog_inc_misses_counter, shown as recursion_misses in fdinfo).
             total = sum(int(x) for x in prog.bpf[b"lost"].getvalue(0))
+            total += sum(_fdinfo(fn.fd).get("recursion_misses", 0) for fn in prog.bpf.funcs.values())
             if total > prog.lost_seen:
                 rec = np.zeros(1, dtype=RECORD_DTYPE)
                 rec["ts"], rec["kind"], rec["layer"] = now, Kind.LOST, Layer.VTRACE
