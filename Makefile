@@ -8,13 +8,13 @@ STAMP  := $(VENV)/.installed
 BCC    := $(VENV)/.bcc
 PYTEST_ARGS ?=
 
-.PHONY: all setup system-deps test test-unit test-live test-vmlab run bench clean help
+.PHONY: all setup system-deps test test-unit test-system test-live test-vmlab run bench clean help
 
 all: test
 
 help:
 	@echo "make run    start vtrace on the best available source (live, else the simulator)"
-	@echo "make test   install everything needed and run the unit, live and vmlab tiers"
+	@echo "make test   install everything needed and run the unit, system, live and vmlab tiers"
 	@echo "make bench  pipeline benchmarks (results in bench/results/)"
 
 setup: $(STAMP) $(BCC)
@@ -37,10 +37,13 @@ $(BCC): $(STAMP) | system-deps
 	touch $@
 
 test: setup
-	$(PY) -m pytest tests/unit tests/live tests/vmlab $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit tests/system tests/live tests/vmlab $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-system: setup
+	$(PY) -m pytest tests/system $(PYTEST_ARGS)
 
 test-live: setup
 	$(PY) -m pytest tests/live $(PYTEST_ARGS)

@@ -1,4 +1,4 @@
-"""What the privileged tiers (live, vmlab) do when they cannot run.
+"""What the tiers that need more than Python (system, live, vmlab) do when they cannot run.
 
 Outside CI a missing privilege or tool skips the tier with the reason; with
 CI=true the tier must run, so the same condition is a failure, never a skip.

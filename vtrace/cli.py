@@ -188,6 +188,68 @@ def stat(interval, count, source_spec, as_json, sort, top, vms, show_all, stream
         src.close()
 
 
+# export ---------------------------------------------------------------------
+@cli.command(context_settings={"max_content_width": 100})
+@click.option("--listen", default="127.0.0.1:9464", show_default=True, metavar="HOST:PORT",
+              help="where to serve /metrics (loopback unless told otherwise; :9464 is every interface)")
+@click.option("--web-config", "web_config", type=click.Path(dir_okay=False), metavar="FILE",
+              help="TLS and basic auth, in the Prometheus exporter-toolkit format (see docs/export.md)")
+@source_option
+@click.option("--check/--no-check", "check", default=None,
+              help="run the spec checker for vtrace_divergences_total (default: when every event streams)")
+@click.option("--stream", is_flag=True, help="live: stream every event instead of counting in the kernel")
+def export(listen, web_config, source_spec, check, stream):
+    """Serve Prometheus metrics of every virtqueue until Ctrl-C.
+
+    Each scrape reads the aggregator's snapshot at that moment: counters
+    since vtrace started, in-flight gauges, latency histograms in seconds,
+    admin commands, kvm and DMA per VM, divergences, and vtrace's own
+    health (events lost, probes attached). Metric table: docs/export.md.
+
+    \b
+    Examples:
+      sudo vtrace export                          # live, on 127.0.0.1:9464
+      vtrace export --source sim --listen :9464   # simulated host, every interface
+      vtrace export --web-config web.yml          # TLS and/or basic auth
+      curl -s localhost:9464/metrics | grep vtrace_queue_in_flight
+    """
+    from vtrace import export as ex
+    from vtrace.pipeline import Pipeline, Stop, stoppable
+    try:
+        web = ex.WebConfig.load(web_config) if web_config else None
+        addr = ex.parse_listen(listen)
+    except (ex.WebConfigError, ValueError) as e:
+        raise VtraceError(str(e)) from None
+    src = _open(source_spec, realtime=True, stream=stream)
+    checker = None
+    if check or (check is None and src.info.get("mode", "stream") == "stream"):
+        from vtrace.check import Checker
+        checker = Checker()
+    agg = ex.SharedAggregator(checker=checker)
+    try:
+        srv = ex.serve(agg, addr, web)
+    except OSError as e:
+        raise VtraceError(f"cannot listen on {listen}: {e.strerror or e}") from None
+    host, port = srv.server_address[:2]
+    what = "simulated host" if getattr(src, "kind", "") == "sim" else src.kind
+    click.echo(f"Serving metrics on {srv.scheme}://{host}:{port}/metrics ({what})... Hit Ctrl-C to end.",
+               err=True)
+    pipe = Pipeline(src, aggregator=agg)
+    final = pipe.run()
+    if not pipe.interrupted:
+        # A replay or a timed source ended: keep serving what it left.
+        click.echo("vtrace: source ended; still serving its final counts. Hit Ctrl-C to end.", err=True)
+        with stoppable():
+            try:
+                while True:
+                    time.sleep(3600)
+            except (KeyboardInterrupt, Stop):
+                pass
+    srv.shutdown()
+    if final.damage:
+        click.echo(f"vtrace: warning: {final.damage}", err=True)
+
+
 # capture --------------------------------------------------------------------
 @cli.command(context_settings={"max_content_width": 100})
 @click.option("-d", "--duration", callback=_duration, metavar="TIME",

@@ -1,0 +1,253 @@
+"""Prometheus metrics from a Snapshot, built at scrape time.
+
+A prometheus_client custom collector: every scrape reads one Snapshot and
+turns it into metric families; nothing is kept between scrapes (no global
+counters updated from a poll loop). Names follow Prometheus conventions:
+`vtrace_` prefix, base units (seconds, bytes), `_total` for counters. Labels
+are bounded: vm, device, queue, layer, opcode, status, reason, rule, severity,
+state -- never a pid, a head id or a pointer.
+
+docs/export.md has the table of every metric, its labels and the probe it
+comes from.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterator
+
+import numpy as np
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
+                                    StateSetMetricFamily)
+
+from vtrace.aggregate import NBUCKETS, Snapshot
+
+QUEUE_LABELS = ("vm", "device", "queue", "layer")
+# The lifecycle states the aggregator gives a queue (vtrace/aggregate.py _set_state).
+QUEUE_STATES = ("running", "suspended", "stopped", "reset")
+
+# Latency buckets. The aggregator keeps log2 buckets: bucket b holds
+# [2^b, 2^(b+1)) ns. Every second power of two is exported as an upper bound
+# (1.024 us .. 17.2 s, then +Inf): cumulative counts at these bounds are exact
+# (no interpolation), and 14 series per queue keep 10k queues scrapeable.
+LE_POW = tuple(range(10, 36, 2))
+LE_TEXT = tuple(repr(2.0 ** p / 1e9) for p in LE_POW) + ("+Inf",)
+
+
+def cumulative_buckets(hist: np.ndarray) -> np.ndarray:
+    """(rows, NBUCKETS) log2 ns counts -> (rows, len(LE_TEXT)) cumulative counts
+    at each exported bound, the last being +Inf (= the total)."""
+    hist = np.atleast_2d(hist)
+    cum = np.cumsum(hist, axis=1)
+    # count <= 2^p ns is the sum of buckets b with b + 1 <= p
+    at = cum[:, [min(p, NBUCKETS) - 1 for p in LE_POW]]
+    return np.concatenate((at, cum[:, -1:]), axis=1)
+
+
+def _hist_rows(fam: HistogramMetricFamily, labels: list[tuple], hist: np.ndarray, sums_s: list[float]) -> None:
+    cum = cumulative_buckets(hist).tolist() if len(labels) else []
+    for lab, row, s in zip(labels, cum, sums_s):
+        fam.add_metric(lab, list(zip(LE_TEXT, row)), s)
+
+
+def _queue_groups(snap: Snapshot) -> tuple[list[tuple], np.ndarray]:
+    """One series per (vm, device, queue, layer). Two kernel objects can share
+    that identity (a queue re-created under the same name, or two hardware
+    queues of one disk reported by name): their counts are summed so the
+    exposition never holds a duplicate series."""
+    keys: dict[tuple, int] = {}
+    gidx = np.empty(len(snap.queues), dtype=np.int64)
+    for i, q in enumerate(snap.queues):
+        gidx[i] = keys.setdefault((q.vm, q.device, q.name, q.layer), len(keys))
+    return list(keys), gidx
+
+
+class SnapshotCollector:
+    """Reads a Snapshot from ``read`` on every collect()."""
+
+    def __init__(self, read: Callable[[], Snapshot]):
+        self.read = read
+
+    def describe(self):
+        return []  # names depend on the data; do not collect at registration
+
+    def collect(self) -> Iterator:
+        t0 = time.perf_counter()
+        snap = self.read()
+        fams = list(families(snap))
+        g = GaugeMetricFamily("vtrace_scrape_collect_duration_seconds",
+                              "Time this scrape spent reading the snapshot and building the metrics.")
+        g.add_metric([], time.perf_counter() - t0)
+        fams.append(g)
+        return iter(fams)
+
+
+def families(snap: Snapshot) -> Iterator:
+    yield from _self_metrics(snap)
+    yield from _queue_metrics(snap)
+    yield from _admin_metrics(snap)
+    yield from _vm_metrics(snap)
+    d = CounterMetricFamily("vtrace_divergences",
+                            "Places where the observed device diverged from the VIRTIO spec, by checker rule.",
+                            labels=("rule", "severity"))
+    for rule, sev, n in snap.divergences:
+        d.add_metric((rule, sev), n)
+    yield d
+
+
+def _self_metrics(snap: Snapshot) -> Iterator:
+    src = snap.source
+    info = GaugeMetricFamily("vtrace_source_info", "Where the events come from (always 1).",
+                             labels=("kind", "mode", "simulated"))
+    info.add_metric((str(src.get("source", "unknown")), str(src.get("mode", "stream")),
+                     "true" if snap.simulated else "false"), 1)
+    yield info
+    for name, doc, v in (
+            ("vtrace_events", "Events aggregated (kernel-counted hits included).", snap.events_total),
+            ("vtrace_events_lost", "Events the probes could not deliver (full ring or map, skipped runs).",
+             snap.lost_total),
+            ("vtrace_events_unknown_kind", "Records of a kind this vtrace does not know.", snap.unknown_kind_total),
+            ("vtrace_events_unidentified", "Events of objects no source identified.", snap.unidentified_total),
+            ("vtrace_time_reversals", "Completions timestamped before their start (latency clamped to 0).",
+             snap.time_reversals)):
+        c = CounterMetricFamily(name, doc)
+        c.add_metric([], v)
+        yield c
+    by_kind = CounterMetricFamily("vtrace_events_by_kind", "Events aggregated, by kind.", labels=("kind",))
+    for k, n in snap.events_by_kind:
+        by_kind.add_metric((k,), n)
+    yield by_kind
+    att = GaugeMetricFamily("vtrace_probes", "Probe points by attach state.", labels=("state",))
+    n_ok = sum(1 for p in snap.probes if p.attached)
+    att.add_metric(("attached",), n_ok)
+    att.add_metric(("failed",), len(snap.probes) - n_ok)
+    yield att
+    per = GaugeMetricFamily("vtrace_probe_attached", "1 when the probe point is attached, 0 when it failed.",
+                            labels=("layer", "point"))
+    for p in snap.probes:
+        per.add_metric((p.layer, p.point), 1 if p.attached else 0)
+    yield per
+    dmg = GaugeMetricFamily("vtrace_source_damaged", "1 when the source could not read all of its input.")
+    dmg.add_metric([], 1 if snap.damage else 0)
+    yield dmg
+
+
+_Q_COUNTERS = (
+    # (metric, help, QueueStats attribute)
+    ("vtrace_queue_available_buffers", "Buffers made available to the device (or fetched by it).", "avail_total"),
+    ("vtrace_queue_used_buffers", "Buffers the device returned in the used ring.", "used_total"),
+    ("vtrace_queue_used_bytes", "Bytes the device wrote into memory (used.len).", "used_bytes_total"),
+    ("vtrace_queue_available_bytes", "Device-readable bytes of the buffers made available.", "read_bytes_total"),
+    ("vtrace_queue_kicks", "Driver-to-device notifications (kicks).", "kicks_total"),
+    ("vtrace_queue_kicks_suppressed", "Kicks the driver skipped because the device asked not to be notified.",
+     "kicks_suppressed_total"),
+    ("vtrace_queue_signals", "Device-to-driver notifications (interrupts).", "signals_total"),
+    ("vtrace_queue_signals_suppressed", "Interrupts the device skipped because the driver asked not to be.",
+     "signals_suppressed_total"),
+    ("vtrace_queue_orphan_used_buffers", "Used buffers whose start was never seen (attached mid-flight).",
+     "orphan_used_total"),
+)
+
+
+def _queue_metrics(snap: Snapshot) -> Iterator:
+    qs = snap.queues
+    keys, g = _queue_groups(snap)
+    G = len(keys)
+
+    def summed(values) -> list:
+        out = np.zeros(G, dtype=np.int64)
+        np.add.at(out, g, np.fromiter(values, dtype=np.int64, count=len(qs)))
+        return out.tolist()
+
+    for name, doc, attr in _Q_COUNTERS:
+        fam = CounterMetricFamily(name, doc, labels=QUEUE_LABELS)
+        for k, v in zip(keys, summed(getattr(q, attr) for q in qs)):
+            fam.add_metric(k, v)
+        yield fam
+    for name, doc, vals in (
+            ("vtrace_queue_in_flight_buffers", "Buffers made available and not yet used, now.",
+             summed(q.in_flight for q in qs)),
+            ("vtrace_queue_size_buffers", "Ring size (descriptors); 0 where the probe cannot see it.",
+             summed(q.size for q in qs))):
+        fam = GaugeMetricFamily(name, doc, labels=QUEUE_LABELS)
+        for k, v in zip(keys, vals):
+            fam.add_metric(k, v)
+        yield fam
+    hist = np.zeros((G, NBUCKETS), dtype=np.int64)
+    if qs:
+        np.add.at(hist, g, np.stack([q.latency_hist for q in qs]))
+    sums = np.zeros(G, dtype=np.float64)
+    np.add.at(sums, g, np.fromiter((q.latency_sum_ns for q in qs), dtype=np.float64, count=len(qs)))
+    lat = HistogramMetricFamily("vtrace_queue_completion_latency_seconds",
+                                "Available -> used time of each buffer (log2 buckets, exact at every bound).",
+                                labels=QUEUE_LABELS)
+    _hist_rows(lat, keys, hist, (sums / 1e9).tolist())
+    yield lat
+    state = StateSetMetricFamily("vtrace_queue_state", "Lifecycle state of the queue (one is 1).",
+                                 labels=QUEUE_LABELS)
+    susp = GaugeMetricFamily("vtrace_queue_in_flight_at_last_suspend_buffers",
+                             "Buffers in flight when the device was last suspended or its ring stopped.",
+                             labels=QUEUE_LABELS)
+    seen: set[int] = set()
+    for q, gi in zip(qs, g.tolist()):
+        if gi in seen:
+            continue  # a shared identity shows its first object's state
+        seen.add(gi)
+        state.add_metric(keys[gi], {s: s == q.state for s in QUEUE_STATES})
+        if q.last_suspend is not None:
+            susp.add_metric(keys[gi], len(q.last_suspend.heads) + q.last_suspend.truncated)
+    yield state
+    yield susp
+
+
+def _admin_metrics(snap: Snapshot) -> Iterator:
+    labels = ("opcode", "status")
+    cnt = CounterMetricFamily("vtrace_admin_commands", "Virtio admin commands completed, by opcode and status.",
+                              labels=labels)
+    dur = HistogramMetricFamily("vtrace_admin_command_duration_seconds",
+                                "Submit -> complete time of virtio admin commands.", labels=labels)
+    keys, rows, sums = [], [], []
+    for a in snap.admin:
+        k = (a.opcode_name, a.status_name)
+        cnt.add_metric(k, a.count)
+        keys.append(k)
+        rows.append(a.latency_hist)
+        sums.append(a.latency_sum_ns / 1e9)
+    if keys:
+        _hist_rows(dur, keys, np.stack(rows), sums)
+    yield cnt
+    yield dur
+
+
+def _vm_metrics(snap: Snapshot) -> Iterator:
+    vm = ("vm",)
+    exits = CounterMetricFamily("vtrace_kvm_exits", "KVM exits by exit reason (VMX/SVM number, from kvm_exit).",
+                                labels=("vm", "reason"))
+    simple = {
+        "vtrace_kvm_pio": ("Port I/O exits (kvm_pio).", "pio_total"),
+        "vtrace_kvm_mmio": ("MMIO exits (kvm_mmio).", "mmio_total"),
+        "vtrace_kvm_userspace_exits": ("Exits to the VMM in user space.", "userspace_exits_total"),
+        "vtrace_kvm_ioeventfd_signals": ("Guest notifications turned into eventfd signals by KVM (ioeventfd).",
+                                         "ioeventfd_total"),
+        "vtrace_kvm_irqfd_injections": ("Interrupts injected through an irqfd.", "irqfd_total"),
+        "vtrace_kvm_set_irq": ("kvm_set_irq calls.", "set_irq_total"),
+        "vtrace_kvm_msi": ("MSI interrupts delivered (kvm_msi_set_irq).", "msi_total"),
+        "vtrace_kvm_noncoherent_dma_registrations": ("Non-coherent DMA registrations.",
+                                                     "noncoherent_registers_total"),
+        "vtrace_dma_maps": ("IOMMU map calls.", "dma_map_total"),
+        "vtrace_dma_map_bytes": ("Bytes mapped through the IOMMU.", "dma_map_bytes_total"),
+        "vtrace_dma_unmaps": ("IOMMU unmap calls.", "dma_unmap_total"),
+        "vtrace_dma_unmap_bytes": ("Bytes unmapped through the IOMMU.", "dma_unmap_bytes_total"),
+    }
+    fams = {n: CounterMetricFamily(n, doc, labels=vm) for n, (doc, _a) in simple.items()}
+    nc = GaugeMetricFamily("vtrace_kvm_noncoherent_dma", "1 while the VM has non-coherent DMA registered.",
+                           labels=vm)
+    for v in snap.vms:
+        for reason, n in v.exits_by_reason:
+            exits.add_metric((v.vm, str(reason)), n)
+        for n, (_doc, attr) in simple.items():
+            fams[n].add_metric((v.vm,), getattr(v, attr))
+        nc.add_metric((v.vm,), 1 if v.noncoherent_dma else 0)
+    yield exits
+    yield from fams.values()
+    yield nc
