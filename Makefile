@@ -60,6 +60,7 @@ bench: setup
 	$(PY) bench/qemulog.py
 	$(PY) bench/live.py
 	$(PY) bench/ringbuf.py
+	$(PY) bench/export.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info bench/results

@@ -7,8 +7,9 @@ HEADLESS = ["vtrace.events", "vtrace.aggregate", "vtrace.capture", "vtrace.jsonl
             "vtrace.report", "vtrace.pipeline", "vtrace.cli", "vtrace.sources", "vtrace.sources.sim",
             "vtrace.sources.replay", "vtrace.sources.qemulog", "vtrace.sources.live", "vtrace.fmt",
             "vtrace.admin", "vtrace.doctor", "vtrace.kernel.btf", "vtrace.kernel.headers",
-            "vtrace.kernel.symbols", "vtrace.kernel.attach", "vtrace.check", "vtrace.model"]
-OUTPUTS = ["vtrace.report", "vtrace.perfetto", "vtrace.jsonl"]
+            "vtrace.kernel.symbols", "vtrace.kernel.attach", "vtrace.check", "vtrace.model", "vtrace.export",
+            "vtrace.export.metrics", "vtrace.export.web"]
+OUTPUTS = ["vtrace.report", "vtrace.perfetto", "vtrace.jsonl", "vtrace.export"]
 
 
 def _modules_after(mods):

@@ -14,7 +14,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from vtrace.aggregate import Aggregator, Snapshot
 from vtrace.export.metrics import SnapshotCollector
-from vtrace.export.web import MetricsServer, WebConfig, WebConfigError  # noqa: F401 - re-exported
+from vtrace.export.web import MetricsServer, WebConfig, WebConfigError
+
+__all__ = ["SharedAggregator", "MetricsServer", "WebConfig", "WebConfigError", "registry_for", "parse_listen",
+           "serve"]
 
 DEFAULT_LISTEN = "127.0.0.1:9464"
 

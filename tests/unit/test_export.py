@@ -1,0 +1,98 @@
+"""The exporter's metrics from a Snapshot: names, exact histogram buckets,
+one series per identity, bounded labels."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from vtrace.aggregate import NBUCKETS, Aggregator
+from vtrace.events import Kind, Layer, ObjectInfo
+from vtrace.export import SharedAggregator, parse_listen, registry_for
+from vtrace.export.metrics import LE_POW, cumulative_buckets
+from vtrace.pipeline import Pipeline
+from vtrace.sources.sim import SimConfig, SimSource
+from tests.unit.helpers import batch, ev
+
+
+def _scrape(agg) -> dict:
+    text = generate_latest(registry_for(lambda: agg.snapshot(close_interval=False))).decode()
+    return {f.name: f for f in text_string_to_metric_families(text)}, text
+
+
+def test_cumulative_buckets_are_exact_at_every_bound():
+    rng = np.random.default_rng(1)
+    lat = rng.integers(0, 40_000_000_000, 5000)  # up to 40 s
+    lat[:50] = 0
+    b = np.zeros(NBUCKETS, dtype=np.int64)
+    np.add.at(b, np.where(lat > 1, np.floor(np.log2(np.maximum(lat, 1))).astype(int), 0), 1)
+    cum = cumulative_buckets(b)[0]
+    for p, got in zip(LE_POW, cum):
+        assert got == int((lat < 2 ** p).sum()), p  # bucket b holds [2^b, 2^(b+1))
+    assert cum[-1] == lat.size and (np.diff(cum) >= 0).all()
+
+
+def test_sim_exposition_has_every_family_with_base_units_and_bounded_labels():
+    agg = Aggregator()
+    Pipeline(SimSource(SimConfig.parse("seed=3,vms=2,fault=used_twice"), duration_ns=2_000_000_000),
+             aggregator=agg).run()
+    fams, text = _scrape(agg)
+    for name in ("vtrace_queue_available_buffers", "vtrace_queue_used_buffers", "vtrace_queue_used_bytes",
+                 "vtrace_queue_in_flight_buffers", "vtrace_queue_completion_latency_seconds",
+                 "vtrace_queue_kicks", "vtrace_queue_signals", "vtrace_queue_kicks_suppressed",
+                 "vtrace_admin_commands", "vtrace_admin_command_duration_seconds", "vtrace_kvm_exits",
+                 "vtrace_kvm_ioeventfd_signals", "vtrace_kvm_irqfd_injections", "vtrace_dma_map_bytes",
+                 "vtrace_kvm_noncoherent_dma", "vtrace_queue_state", "vtrace_events", "vtrace_events_lost",
+                 "vtrace_probes", "vtrace_scrape_collect_duration_seconds", "vtrace_source_info"):
+        assert name in fams, name
+    snap = agg.snapshot(close_interval=False)
+    used = {(s.labels["vm"], s.labels["device"], s.labels["queue"]): s.value
+            for s in fams["vtrace_queue_used_buffers"].samples}
+    assert sum(used.values()) == sum(q.used_total for q in snap.queues)
+    lat = fams["vtrace_queue_completion_latency_seconds"]
+    counts = [s for s in lat.samples if s.name.endswith("_count")]
+    assert sum(s.value for s in counts) == sum(q.latency_count for q in snap.queues)
+    les = [s.labels["le"] for s in lat.samples if s.name.endswith("_bucket")][:len(LE_POW) + 1]
+    assert les[-1] == "+Inf" and [float(x) for x in les[:-1]] == sorted(float(x) for x in les[:-1])
+    assert 'simulated="true"' in text
+    labels = set(re.findall(r"[{,](\w+)=", text))
+    assert labels <= {"vm", "device", "queue", "layer", "opcode", "status", "reason", "rule", "severity",
+                      "state", "point", "kind", "mode", "simulated", "le", "vtrace_queue_state"}, labels
+
+
+def test_two_objects_with_one_identity_make_one_series():
+    agg = Aggregator()
+    a = ObjectInfo(obj=0x1000, vm="vm1", device="net0", dev_type="net", queue=0, name="rx0", size=256,
+                   layer=int(Layer.VHOST))
+    b = ObjectInfo(obj=0x2000, vm="vm1", device="net0", dev_type="net", queue=0, name="rx0", size=256,
+                   layer=int(Layer.VHOST))
+    agg.feed(batch([ev(Kind.AVAIL, 10, 0x1000, id=1), ev(Kind.USED, 20, 0x1000, id=1),
+                    ev(Kind.AVAIL, 30, 0x2000, id=1), ev(Kind.USED, 40, 0x2000, id=1),
+                    ev(Kind.USED, 50, 0x2000, id=7)], t_end=60, objects=(a, b)))
+    fams, _ = _scrape(agg)
+    s = [x for x in fams["vtrace_queue_used_buffers"].samples if x.labels.get("queue") == "rx0"]
+    assert len(s) == 1 and s[0].value == 3
+    st = [x for x in fams["vtrace_queue_state"].samples if x.labels.get("queue") == "rx0"]
+    assert len(st) == 4 and sum(x.value for x in st) == 1
+
+
+def test_shared_aggregator_reads_while_fed():
+    agg = SharedAggregator()
+    Pipeline(SimSource(SimConfig.parse("seed=2,vms=1"), duration_ns=500_000_000), aggregator=agg).run()
+    snap = agg.read()
+    assert snap.events_total > 0 and agg.read().events_total == snap.events_total  # reads never close intervals
+
+
+def test_parse_listen():
+    assert parse_listen("127.0.0.1:9464") == ("127.0.0.1", 9464)
+    assert parse_listen(":9464") == ("0.0.0.0", 9464)
+    assert parse_listen("[::1]:9") == ("::1", 9)
+    for bad in ("9464", "host:", "h:99999", "h:x"):
+        try:
+            parse_listen(bad)
+        except ValueError:
+            continue
+        raise AssertionError(bad)
