@@ -28,7 +28,7 @@ from benchlib import RESULTS, ROOT, pin_one_core, save  # noqa: E402 - bench/ is
 
 sys.path.insert(0, ROOT)
 
-QUEUES_PER_VM = 8  # the sim's mixed workload: 4 net, 1 blk, 2 vsock, 1 admin-less extra (counted below)
+QUEUES_PER_VM = 8  # the sim's mixed workload: net rx0/tx0/rx1/tx1, blk req.0, vsock rx/tx/event
 
 
 def phase(queues: int, scrapes: int) -> dict:

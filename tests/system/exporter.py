@@ -36,13 +36,18 @@ def exporter(*args: str, source: str = "sim:seed=7,vms=2"):
         assert m, f"exporter did not start: {line!r} {p.stderr.read() if p.poll() is not None else ''}"
         yield m.group(1)
     finally:
-        p.terminate()
-        try:
-            p.wait(15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        _stop(p, 15)
         p.stderr.close()
+
+
+def _stop(p: subprocess.Popen, grace: float) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds."""
+    p.terminate()
+    try:
+        p.wait(grace)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
 
 
 def free_port() -> int:
@@ -79,25 +84,19 @@ def prometheus(tmp, scrape: dict, rules: list[str] = ()):
     p = subprocess.Popen(["prometheus", f"--config.file={path}", f"--storage.tsdb.path={tmp}/data",
                           f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
+
+    def ready():
+        assert p.poll() is None, open(log.name).read()[-2000:]
+        try:
+            return get(f"{base}/-/ready", timeout=2)[0] == 200
+        except OSError:
+            return False
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert p.poll() is None, open(log.name).read()[-2000:]
-            try:
-                if get(f"{base}/-/ready", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "prometheus not ready in 60 s"
-            time.sleep(0.3)
+        wait_for(ready, 60, "prometheus to be ready")
         yield base
     finally:
-        p.terminate()
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        _stop(p, 20)
         log.close()
 
 

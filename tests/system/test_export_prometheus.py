@@ -17,9 +17,9 @@ import bcrypt
 import pytest
 
 from dashboards import build as dash
-from tests.system.exporter import exporter, get, need, prometheus, query, wait_for
+from tests.system.exporter import VTRACE, exporter, get, need, prometheus, query, wait_for
 
-RULES = os.path.join(dash.os.path.dirname(dash.PATH), "..", "prometheus", "vtrace-rules.yml")
+RULES = os.path.join(os.path.dirname(dash.PATH), "..", "prometheus", "vtrace-rules.yml")
 # A simulated host that misbehaves in every way an alert watches for.
 FAULTY = "sim:seed=7,vms=2,lost_every=1,fault=used_twice+admin_error"
 # Alerts whose condition needs minutes of a state or a slow device; for them
@@ -203,7 +203,7 @@ def test_slow_and_abusive_clients_do_not_stall_the_exporter(tmp_path):
 def test_bad_web_config_is_one_line_and_exit_2(tmp_path, doc, msg):
     p = tmp_path / "web.yml"
     p.write_text(doc)
-    r = subprocess.run([*__import__("tests.system.exporter", fromlist=["VTRACE"]).VTRACE, "export",
+    r = subprocess.run([*VTRACE, "export",
                         "--source", "sim", "--listen", "127.0.0.1:0", "--web-config", str(p)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

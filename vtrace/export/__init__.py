@@ -19,8 +19,6 @@ from vtrace.export.web import MetricsServer, WebConfig, WebConfigError
 __all__ = ["SharedAggregator", "MetricsServer", "WebConfig", "WebConfigError", "registry_for", "parse_listen",
            "serve"]
 
-DEFAULT_LISTEN = "127.0.0.1:9464"
-
 
 class SharedAggregator(Aggregator):
     """An Aggregator the pipeline feeds while scrapes read it."""
