@@ -297,13 +297,14 @@ def test_counting_in_kernel_matches_proc_interrupts_and_diskstats():
     # tracepoints themselves (a bare raw-tracepoint program with one atomic
     # counter, beside vtrace's, missed the same interrupts; recursion_misses
     # stayed 0). The streaming test allows the same slack.
+    tol = max(2, req // 100)
     assert irq >= 3000 and abs(vq.signals_total - irq) <= max(2, irq // 100)
-    assert req >= 4000 and abs(used - req) <= max(2, req // 100)
-    assert req - max(2, req // 100) <= sum(x.latency_count for x in hq) <= used
+    assert req >= 4000 and abs(used - req) <= tol
+    assert req - tol <= sum(x.latency_count for x in hq) <= used
     assert all(not x.latency_exact for x in hq if x.latency_count) and any(x.p99_ns for x in hq)
     # nothing stays in flight but the completions the tracepoint itself missed
     assert sum(x.in_flight for x in hq) <= max(0, req - used) and snap.lost_total == 0
-    assert sum(x.used_bytes_total for x in hq) >= 2000 * 4096  # the reads' data
+    assert sum(x.used_bytes_total for x in hq) >= (2000 - tol) * 4096  # the reads' data, as the block test
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "count"])
