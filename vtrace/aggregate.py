@@ -24,6 +24,10 @@ import numpy as np
 from vtrace import admin as admin_codes
 from vtrace.events import (NO_QUEUE, UNOBSERVED, Batch, Kind, Layer, ObjectInfo, ProbeStatus,
                            layer_name)
+from vtrace.queuetable import LifecycleEvent, QueueStats, QueueTable, SuspendRecord
+
+__all__ = ["Aggregator", "Snapshot", "QueueStats", "QueueTable", "SuspendRecord", "LifecycleEvent",
+           "AdminStats", "VmStats", "NBUCKETS"]
 
 # Dense kind index: counters are a (slots x NK) matrix.
 _KINDS = [int(k) for k in Kind]
@@ -81,79 +85,12 @@ def percentile_from_hist(hist: np.ndarray, q: float) -> float | None:
     return float(2 ** b * np.sqrt(2))
 
 
-@dataclass(frozen=True)
-class SuspendRecord:
-    ts: int
-    reason: str  # "suspend" (device) or "stop" (GET_VRING_BASE)
-    heads: tuple[int, ...]  # in flight at that moment
-    ages_ns: tuple[int, ...]
-    truncated: int = 0  # heads beyond SUSPEND_LIST_CAP
-    base: int | None = None  # last_avail_idx returned by GET_VRING_BASE
-    restored_base: int | None = None  # what SET_VRING_BASE later restored
-
-
-@dataclass(frozen=True)
-class LifecycleEvent:
-    ts: int
-    what: str
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class QueueStats:
-    obj: int
-    vm: str
-    device: str
-    dev_type: str
-    queue: int
-    name: str
-    size: int
-    layer: str
-    pid: int
-    state: str
-    # lifetime totals
-    avail_total: int
-    fetch_total: int
-    used_total: int
-    used_bytes_total: int
-    read_bytes_total: int
-    kicks_total: int
-    kicks_suppressed_total: int
-    signals_total: int
-    signals_suppressed_total: int
-    notify_enable_total: int
-    notify_disable_total: int
-    orphan_used_total: int
-    # this interval
-    avail_rate: float
-    used_rate: float
-    used_bytes_rate: float
-    read_bytes_rate: float
-    kick_rate: float
-    signal_rate: float
-    kicks_per_buffer: float | None
-    signals_per_buffer: float | None
-    in_flight: int
-    in_flight_max: int  # this interval
-    in_flight_max_total: int
-    latency_count: int
-    latency_sum_ns: int
-    latency_hist: np.ndarray  # read-only, NBUCKETS log2 ns buckets, lifetime
-    p50_ns: float | None  # this interval
-    p99_ns: float | None
-    latency_exact: bool
-    last_suspend: SuspendRecord | None
-    timeline: tuple[LifecycleEvent, ...]
-    last_seen: int
-
-    @property
-    def label(self) -> str:
-        return f"{self.vm}/{self.device}/{self.name or self.queue}"
-
-    @property
-    def bytes_rate(self) -> float:
-        """Bytes moved per second: read by the device plus written by it."""
-        return self.used_bytes_rate + self.read_bytes_rate
+def percentiles_from_hist(hist: np.ndarray, q: float) -> np.ndarray:
+    """percentile_from_hist for every row of ``hist`` at once; NaN for an empty row."""
+    total = hist.sum(axis=1)
+    rank = nearest_rank_index(total, q) + 1
+    b = (np.cumsum(hist, axis=1) < rank[:, None]).sum(axis=1)
+    return np.where(total > 0, np.exp2(b.astype(np.float64)) * np.sqrt(2), np.nan)
 
 
 @dataclass(frozen=True)
@@ -208,7 +145,7 @@ class Snapshot:
     lost_total: int
     unknown_kind_total: int
     unidentified_total: int
-    queues: tuple[QueueStats, ...]
+    table: QueueTable  # every queue, as columns; ``queues`` has the same as rows
     admin: tuple[AdminStats, ...]
     vms: tuple[VmStats, ...]
     divergences: tuple[tuple[str, str, int], ...] = ()  # (rule, severity, count)
@@ -221,6 +158,10 @@ class Snapshot:
     @property
     def simulated(self) -> bool:
         return bool(self.source.get("simulated"))
+
+    @property
+    def queues(self) -> tuple[QueueStats, ...]:
+        return self.table.rows()  # built on first use, then kept by the table
 
     def in_flight_buffers(self, obj: int) -> list[tuple[int, int]]:
         """(head, age_ns) of every buffer in flight on ``obj`` now, oldest first."""
@@ -308,6 +249,7 @@ class Aggregator:
         self._sorted_obj = np.zeros(0, dtype=np.uint64)
         self._sorted_slot = np.zeros(0, dtype=np.int64)
         self._dirty = False
+        self._layout: tuple | None = None  # _queue_layout()'s result while no object comes or goes
         # in-flight carry: key = slot << 32 | head, ts it became available
         self.c_key = np.zeros(0, dtype=np.int64)
         self.c_ts = np.zeros(0, dtype=np.int64)
@@ -367,6 +309,7 @@ class Aggregator:
         self._slot[info.obj] = s
         self._by_device.setdefault((info.vm, info.device), []).append(s)
         self._dirty = True
+        self._layout = None
         return s
 
     def register(self, objects: Iterable[ObjectInfo]) -> None:
@@ -381,6 +324,7 @@ class Aggregator:
                 self._by_device.get((old.vm, old.device), []).remove(s)
                 self._by_device.setdefault((info.vm, info.device), []).append(s)
                 self.info[s] = info
+                self._layout = None
 
     def _reindex(self) -> None:
         objs = np.fromiter(self._slot.keys(), dtype=np.uint64, count=len(self._slot))
@@ -731,23 +675,22 @@ class Aggregator:
             self.info[s] = None
             self._free.append(s)
         self._dirty = True
+        self._layout = None
 
     # snapshot ------------------------------------------------------------
-    def _percentiles(self) -> dict[int, tuple[float, float]]:
+    def _percentiles(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(slots, p50, p99) over this interval's exact samples."""
         if not self._samples:
-            return {}
+            return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
         k = np.sort(np.concatenate(self._samples))
         s = k >> 40
         v = (k & ((1 << 40) - 1)).astype(np.float64)
         first = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
         cnt = np.diff(np.r_[first, s.size])
-        out = {}
         # Nearest-rank percentiles (no interpolation): a value that was seen.
         p50 = first + nearest_rank_index(cnt, 0.50)
         p99 = first + nearest_rank_index(cnt, 0.99)
-        for sl, a, b in zip(s[first], v[p50], v[p99]):
-            out[int(sl)] = (float(a), float(b))
-        return out
+        return s[first], v[p50], v[p99]
 
     def snapshot(self, *, close_interval: bool = True) -> Snapshot:
         n = len(self.info)
@@ -759,74 +702,14 @@ class Aggregator:
         db = self.used_bytes[:n] - self._prev_bytes[:n]
         dr = self.read_bytes[:n] - self._prev_read[:n]
         pct = self._percentiles()
-        exact = self._stride == 1
         c_slot = self.c_key >> 32
         infl = np.bincount(c_slot, minlength=n) if c_slot.size else np.zeros(n, dtype=np.int64)
         infl = infl + self.k_inflight[:n]
-
-        def rate(x):
-            return x / secs if secs else 0.0
-
-        A, F, U = KI[Kind.AVAIL], KI[Kind.FETCH], KI[Kind.USED]
-        K, KS, S, SS = KI[Kind.KICK], KI[Kind.KICK_SUPPRESSED], KI[Kind.SIGNAL], KI[Kind.SIGNAL_SUPPRESSED]
-        NE, ND = KI[Kind.NOTIFY_ENABLE], KI[Kind.NOTIFY_DISABLE]
-        # Every per-slot column as a Python list once: indexing numpy scalars
-        # one queue at a time costs more than the rest of the snapshot
-        # (10k queues: bench/export.py).
-        c = self.cnt[:n]
-        tot = {k: c[:, k].tolist() for k in (A, F, U, K, KS, S, SS, NE, ND)}
-        dlt = {k: dc[:, k].tolist() for k in (A, F, U, K, S)}
-        hist = _ro(self.hist[:n])  # one read-only copy; each queue gets a row view
-        lat_n = hist.sum(axis=1).tolist()
-        col = {name: getattr(self, name)[:n].tolist()
-               for name in ("used_bytes", "read_bytes", "orphans", "lat_sum", "inflight_max",
-                            "inflight_max_total", "last_seen", "hist_only")}
-        infl_l, db_l, dr_l = infl.tolist(), db.tolist(), dr.tolist()
-        layer_of = {}
-        queues = []
+        qslots, vm_slots, ident = self._queue_layout()
         vms: dict[str, dict] = {}
-        for s in range(n):
-            info = self.info[s]
-            if info is None:
-                continue
-            if info.queue == NO_QUEUE:
-                if info.layer in (Layer.KVM, Layer.VFIO, Layer.IOMMU) and info.dev_type != "admin-queue":
-                    self._vm_acc(vms, s, info, self.cnt[s])
-                continue
-            used_d = dlt[U][s]
-            p = pct.get(s)
-            hist_only = col["hist_only"][s]
-            if p is None and (not exact or hist_only):
-                # No exact samples (decimated, or counted in the kernel): the
-                # interval's log2 buckets give an estimate (bucket midpoint).
-                h = self.hist[s] - self._prev_hist[s]
-                p = (percentile_from_hist(h, 0.5), percentile_from_hist(h, 0.99)) if h.any() else None
-            if info.layer not in layer_of:
-                layer_of[info.layer] = layer_name(info.layer)
-            fl = infl_l[s]
-            queues.append(QueueStats(
-                obj=info.obj, vm=info.vm, device=info.device, dev_type=info.dev_type,
-                queue=info.queue, name=info.name or str(info.queue), size=info.size,
-                layer=layer_of[info.layer], pid=info.pid, state=self.state.get(s, "running"),
-                avail_total=tot[A][s] + tot[F][s], fetch_total=tot[F][s], used_total=tot[U][s],
-                used_bytes_total=col["used_bytes"][s], read_bytes_total=col["read_bytes"][s],
-                kicks_total=tot[K][s], kicks_suppressed_total=tot[KS][s], signals_total=tot[S][s],
-                signals_suppressed_total=tot[SS][s],
-                notify_enable_total=tot[NE][s], notify_disable_total=tot[ND][s],
-                orphan_used_total=col["orphans"][s],
-                avail_rate=rate(dlt[A][s] + dlt[F][s]), used_rate=rate(used_d),
-                used_bytes_rate=rate(db_l[s]), read_bytes_rate=rate(dr_l[s]),
-                kick_rate=rate(dlt[K][s]), signal_rate=rate(dlt[S][s]),
-                kicks_per_buffer=(dlt[K][s] / used_d) if used_d else None,
-                signals_per_buffer=(dlt[S][s] / used_d) if used_d else None,
-                in_flight=fl, in_flight_max=max(col["inflight_max"][s], fl),
-                in_flight_max_total=max(col["inflight_max_total"][s], fl),
-                latency_count=lat_n[s], latency_sum_ns=col["lat_sum"][s],
-                latency_hist=hist[s],
-                p50_ns=p[0] if p else None, p99_ns=p[1] if p else None,
-                latency_exact=exact and not hist_only, last_suspend=self.suspend.get(s),
-                timeline=tuple(self.timeline.get(s, ())), last_seen=col["last_seen"][s],
-            ))
+        for s in vm_slots:
+            self._vm_acc(vms, s, self.info[s], self.cnt[s])
+        table = self._queue_table(qslots, ident, secs, dc, db, dr, infl, pct)
         admin = tuple(
             AdminStats(opcode=op, opcode_name=admin_codes.opcode_name(op), status=st,
                        status_name=admin_codes.status_name(st), count=a.count, latency_sum_ns=a.lat_sum,
@@ -846,7 +729,7 @@ class Aggregator:
             events_total=self.events_total, events_rate=ev_rate, events_by_kind=by_kind,
             lost_total=self.lost_total, unknown_kind_total=self.unknown_kinds,
             unidentified_total=self.unidentified,
-            queues=tuple(queues), admin=admin,
+            table=table, admin=admin,
             vms=tuple(self._vm_stats(v) for _, v in sorted(vms.items())),
             damage=self.damage, time_reversals=self.time_reversals,
             divergences=self.checker.summary() if self.checker is not None else (),
@@ -862,6 +745,93 @@ class Aggregator:
             self.inflight_max[:n] = infl  # the next interval starts with what is in flight now
             self._samples, self._nsamples, self._stride, self._stride_phase = [], 0, 1, 0
         return snap
+
+    def _queue_layout(self) -> tuple[np.ndarray, list[int], dict[str, list]]:
+        """Queue slots, VM-level slots and the queues' identity columns; kept
+        until an object is added, refined or evicted."""
+        if self._layout is None:
+            qslots, vm_slots = [], []
+            for s, info in enumerate(self.info):
+                if info is None:
+                    continue
+                if info.queue != NO_QUEUE:
+                    qslots.append(s)
+                elif info.layer in (Layer.KVM, Layer.VFIO, Layer.IOMMU) and info.dev_type != "admin-queue":
+                    vm_slots.append(s)
+            infos = [self.info[s] for s in qslots]
+            layers = {ly: layer_name(ly) for ly in {i.layer for i in infos}}
+            ident = {
+                "obj": [i.obj for i in infos], "vm": [i.vm for i in infos], "device": [i.device for i in infos],
+                "dev_type": [i.dev_type for i in infos], "queue": [i.queue for i in infos],
+                "name": [i.name or str(i.queue) for i in infos], "size": [i.size for i in infos],
+                "layer": [layers[i.layer] for i in infos], "pid": [i.pid for i in infos]}
+            self._layout = (np.array(qslots, dtype=np.int64), vm_slots, ident)
+        return self._layout
+
+    def _queue_table(self, idx, ident, secs, dc, db, dr, infl, pct) -> QueueTable:
+        """Every queue slot in ``idx`` as columns, all figures computed over all
+        slots at once (10k queues: bench/export.py)."""
+        if not idx.size:
+            return QueueTable.empty(NBUCKETS)
+        A, F, U = KI[Kind.AVAIL], KI[Kind.FETCH], KI[Kind.USED]
+        K, KS, S, SS = KI[Kind.KICK], KI[Kind.KICK_SUPPRESSED], KI[Kind.SIGNAL], KI[Kind.SIGNAL_SUPPRESSED]
+        NE, ND = KI[Kind.NOTIFY_ENABLE], KI[Kind.NOTIFY_DISABLE]
+        c, d = self.cnt[idx], dc[idx]
+        exact = self._stride == 1
+        hist_only = self.hist_only[idx]
+        fl = infl[idx]
+        used_d = d[:, U]
+        per_used = np.maximum(used_d, 1)
+
+        def rate(x):
+            return x / secs if secs else np.zeros(x.shape, dtype=np.float64)
+
+        def per_buffer(x):
+            return np.where(used_d > 0, x / per_used, np.nan)
+
+        cols = {
+            "avail_total": c[:, A] + c[:, F], "fetch_total": c[:, F], "used_total": c[:, U],
+            "used_bytes_total": self.used_bytes[idx], "read_bytes_total": self.read_bytes[idx],
+            "kicks_total": c[:, K], "kicks_suppressed_total": c[:, KS], "signals_total": c[:, S],
+            "signals_suppressed_total": c[:, SS], "notify_enable_total": c[:, NE],
+            "notify_disable_total": c[:, ND], "orphan_used_total": self.orphans[idx],
+            "avail_rate": rate(d[:, A] + d[:, F]), "used_rate": rate(used_d),
+            "used_bytes_rate": rate(db[idx]), "read_bytes_rate": rate(dr[idx]),
+            "kick_rate": rate(d[:, K]), "signal_rate": rate(d[:, S]),
+            "kicks_per_buffer": per_buffer(d[:, K]), "signals_per_buffer": per_buffer(d[:, S]),
+            "in_flight": fl, "in_flight_max": np.maximum(self.inflight_max[idx], fl),
+            "in_flight_max_total": np.maximum(self.inflight_max_total[idx], fl),
+            "latency_sum_ns": self.lat_sum[idx], "latency_exact": ~hist_only if exact else np.zeros(idx.size, dtype=bool),
+            "last_seen": self.last_seen[idx],
+        }
+        hist = self.hist[idx]
+        cols["latency_count"] = hist.sum(axis=1)
+        cols["latency_hist"] = hist
+        p50 = np.full(idx.size, np.nan)
+        p99 = np.full(idx.size, np.nan)
+        ps, pa, pb = pct
+        if ps.size:  # idx is sorted: find each sampled slot's row
+            pos = np.minimum(np.searchsorted(idx, ps), idx.size - 1)
+            ok = idx[pos] == ps
+            p50[pos[ok]], p99[pos[ok]] = pa[ok], pb[ok]
+        # No exact samples (decimated, or counted in the kernel): the
+        # interval's log2 buckets give an estimate.
+        est = np.isnan(p50) & ((not exact) | hist_only)
+        if est.any():
+            h = hist[est] - self._prev_hist[idx[est]]
+            p50[est] = percentiles_from_hist(h, 0.50)
+            p99[est] = percentiles_from_hist(h, 0.99)
+        cols["p50_ns"], cols["p99_ns"] = p50, p99
+        for k, v in cols.items():
+            v.flags.writeable = False
+        slots = idx.tolist()
+        state, suspend, timeline = self.state, self.suspend, self.timeline
+        cols["state"] = [state.get(s, "running") for s in slots]
+        cols["last_suspend"] = [suspend.get(s) for s in slots] if suspend else [None] * len(slots)
+        cols["timeline"] = ([tuple(timeline[s]) if s in timeline else () for s in slots] if timeline
+                            else [()] * len(slots))
+        cols.update(ident)
+        return QueueTable(cols)
 
     def _vm_acc(self, vms: dict, s: int, info: ObjectInfo, c: np.ndarray) -> None:
         v = vms.setdefault(info.vm, {"vm": info.vm, "pid": info.pid, "cnt": np.zeros(NK, np.int64),

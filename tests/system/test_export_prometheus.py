@@ -18,6 +18,7 @@ import pytest
 
 from dashboards import build as dash
 from tests.system.exporter import VTRACE, exporter, get, need, prometheus, query, wait_for
+from vtrace.export.web import MAX_CONNECTIONS
 
 RULES = os.path.join(os.path.dirname(dash.PATH), "..", "prometheus", "vtrace-rules.yml")
 # A simulated host that misbehaves in every way an alert watches for.
@@ -87,6 +88,11 @@ def _web_config(tmp, tls: dict | None, users: dict[str, str]) -> str:
     with open(path, "w") as f:
         json.dump(doc, f)
     return path
+
+
+def _value(body: bytes, name: str) -> float:
+    line = next(x for x in body.decode().splitlines() if x.startswith(name + " "))
+    return float(line.split()[1])
 
 
 def test_promtool_accepts_the_exposition_and_the_rules(tmp_path):
@@ -159,6 +165,8 @@ def test_tls_refuses_plain_http_and_keeps_serving(tmp_path):
             get(url + "/metrics")  # an unknown CA is refused by a verifying client
         status, body = get(url + "/metrics", ca=tls["ca.crt"])
         assert status == 200 and b"vtrace_events_total" in body
+        # ... and the failed handshakes are counted, not silent
+        assert _value(body, "vtrace_exporter_tls_handshake_failures_total") >= 1
 
 
 def test_slow_and_abusive_clients_do_not_stall_the_exporter(tmp_path):
@@ -191,6 +199,17 @@ def test_slow_and_abusive_clients_do_not_stall_the_exporter(tmp_path):
         for t in ths:
             t.join(30)
         assert res == [200] * 20
+        # More than MAX_CONNECTIONS at once: the extra ones are closed at accept
+        # and counted; once the idle ones time out, scrapes are served again.
+        flood = [socket.create_connection((host, int(port))) for _ in range(MAX_CONNECTIONS + 6)]
+        try:
+            flood[0].settimeout(15)
+            assert flood[0].recv(10) == b""
+        finally:
+            for s in flood:
+                s.close()
+        status, body = get(url + "/metrics", timeout=10)
+        assert status == 200 and _value(body, "vtrace_exporter_connections_rejected_total") >= 6
 
 
 @pytest.mark.parametrize("doc,msg", [

@@ -13,14 +13,35 @@ from vtrace.aggregate import NBUCKETS, Aggregator
 from vtrace.events import Kind, Layer, ObjectInfo
 from vtrace.export import SharedAggregator, parse_listen, registry_for
 from vtrace.export.metrics import LE_POW, cumulative_buckets
+from vtrace.export.text import renderer
 from vtrace.pipeline import Pipeline
 from vtrace.sources.sim import SimConfig, SimSource
 from tests.unit.helpers import batch, ev
 
 
+def _read(agg):
+    return lambda: agg.snapshot(close_interval=False)
+
+
 def _scrape(agg) -> dict:
-    text = generate_latest(registry_for(lambda: agg.snapshot(close_interval=False))).decode()
+    """What the exporter serves: vtrace/export/text.py's renderer."""
+    text = b"".join(renderer(_read(agg))()).decode()
     return {f.name: f for f in text_string_to_metric_families(text)}, text
+
+
+def _samples(text: str) -> dict:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name != "vtrace_scrape_collect_duration_seconds"}
+
+
+def _same_through_both_paths(agg) -> dict:
+    fast = b"".join(renderer(_read(agg))()).decode()
+    slow = generate_latest(registry_for(_read(agg))).decode()
+    a, b = _samples(fast), _samples(slow)
+    assert a.keys() == b.keys(), (sorted(a.keys() - b.keys())[:3], sorted(b.keys() - a.keys())[:3])
+    assert a == b, [k for k in a if a[k] != b[k]][:3]
+    return a
 
 
 def test_cumulative_buckets_are_exact_at_every_bound():
@@ -77,6 +98,59 @@ def test_two_objects_with_one_identity_make_one_series():
     assert len(s) == 1 and s[0].value == 3
     st = [x for x in fams["vtrace_queue_state"].samples if x.labels.get("queue") == "rx0"]
     assert len(st) == 4 and sum(x.value for x in st) == 1
+
+
+def test_text_renderer_and_collector_give_the_same_samples():
+    # The exporter renders queue and VM families from columns; the collector
+    # (for embedding in another registry) builds metric objects. Same data:
+    # sim with suspends (state, in flight at suspend), admin, kvm, DMA, faults.
+    agg = Aggregator()
+    Pipeline(SimSource(SimConfig.parse("seed=4,vms=3,suspend_every=0.3,fault=used_twice"),
+                       duration_ns=1_500_000_000), aggregator=agg).run()
+    got = _same_through_both_paths(agg)
+    assert any(k[0] == "vtrace_queue_in_flight_at_last_suspend_buffers" for k in got)
+    assert any(k[0] == "vtrace_kvm_exits_total" for k in got)
+    assert len(got) > 500
+
+
+def test_text_renderer_sums_shared_identities_escapes_labels_and_follows_new_queues():
+    agg = Aggregator()
+    odd = 'we"b\\1\nx'  # quote, backslash, newline in a VM name from a command line
+    a = ObjectInfo(obj=0x1000, vm=odd, device="net0", dev_type="net", queue=0, name="rx0", size=256,
+                   layer=int(Layer.VHOST))
+    b = ObjectInfo(obj=0x2000, vm=odd, device="net0", dev_type="net", queue=0, name="rx0", size=256,
+                   layer=int(Layer.VHOST))
+    agg.feed(batch([ev(Kind.AVAIL, 10, 0x1000, id=1), ev(Kind.USED, 20, 0x1000, id=1),
+                    ev(Kind.AVAIL, 30, 0x2000, id=1), ev(Kind.USED, 40, 0x2000, id=1)], t_end=60, objects=(a, b)))
+    render = renderer(_read(agg))
+    text = b"".join(render()).decode()
+    used = [s for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == "vtrace_queue_used_buffers_total"]
+    assert [(s.labels["vm"], s.value) for s in used] == [(odd, 2.0)]
+    _same_through_both_paths(agg)
+    c = ObjectInfo(obj=0x3000, vm="vm2", device="blk0", dev_type="blk", queue=0, name="req.0", size=128,
+                   layer=int(Layer.VHOST))
+    agg.feed(batch([ev(Kind.AVAIL, 70, 0x3000, id=1), ev(Kind.USED, 90, 0x3000, id=1)], t_end=100,
+                   objects=(c,)))
+    text = b"".join(render()).decode()  # the same renderer: its label cache must follow
+    used = {s.labels["vm"]: s.value for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == "vtrace_queue_used_buffers_total"}
+    assert used == {odd: 2.0, "vm2": 1.0}
+
+
+def test_queue_table_rows_match_columns():
+    agg = Aggregator()
+    Pipeline(SimSource(SimConfig.parse("seed=2,vms=2,suspend_every=0.2"), duration_ns=800_000_000),
+             aggregator=agg).run()
+    snap = agg.snapshot()
+    t = snap.table
+    assert len(t) == len(snap.queues) > 0
+    for i, q in enumerate(snap.queues):
+        one = t.row(i)
+        assert q.obj == one.obj and q.used_total == t["used_total"][i] == one.used_total
+        assert type(one.used_total) is int and (one.p99_ns is None or type(one.p99_ns) is float)
+        assert (q.p50_ns is None) == bool(np.isnan(t["p50_ns"][i]))
+        assert q.latency_hist is not None and not q.latency_hist.flags.writeable
 
 
 def test_shared_aggregator_reads_while_fed():

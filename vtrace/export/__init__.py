@@ -3,17 +3,20 @@
 The source runs in the main thread through the usual Pipeline into an
 aggregator; the HTTP listener (vtrace/export/web.py) runs in threads and, on
 every scrape, takes one Snapshot under the aggregator's lock and renders it
-with the collector in vtrace/export/metrics.py.
+into text: the per-queue families straight from its columns
+(vtrace/export/text.py), the rest through the collector in
+vtrace/export/metrics.py.
 """
 
 from __future__ import annotations
 
 import threading
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from vtrace.aggregate import Aggregator, Snapshot
-from vtrace.export.metrics import SnapshotCollector
+from vtrace.export.metrics import SnapshotCollector, server_families
+from vtrace.export.text import renderer
 from vtrace.export.web import MetricsServer, WebConfig, WebConfigError
 
 __all__ = ["SharedAggregator", "MetricsServer", "WebConfig", "WebConfigError", "registry_for", "parse_listen",
@@ -54,7 +57,11 @@ def parse_listen(spec: str) -> tuple[str, int]:
 
 def serve(agg: SharedAggregator, addr: tuple[str, int], web: WebConfig | None = None) -> MetricsServer:
     """Start the listener in a daemon thread; returns the server (server_address has the real port)."""
-    reg = registry_for(agg.read)
-    srv = MetricsServer(addr, lambda: generate_latest(reg), web)
+    srv: MetricsServer | None = None
+
+    def listener() -> list:
+        return server_families(srv.rejected, srv.tls_failures) if srv is not None else []
+
+    srv = MetricsServer(addr, renderer(agg.read, listener), web)
     threading.Thread(target=srv.serve_forever, name="vtrace-export-http", daemon=True).start()
     return srv

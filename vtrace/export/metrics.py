@@ -50,16 +50,39 @@ def _hist_rows(fam: HistogramMetricFamily, labels: list[tuple], hist: np.ndarray
         fam.add_metric(lab, list(zip(LE_TEXT, row)), s)
 
 
-def _queue_groups(snap: Snapshot) -> tuple[list[tuple], np.ndarray]:
-    """One series per (vm, device, queue, layer). Two kernel objects can share
-    that identity (a queue re-created under the same name, or two hardware
-    queues of one disk reported by name): their counts are summed so the
-    exposition never holds a duplicate series."""
-    keys: dict[tuple, int] = {}
-    gidx = np.empty(len(snap.queues), dtype=np.int64)
-    for i, q in enumerate(snap.queues):
-        gidx[i] = keys.setdefault((q.vm, q.device, q.name, q.layer), len(keys))
-    return list(keys), gidx
+def group_keys(table) -> tuple[list[tuple], np.ndarray]:
+    """One series per (vm, device, queue name, layer). Two kernel objects can
+    share that identity (a queue re-created under the same name, or two
+    hardware queues of one disk reported by name): their counts are summed so
+    the exposition never holds a duplicate series. Returns the identities and
+    each row's index into them."""
+    ids = list(zip(table["vm"], table["device"], table["name"], table["layer"]))
+    index = dict.fromkeys(ids)
+    if len(index) == len(ids):
+        return ids, np.arange(len(ids))
+    for i, k in enumerate(index):
+        index[k] = i
+    return list(index), np.fromiter((index[k] for k in ids), dtype=np.int64, count=len(ids))
+
+
+def scrape_family(seconds: float) -> GaugeMetricFamily:
+    g = GaugeMetricFamily("vtrace_scrape_collect_duration_seconds",
+                          "Time this scrape spent reading the snapshot and building the metrics.")
+    g.add_metric([], seconds)
+    return g
+
+
+def server_families(rejected: int, tls_failures: int) -> list:
+    """The HTTP listener's own counts (vtrace/export/web.py MetricsServer)."""
+    out = []
+    for name, doc, v in (
+            ("vtrace_exporter_connections_rejected",
+             "Connections closed at accept because MAX_CONNECTIONS were already open.", rejected),
+            ("vtrace_exporter_tls_handshake_failures", "TLS handshakes that failed or timed out.", tls_failures)):
+        c = CounterMetricFamily(name, doc)
+        c.add_metric([], v)
+        out.append(c)
+    return out
 
 
 class SnapshotCollector:
@@ -75,18 +98,20 @@ class SnapshotCollector:
         t0 = time.perf_counter()
         snap = self.read()
         fams = list(families(snap))
-        g = GaugeMetricFamily("vtrace_scrape_collect_duration_seconds",
-                              "Time this scrape spent reading the snapshot and building the metrics.")
-        g.add_metric([], time.perf_counter() - t0)
-        fams.append(g)
+        fams.append(scrape_family(time.perf_counter() - t0))
         return iter(fams)
 
 
-def families(snap: Snapshot) -> Iterator:
+def families(snap: Snapshot, *, bulk: bool = True) -> Iterator:
+    """Every family but the scrape duration. ``bulk=False`` leaves out the
+    per-queue and per-VM ones, thousands of series on a big host, which
+    vtrace/export/text.py renders without metric objects."""
     yield from _self_metrics(snap)
-    yield from _queue_metrics(snap)
+    if bulk:
+        yield from _queue_metrics(snap)
     yield from _admin_metrics(snap)
-    yield from _vm_metrics(snap)
+    if bulk:
+        yield from _vm_metrics(snap)
     d = CounterMetricFamily("vtrace_divergences",
                             "Places where the observed device diverged from the VIRTIO spec, by checker rule.",
                             labels=("rule", "severity"))
@@ -132,7 +157,7 @@ def _self_metrics(snap: Snapshot) -> Iterator:
     yield dmg
 
 
-_Q_COUNTERS = (
+Q_COUNTERS = (
     # (metric, help, QueueStats attribute)
     ("vtrace_queue_available_buffers", "Buffers made available to the device (or fetched by it).", "avail_total"),
     ("vtrace_queue_used_buffers", "Buffers the device returned in the used ring.", "used_total"),
@@ -149,53 +174,52 @@ _Q_COUNTERS = (
 )
 
 
+Q_GAUGES = (
+    ("vtrace_queue_in_flight_buffers", "Buffers made available and not yet used, now.", "in_flight"),
+    ("vtrace_queue_size_buffers", "Ring size (descriptors); 0 where the probe cannot see it.", "size"),
+)
+Q_HIST = ("vtrace_queue_completion_latency_seconds",
+          "Available -> used time of each buffer (log2 buckets, exact at every bound).")
+Q_STATE = ("vtrace_queue_state", "Lifecycle state of the queue (one is 1).")
+Q_SUSPEND = ("vtrace_queue_in_flight_at_last_suspend_buffers",
+             "Buffers in flight when the device was last suspended or its ring stopped.")
+
+
 def _queue_metrics(snap: Snapshot) -> Iterator:
-    qs = snap.queues
-    keys, g = _queue_groups(snap)
+    t = snap.table
+    keys, g = group_keys(t)
     G = len(keys)
 
-    def summed(values) -> list:
-        out = np.zeros(G, dtype=np.int64)
-        np.add.at(out, g, np.fromiter(values, dtype=np.int64, count=len(qs)))
-        return out.tolist()
+    def summed(name: str, dtype=np.int64) -> np.ndarray:
+        out = np.zeros(G, dtype=dtype)
+        np.add.at(out, g, np.asarray(t[name], dtype=dtype))
+        return out
 
-    for name, doc, attr in _Q_COUNTERS:
+    for name, doc, attr in Q_COUNTERS:
         fam = CounterMetricFamily(name, doc, labels=QUEUE_LABELS)
-        for k, v in zip(keys, summed(getattr(q, attr) for q in qs)):
+        for k, v in zip(keys, summed(attr).tolist()):
             fam.add_metric(k, v)
         yield fam
-    for name, doc, vals in (
-            ("vtrace_queue_in_flight_buffers", "Buffers made available and not yet used, now.",
-             summed(q.in_flight for q in qs)),
-            ("vtrace_queue_size_buffers", "Ring size (descriptors); 0 where the probe cannot see it.",
-             summed(q.size for q in qs))):
+    for name, doc, attr in Q_GAUGES:
         fam = GaugeMetricFamily(name, doc, labels=QUEUE_LABELS)
-        for k, v in zip(keys, vals):
+        for k, v in zip(keys, summed(attr).tolist()):
             fam.add_metric(k, v)
         yield fam
     hist = np.zeros((G, NBUCKETS), dtype=np.int64)
-    if qs:
-        np.add.at(hist, g, np.stack([q.latency_hist for q in qs]))
-    sums = np.zeros(G, dtype=np.float64)
-    np.add.at(sums, g, np.fromiter((q.latency_sum_ns for q in qs), dtype=np.float64, count=len(qs)))
-    lat = HistogramMetricFamily("vtrace_queue_completion_latency_seconds",
-                                "Available -> used time of each buffer (log2 buckets, exact at every bound).",
-                                labels=QUEUE_LABELS)
-    _hist_rows(lat, keys, hist, (sums / 1e9).tolist())
+    np.add.at(hist, g, np.asarray(t["latency_hist"]))
+    lat = HistogramMetricFamily(*Q_HIST, labels=QUEUE_LABELS)
+    _hist_rows(lat, keys, hist, (summed("latency_sum_ns", np.float64) / 1e9).tolist())
     yield lat
-    state = StateSetMetricFamily("vtrace_queue_state", "Lifecycle state of the queue (one is 1).",
-                                 labels=QUEUE_LABELS)
-    susp = GaugeMetricFamily("vtrace_queue_in_flight_at_last_suspend_buffers",
-                             "Buffers in flight when the device was last suspended or its ring stopped.",
-                             labels=QUEUE_LABELS)
+    state = StateSetMetricFamily(*Q_STATE, labels=QUEUE_LABELS)
+    susp = GaugeMetricFamily(*Q_SUSPEND, labels=QUEUE_LABELS)
     seen: set[int] = set()
-    for q, gi in zip(qs, g.tolist()):
+    for st, rec, gi in zip(t["state"], t["last_suspend"], g.tolist()):
         if gi in seen:
             continue  # a shared identity shows its first object's state
         seen.add(gi)
-        state.add_metric(keys[gi], {s: s == q.state for s in QUEUE_STATES})
-        if q.last_suspend is not None:
-            susp.add_metric(keys[gi], len(q.last_suspend.heads) + q.last_suspend.truncated)
+        state.add_metric(keys[gi], {s: s == st for s in QUEUE_STATES})
+        if rec is not None:
+            susp.add_metric(keys[gi], rec.in_flight)
     yield state
     yield susp
 
@@ -219,35 +243,36 @@ def _admin_metrics(snap: Snapshot) -> Iterator:
     yield dur
 
 
+VM_EXITS = ("vtrace_kvm_exits", "KVM exits by exit reason (VMX/SVM number, from kvm_exit).")
+VM_COUNTERS = (
+    # (metric, help, VmStats attribute)
+    ("vtrace_kvm_pio", "Port I/O exits (kvm_pio).", "pio_total"),
+    ("vtrace_kvm_mmio", "MMIO exits (kvm_mmio).", "mmio_total"),
+    ("vtrace_kvm_userspace_exits", "Exits to the VMM in user space.", "userspace_exits_total"),
+    ("vtrace_kvm_ioeventfd_signals", "Guest notifications turned into eventfd signals by KVM (ioeventfd).",
+     "ioeventfd_total"),
+    ("vtrace_kvm_irqfd_injections", "Interrupts injected through an irqfd.", "irqfd_total"),
+    ("vtrace_kvm_set_irq", "kvm_set_irq calls.", "set_irq_total"),
+    ("vtrace_kvm_msi", "MSI interrupts delivered (kvm_msi_set_irq).", "msi_total"),
+    ("vtrace_kvm_noncoherent_dma_registrations", "Non-coherent DMA registrations.", "noncoherent_registers_total"),
+    ("vtrace_dma_maps", "IOMMU map calls.", "dma_map_total"),
+    ("vtrace_dma_map_bytes", "Bytes mapped through the IOMMU.", "dma_map_bytes_total"),
+    ("vtrace_dma_unmaps", "IOMMU unmap calls.", "dma_unmap_total"),
+    ("vtrace_dma_unmap_bytes", "Bytes unmapped through the IOMMU.", "dma_unmap_bytes_total"),
+)
+VM_NONCOHERENT = ("vtrace_kvm_noncoherent_dma", "1 while the VM has non-coherent DMA registered.")
+
+
 def _vm_metrics(snap: Snapshot) -> Iterator:
-    vm = ("vm",)
-    exits = CounterMetricFamily("vtrace_kvm_exits", "KVM exits by exit reason (VMX/SVM number, from kvm_exit).",
-                                labels=("vm", "reason"))
-    simple = {
-        "vtrace_kvm_pio": ("Port I/O exits (kvm_pio).", "pio_total"),
-        "vtrace_kvm_mmio": ("MMIO exits (kvm_mmio).", "mmio_total"),
-        "vtrace_kvm_userspace_exits": ("Exits to the VMM in user space.", "userspace_exits_total"),
-        "vtrace_kvm_ioeventfd_signals": ("Guest notifications turned into eventfd signals by KVM (ioeventfd).",
-                                         "ioeventfd_total"),
-        "vtrace_kvm_irqfd_injections": ("Interrupts injected through an irqfd.", "irqfd_total"),
-        "vtrace_kvm_set_irq": ("kvm_set_irq calls.", "set_irq_total"),
-        "vtrace_kvm_msi": ("MSI interrupts delivered (kvm_msi_set_irq).", "msi_total"),
-        "vtrace_kvm_noncoherent_dma_registrations": ("Non-coherent DMA registrations.",
-                                                     "noncoherent_registers_total"),
-        "vtrace_dma_maps": ("IOMMU map calls.", "dma_map_total"),
-        "vtrace_dma_map_bytes": ("Bytes mapped through the IOMMU.", "dma_map_bytes_total"),
-        "vtrace_dma_unmaps": ("IOMMU unmap calls.", "dma_unmap_total"),
-        "vtrace_dma_unmap_bytes": ("Bytes unmapped through the IOMMU.", "dma_unmap_bytes_total"),
-    }
-    fams = {n: CounterMetricFamily(n, doc, labels=vm) for n, (doc, _a) in simple.items()}
-    nc = GaugeMetricFamily("vtrace_kvm_noncoherent_dma", "1 while the VM has non-coherent DMA registered.",
-                           labels=vm)
+    exits = CounterMetricFamily(*VM_EXITS, labels=("vm", "reason"))
+    fams = [CounterMetricFamily(n, doc, labels=("vm",)) for n, doc, _a in VM_COUNTERS]
+    nc = GaugeMetricFamily(*VM_NONCOHERENT, labels=("vm",))
     for v in snap.vms:
         for reason, n in v.exits_by_reason:
             exits.add_metric((v.vm, str(reason)), n)
-        for n, (_doc, attr) in simple.items():
-            fams[n].add_metric((v.vm,), getattr(v, attr))
+        for fam, (_n, _doc, attr) in zip(fams, VM_COUNTERS):
+            fam.add_metric((v.vm,), getattr(v, attr))
         nc.add_metric((v.vm,), 1 if v.noncoherent_dma else 0)
     yield exits
-    yield from fams.values()
+    yield from fams
     yield nc
