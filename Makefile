@@ -52,7 +52,7 @@ test-vmlab: setup
 	$(PY) -m pytest tests/vmlab $(PYTEST_ARGS)
 
 run: setup
-	$(VENV)/bin/vtrace stat
+	$(VENV)/bin/vtrace top
 
 bench: setup
 	$(PY) bench/pipeline.py

@@ -5,7 +5,7 @@
 # (with promtool), curl and openssl for the system tier's exporter tests. Installs
 # only what is missing; needs root for that.
 set -euo pipefail
-pkgs=(python3-bpfcc libbpfcc bpftool qemu-system-x86 busybox-static prometheus curl openssl)
+pkgs=(python3-bpfcc libbpfcc bpftool qemu-system-x86 busybox-static prometheus curl openssl tmux)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

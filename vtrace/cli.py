@@ -250,6 +250,54 @@ def export(listen, web_config, source_spec, check, stream):
         click.echo(f"vtrace: warning: {final.damage}", err=True)
 
 
+# top ------------------------------------------------------------------------
+@cli.command(context_settings={"max_content_width": 100})
+@click.argument("interval", required=False, default="1")
+@source_option
+@click.option("--record", type=click.Path(dir_okay=False), metavar="FILE",
+              help="also write a capture of everything read while watching")
+@click.option("-f", "--force", is_flag=True, help="--record: overwrite FILE")
+@click.option("--check/--no-check", "check", default=None,
+              help="run the spec checker for the divergences pane (default: when every event streams)")
+@click.option("--stream", is_flag=True, help="live: stream every event instead of counting in the kernel")
+def top(interval, source_spec, record, force, check, stream):
+    """The htop of virtqueues: a live table of every queue, refreshed every INTERVAL.
+
+    INTERVAL defaults to 1 second. Keys: q quit, Enter queue detail,
+    / filter, s/S sort, g group by VM, p pause, +/- interval, 1-5 panes
+    (queues, admin, KVM, DMA, divergences), [ ] seek a replay, ? help.
+    Hit Ctrl-C to end.
+
+    \b
+    Examples:
+      sudo vtrace top                         # live when it can run here
+      vtrace top --source sim                 # a simulated host (labelled so)
+      vtrace top --source replay:run.vtrace   # replay a capture at its own pace
+      vtrace top 2 --record run.vtrace        # watch and capture at once
+    """
+    from vtrace.tui import make_app
+    try:
+        interval_s = parse_duration(interval) / 1e9
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="INTERVAL") from None
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise VtraceError("top needs a terminal; for a pipe use vtrace stat")
+    if record:
+        _refuse_clobber(record, force)
+    src = _open(source_spec, realtime=True, stream=stream)
+    reopen = None
+    if getattr(src, "kind", "") == "replay":
+        from vtrace.sources.replay import ReplaySource
+        path = src.path
+        reopen = lambda: ReplaySource(path)  # noqa: E731 - seeking re-reads the file
+    app = make_app(src, interval=interval_s, record=record, check=check, reopen=reopen, argv=sys.argv[1:])
+    app.run()
+    if app.feed.error:
+        click.echo(f"vtrace: source error: {app.feed.error}", err=True)
+    if record:
+        click.echo(f"vtrace: recorded {record}", err=True)
+
+
 # capture --------------------------------------------------------------------
 @cli.command(context_settings={"max_content_width": 100})
 @click.option("-d", "--duration", callback=_duration, metavar="TIME",

@@ -1,0 +1,286 @@
+"""`vtrace top`: Pilot tests for every key binding and the drill-down, the
+headless view, error and tiny-terminal behaviour, --record, and an SVG
+snapshot of a deterministic simulator run (pytest-textual-snapshot)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+
+import numpy as np
+
+from vtrace.pipeline import Pipeline
+from vtrace.sources.replay import ReplaySource
+from vtrace.sources.sim import SimConfig, SimSource
+from vtrace.tui import make_app, view
+from vtrace.tui.app import DetailScreen, HelpScreen
+
+SIZE = (150, 40)
+
+
+def _sim_app(spec="seed=1,vms=3,suspend_every=0.4", interval=0.2, **kw):
+    return make_app(SimSource(SimConfig.parse(spec), realtime=True), interval=interval, **kw)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def _until(pilot, cond, timeout=10.0):
+    t = time.monotonic()
+    while not cond():
+        if time.monotonic() - t > timeout:
+            raise AssertionError("timed out waiting")
+        await pilot.pause(0.05)
+
+
+def test_table_header_and_every_key_binding():
+    async def go():
+        app = _sim_app()
+        async with app.run_test(size=SIZE) as pilot:
+            await _until(pilot, lambda: app.shown == 24)
+            head = str(app.query_one("#head").render())
+            assert "sim (simulated host)" in head and "queues 24" in head and "probes 1 attached / 0 failed" in head
+            qt = app.query_one("#qt")
+            assert [c.label.plain.rstrip("▲▼") for c in qt.columns.values()][:3] == ["VM", "DEVICE", "QUEUE"]
+            # s: next sort column; S: reverse
+            before = app.v.sort
+            await pilot.press("s")
+            assert app.v.sort != before
+            r = app.v.reverse
+            await pilot.press("S")
+            assert app.v.reverse != r
+            # sort by used/s desc really orders rows
+            app.v.sort, app.v.reverse = "used_rate", True
+            app._refill()
+            used = [app.snap.table["used_rate"][i] for i in view.order(app.snap, app.v)]
+            assert used == sorted(used, reverse=True)
+            # g: group by VM keeps each VM's rows together
+            await pilot.press("g")
+            vms = [app.snap.table["vm"][i] for i in view.order(app.snap, app.v)]
+            assert app.v.group_vm and vms == sorted(vms)
+            # a: hide idle (vsock event queues idle in the sim)
+            await pilot.press("a")
+            assert not app.v.show_idle and app.shown < 24
+            await pilot.press("a")
+            # / filter, Enter applies, Esc clears
+            await pilot.press("slash", *"blk", "enter")
+            assert app.v.filter == "blk" and app.shown == 3
+            await pilot.press("escape")
+            assert app.v.filter == "" and app.shown == 24
+            # + / - interval
+            await pilot.press("plus")  # 0.2 s is nearest the 0.25 s step: one up
+            assert app.interval == 0.5
+            await pilot.press("minus", "minus")
+            assert app.interval == 0.25  # the fastest step
+            await pilot.press("plus", "plus")
+            assert app.interval == 1.0
+            # p pauses reading (sim): the event count stops moving
+            await pilot.press("p")
+            assert app.feed.paused and "PAUSED" in str(app.query_one("#head").render())
+            n0 = app.feed.agg.events_total
+            await pilot.pause(0.5)
+            assert app.feed.agg.events_total == n0
+            await pilot.press("p")
+            assert not app.feed.paused
+            # 1-5 panes
+            for key, tab in (("2", "admin"), ("3", "kvm"), ("4", "dma"), ("5", "divergences"), ("1", "queues")):
+                await pilot.press(key)
+                await pilot.pause(0.05)
+                assert app.query_one("#tabs").active == tab
+            # [ ] on a non-replay source say so instead of seeking
+            await pilot.press("right_square_bracket")
+            # ? help, then close
+            await pilot.press("question_mark")
+            assert isinstance(app.screen, HelpScreen)
+            await pilot.press("escape")
+            assert not isinstance(app.screen, HelpScreen)
+            await pilot.press("q")
+        assert app.feed.ended or not app.feed.thread.is_alive()
+    run(go())
+
+
+def test_panes_show_admin_kvm_dma_and_divergences():
+    async def go():
+        app = _sim_app("seed=2,vms=2,fault=used_twice")
+        async with app.run_test(size=SIZE) as pilot:
+            await _until(pilot, lambda: app.snap is not None and app.snap.admin and app.snap.divergences, 15)
+            for key, tid in (("2", "#admint"), ("3", "#kvmt"), ("4", "#dmat"), ("5", "#divt")):
+                await pilot.press(key)
+                await _until(pilot, lambda: app.query_one(tid).row_count > 0)
+            div = app.query_one("#divt")
+            row = div.get_row_at(0)
+            assert row[0] == "used-twice" or any("used" in str(c) for c in row)
+            assert row[4].startswith("2.") or "§" in row[4] or row[4]  # spec section shown
+            await pilot.press("ctrl+c")
+    run(go())
+
+
+def test_enter_opens_queue_detail_and_escape_returns():
+    async def go():
+        app = _sim_app("seed=3,vms=1,suspend_every=0.3")
+        async with app.run_test(size=SIZE) as pilot:
+            await _until(pilot, lambda: app.shown > 0 and any(s != "running" or True for s in app.snap.table["state"]))
+            await _until(pilot, lambda: any(r is not None for r in app.snap.table["last_suspend"]), 10)
+            # put the cursor on a queue that was suspended
+            t = app.snap.table
+            target = next(o for o, r in zip(t["obj"], t["last_suspend"]) if r is not None)
+            app.v.filter = ""
+            app._refill()
+            qt = app.query_one("#qt")
+            keys = [rk.value for rk in qt.rows]
+            qt.move_cursor(row=keys.index(str(target)))
+            await pilot.press("enter")
+            assert isinstance(app.screen, DetailScreen) and app.screen.obj == target
+            await pilot.pause(0.5)
+            body = str(app.screen.query_one("#dbody").render())
+            assert "completion latency" in body and "in flight now" in body
+            assert "in flight at the last suspend" in body and "never suspended" not in body
+            assert "lifecycle" in body and ("suspend" in body or "stop" in body)
+            assert len(app.screen.query_one("#spark").data) >= 2
+            await pilot.press("escape")
+            assert not isinstance(app.screen, DetailScreen)
+            await pilot.press("q")
+    run(go())
+
+
+def test_clicking_a_header_sorts_by_that_column():
+    async def go():
+        app = _sim_app()
+        async with app.run_test(size=SIZE) as pilot:
+            await _until(pilot, lambda: app.shown == 24)
+            qt = app.query_one("#qt")
+            x = sum(c.get_render_width(qt) for c in list(qt.columns.values())[:9]) - 3  # inside P99, the 9th
+            await pilot.click("#qt", offset=(x, 0))
+            assert app.v.sort == "p99_ns" and app.v.reverse
+            await pilot.press("q")
+    run(go())
+
+
+class _Broken:
+    """A source that fails after a few batches, like a live source losing its probes."""
+    kind = "sim"
+
+    def __init__(self):
+        self.inner = SimSource(SimConfig.parse("seed=4,vms=1"), realtime=True)
+        self.info = self.inner.info
+
+    def batches(self):
+        for i, b in enumerate(self.inner.batches()):
+            if i == 30:
+                raise OSError("perf buffer went away")
+            yield b
+
+
+def test_source_error_shows_a_banner_and_keeps_the_last_data():
+    async def go():
+        app = make_app(_Broken(), interval=0.2)
+        async with app.run_test(size=SIZE) as pilot:
+            await _until(pilot, lambda: app.feed.error is not None)
+            await pilot.pause(0.5)
+            banner = app.query_one("#banner")
+            assert banner.has_class("on") and "perf buffer went away" in str(banner.render())
+            assert app.shown == 8  # the last data stays
+            await pilot.press("q")
+    run(go())
+
+
+def test_tiny_terminal_degrades_and_narrow_drops_columns():
+    async def go():
+        app = _sim_app()
+        async with app.run_test(size=(30, 8)) as pilot:
+            await pilot.pause(0.5)
+            assert app.screen.has_class("tiny")
+            assert "too small" in str(app.query_one("#toosmall").render())
+        app = _sim_app()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await _until(pilot, lambda: app.shown > 0)
+            keys = [c.key for c in app._cols]
+            assert "device" not in keys and "p99_ns" in keys and not app.screen.has_class("tiny")
+    run(go())
+
+
+def test_record_writes_a_capture_that_replays(tmp_path):
+    out = str(tmp_path / "top.vtrace")
+
+    async def go():
+        app = _sim_app("seed=5,vms=1", record=out)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause(1.0)
+            await pilot.press("q")
+        return app.feed.agg.events_total
+    fed = run(go())
+    snap = Pipeline(ReplaySource(out)).run()
+    assert fed > 0 and snap.events_total == fed
+
+
+def test_replay_paces_pauses_and_seeks(tmp_path):
+    out = str(tmp_path / "r.vtrace")
+    from vtrace.capture import CaptureWriter
+    src = SimSource(SimConfig.parse("seed=6,vms=1"), duration_ns=20_000_000_000)
+    w = CaptureWriter(out, {"source": src.info})
+    Pipeline(src, writer=w).run()
+    w.close({})
+
+    async def go():
+        app = make_app(ReplaySource(out), interval=0.2, reopen=lambda: ReplaySource(out))
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause(1.0)
+            pos = app.feed.position_ns
+            assert 0 < pos < 5e9  # paced: about a second of a 20 s file, not all of it
+            await pilot.press("p")
+            await pilot.pause(0.3)
+            p0 = app.feed.position_ns
+            await pilot.pause(0.5)
+            assert app.feed.position_ns == p0
+            await pilot.press("p", "right_square_bracket")
+            await _until(pilot, lambda: app.feed.position_ns > p0 + 9e9)
+            await pilot.press("left_square_bracket", "left_square_bracket")
+            await _until(pilot, lambda: app.feed.position_ns < p0 + 5e9)
+            await pilot.press("q")
+    run(go())
+
+
+def test_view_orders_ten_thousand_queues_and_formats_only_shown_rows():
+    agg_snap = _big_snapshot(vms=1250)
+    v = view.View(sort="p99_ns")
+    idx = view.order(agg_snap, v)
+    assert idx.size == len(agg_snap.table) >= 10_000
+    p99 = np.asarray(agg_snap.table["p99_ns"])[idx]
+    finite = p99[~np.isnan(p99)]
+    assert (np.diff(finite) <= 0).all() and np.isnan(p99[finite.size:]).all()  # no value sorts last
+    cells = view.cells(agg_snap, int(idx[0]), view.COLUMNS)
+    assert len(cells) == len(view.COLUMNS)
+
+
+def _big_snapshot(vms):
+    p = Pipeline(SimSource(SimConfig.parse(f"seed=5,vms={vms},scale=0.01"), duration_ns=200_000_000))
+    p.run()
+    return p.agg.snapshot()
+
+
+def _fixed_snapshot():
+    # One full 1 s interval of a seeded, non-real-time sim: the same every run.
+    got = []
+    Pipeline(SimSource(SimConfig.parse("seed=9,vms=2,suspend_every=0.7,fault=used_twice"),
+                       duration_ns=3_000_000_000)).run(interval_ns=1_000_000_000, count=2,
+                                                       on_interval=got.append)
+    return dataclasses.replace(got[-1], wall_time=1_790_000_000.0)
+
+
+def test_snapshot_of_the_main_table(snap_compare, monkeypatch):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    fixed = _fixed_snapshot()
+    app = _sim_app("seed=1,vms=1", interval=3600)
+
+    async def show(pilot):
+        app.update(fixed)
+        await pilot.pause()
+    try:
+        assert snap_compare(app, terminal_size=(150, 34), run_before=show)
+    finally:
+        os.environ.pop("TZ", None)
+        time.tzset()
