@@ -61,6 +61,7 @@ bench: setup
 	$(PY) bench/live.py
 	$(PY) bench/ringbuf.py
 	$(PY) bench/export.py
+	$(PY) bench/top.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info bench/results

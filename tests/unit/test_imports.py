@@ -8,8 +8,9 @@ HEADLESS = ["vtrace.events", "vtrace.aggregate", "vtrace.capture", "vtrace.jsonl
             "vtrace.sources.replay", "vtrace.sources.qemulog", "vtrace.sources.live", "vtrace.fmt",
             "vtrace.admin", "vtrace.doctor", "vtrace.kernel.btf", "vtrace.kernel.headers",
             "vtrace.kernel.symbols", "vtrace.kernel.attach", "vtrace.check", "vtrace.model", "vtrace.export",
-            "vtrace.export.metrics", "vtrace.export.web", "vtrace.export.text", "vtrace.queuetable"]
-OUTPUTS = ["vtrace.report", "vtrace.perfetto", "vtrace.jsonl", "vtrace.export"]
+            "vtrace.export.metrics", "vtrace.export.web", "vtrace.export.text", "vtrace.queuetable",
+            "vtrace.tui", "vtrace.tui.feed", "vtrace.tui.view"]
+OUTPUTS = ["vtrace.report", "vtrace.perfetto", "vtrace.jsonl", "vtrace.export", "vtrace.tui.app"]
 
 
 def _modules_after(mods):

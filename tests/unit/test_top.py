@@ -251,8 +251,10 @@ def test_view_orders_ten_thousand_queues_and_formats_only_shown_rows():
     p99 = np.asarray(agg_snap.table["p99_ns"])[idx]
     finite = p99[~np.isnan(p99)]
     assert (np.diff(finite) <= 0).all() and np.isnan(p99[finite.size:]).all()  # no value sorts last
-    cells = view.cells(agg_snap, int(idx[0]), view.COLUMNS)
-    assert len(cells) == len(view.COLUMNS)
+    cells = view.cells(agg_snap, idx[:3], view.COLUMNS)
+    assert len(cells) == 3 and len(cells[0]) == len(view.COLUMNS)
+    q = agg_snap.table.row(int(idx[0]))
+    assert cells[0][:3] == (q.vm, q.device, q.name)
 
 
 def _big_snapshot(vms):

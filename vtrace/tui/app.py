@@ -258,7 +258,7 @@ class TopApp(App):
         idx = view.order(snap, self.v)
         shown = idx[:view.MAX_ROWS]
         objs = snap.table["obj"]
-        rows = [view.cells(snap, i, self._cols) for i in shown.tolist()]
+        rows = view.cells(snap, shown, self._cols)
         keys = [str(objs[i]) for i in shown.tolist()]
         qt.clear()
         for c in self._cols:
