@@ -75,18 +75,10 @@ def sum_by_slot(slot: np.ndarray, values: np.ndarray, nslots: int) -> np.ndarray
     return np.bincount(slot, weights=values, minlength=nslots).astype(np.int64)
 
 
-def percentile_from_hist(hist: np.ndarray, q: float) -> float | None:
-    """Estimate from log2 buckets (geometric midpoint); only when exact samples are gone."""
-    total = int(hist.sum())
-    if total == 0:
-        return None
-    rank = int(nearest_rank_index(total, q)) + 1
-    b = int(np.searchsorted(np.cumsum(hist), rank))
-    return float(2 ** b * np.sqrt(2))
-
-
 def percentiles_from_hist(hist: np.ndarray, q: float) -> np.ndarray:
-    """percentile_from_hist for every row of ``hist`` at once; NaN for an empty row."""
+    """Per row of log2 buckets, the nearest-rank q-quantile's bucket as its
+    geometric midpoint (an estimate, only when exact samples are gone); NaN
+    for an empty row."""
     total = hist.sum(axis=1)
     rank = nearest_rank_index(total, q) + 1
     b = (np.cumsum(hist, axis=1) < rank[:, None]).sum(axis=1)
@@ -801,7 +793,8 @@ class Aggregator:
             "kicks_per_buffer": per_buffer(d[:, K]), "signals_per_buffer": per_buffer(d[:, S]),
             "in_flight": fl, "in_flight_max": np.maximum(self.inflight_max[idx], fl),
             "in_flight_max_total": np.maximum(self.inflight_max_total[idx], fl),
-            "latency_sum_ns": self.lat_sum[idx], "latency_exact": ~hist_only if exact else np.zeros(idx.size, dtype=bool),
+            "latency_sum_ns": self.lat_sum[idx],
+            "latency_exact": ~hist_only if exact else np.zeros(idx.size, dtype=bool),
             "last_seen": self.last_seen[idx],
         }
         hist = self.hist[idx]

@@ -28,16 +28,15 @@ from vtrace.export.metrics import (LE_TEXT, Q_COUNTERS, Q_GAUGES, Q_HIST, Q_STAT
                                    VM_COUNTERS, VM_EXITS, VM_NONCOHERENT, cumulative_buckets, families,
                                    group_keys, scrape_family)
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
 def _esc(v: str) -> str:
     # Label value escaping of the text format: backslash, double quote, newline.
     return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
 def _header(name: str, doc: str, kind: str) -> str:
-    return f"# HELP {name} {_esc(doc)}\n# TYPE {name} {kind}\n"
+    # HELP text escapes only backslash and newline (a quote stays as is).
+    doc = doc.replace("\\", "\\\\").replace("\n", "\\n")
+    return f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"
 
 
 class _Layout:

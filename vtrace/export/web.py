@@ -180,7 +180,8 @@ class MetricsServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128  # listen backlog: a burst waits to be accepted (and counted), not dropped by the kernel
 
-    def __init__(self, addr: tuple[str, int], render: Callable[[], bytes], web: WebConfig | None = None):
+    def __init__(self, addr: tuple[str, int], render: Callable[[], bytes | list[bytes]],
+                 web: WebConfig | None = None):
         self.render = render
         self.web = web or WebConfig()
         self.auth = _Auth(self.web.users)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections import deque
 
 import numpy as np
@@ -143,7 +142,6 @@ class TopApp(App):
         self.snap = None
         self.history: dict[int, deque] = {}
         self.frozen = False  # live source: pause freezes the view
-        self.refresh_ms: deque = deque(maxlen=100)  # refresh times, for the bench and the tests
         self._timer = None
         self._cols: tuple = ()
         self._on_exit = on_exit
@@ -198,7 +196,6 @@ class TopApp(App):
         self.update(self.feed.snapshot())
 
     def update(self, snap) -> None:
-        t0 = time.perf_counter()
         self.snap = snap
         t = snap.table
         for o, r in zip(t["obj"], np.asarray(t["used_rate"]).tolist()):
@@ -206,8 +203,7 @@ class TopApp(App):
             if h is None:
                 h = self.history[o] = deque(maxlen=HISTORY)
             h.append(r)
-        a, b = view.header(snap, paused=self.frozen or self.feed.paused, interval_s=self.interval)
-        self.query_one("#head", Static).update(Text(f"{a}\n{b}", no_wrap=True, overflow="ellipsis"))
+        self._show_header()
         self._banner()
         tab = self.query_one("#tabs", TabbedContent).active
         if tab == "queues":
@@ -216,7 +212,6 @@ class TopApp(App):
             self._fill_pane(tab, snap)
         if isinstance(self.screen, DetailScreen):
             self.screen.show(snap)
-        self.refresh_ms.append((time.perf_counter() - t0) * 1e3)
 
     def _banner(self) -> None:
         msg = []
@@ -352,9 +347,9 @@ class TopApp(App):
             self.frozen = not self.frozen
         else:
             self.feed.pause(not self.feed.paused)
-        self._head_only()
+        self._show_header()
 
-    def _head_only(self) -> None:
+    def _show_header(self) -> None:
         if self.snap is not None:
             a, b = view.header(self.snap, paused=self.frozen or self.feed.paused, interval_s=self.interval)
             self.query_one("#head", Static).update(Text(f"{a}\n{b}", no_wrap=True, overflow="ellipsis"))
@@ -395,7 +390,7 @@ class TopApp(App):
         if self._timer is not None:
             self._timer.stop()
         self._timer = self.set_interval(self.interval, self.tick)
-        self._head_only()
+        self._show_header()
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
