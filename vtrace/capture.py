@@ -127,6 +127,15 @@ def host_info() -> dict:
     return {"host": socket.gethostname(), "kernel": u.release, "machine": u.machine}
 
 
+def header_for(source, argv) -> dict:
+    """The header of a capture of ``source``: its identity, its probes, the
+    command line that recorded it."""
+    info = dict(source.info)
+    probes = source.probes() if hasattr(source, "probes") else ()
+    return {"source": info, "probes": [p.__dict__ for p in probes], "argv": list(argv),
+            "ts_start": info.get("ts_start")}
+
+
 class CaptureWriter:
     """Streams chunks to ``path``; memory stays bounded by one chunk.
 

@@ -337,13 +337,9 @@ def capture(duration, output, force, realtime, chunk, source_spec):
 
 def _record(src, output: str, *, duration: int | None = None, chunk: int = 65536, announce: str = ""):
     """Run ``src`` into a capture file; print what was written. Returns the final snapshot."""
-    from vtrace.capture import CaptureWriter
+    from vtrace.capture import CaptureWriter, header_for
     from vtrace.pipeline import Pipeline
-    info = dict(src.info)
-    probes = src.probes() if hasattr(src, "probes") else ()
-    header = {"source": info, "probes": [p.__dict__ for p in probes], "argv": sys.argv[1:],
-              "ts_start": info.get("ts_start")}
-    writer = CaptureWriter(output, header, chunk_records=chunk)
+    writer = CaptureWriter(output, header_for(src, sys.argv[1:]), chunk_records=chunk)
     if announce:  # once the file is open: a bad path is the only line printed
         click.echo(announce, err=True)
     pipe = Pipeline(src, writer=writer)

@@ -84,7 +84,7 @@ def queue_dict(q: QueueStats) -> dict:
     d["obj"] = hex(q.obj)
     if q.last_suspend is not None:
         r = q.last_suspend
-        d["last_suspend"] = {"ts": r.ts, "reason": r.reason, "in_flight": len(r.heads) + r.truncated,
+        d["last_suspend"] = {"ts": r.ts, "reason": r.reason, "in_flight": r.in_flight,
                              "heads": list(r.heads), "base": r.base, "restored_base": r.restored_base}
     return d
 
@@ -177,8 +177,8 @@ def report_text(s: Snapshot, *, hist_top: int = 6, show_all: bool = False) -> st
             r = q.last_suspend
             if r is not None:
                 heads = ", ".join(str(h) for h in r.heads[:16])
-                more = len(r.heads) + r.truncated - 16
-                w(f"    in flight at last {r.reason} (@{(r.ts - t0) / 1e9:.3f}s): {len(r.heads) + r.truncated}"
+                more = r.in_flight - 16
+                w(f"    in flight at last {r.reason} (@{(r.ts - t0) / 1e9:.3f}s): {r.in_flight}"
                   + (f" [heads {heads}{f' +{more} more' if more > 0 else ''}]" if r.heads else "")
                   + (f"; base {r.base}" if r.base is not None else "")
                   + (f", restored {r.restored_base}" if r.restored_base is not None else ""))

@@ -65,6 +65,23 @@ def group_keys(table) -> tuple[list[tuple], np.ndarray]:
     return list(index), np.fromiter((index[k] for k in ids), dtype=np.int64, count=len(ids))
 
 
+def sum_groups(values, g: np.ndarray, G: int, dtype=np.int64) -> np.ndarray:
+    """Per-identity sums of per-row ``values`` (a column, or rows of a 2-D
+    array), ``g`` and ``G`` from group_keys."""
+    v = np.asarray(values, dtype=dtype)
+    if G == len(v):  # no shared identity: group_keys numbered the rows as they are
+        return v
+    out = np.zeros((G,) + v.shape[1:], dtype=dtype)
+    np.add.at(out, g, v)
+    return out
+
+
+def first_rows(g: np.ndarray, G: int) -> np.ndarray:
+    """For each identity in order, the row its state comes from: its first
+    (a shared identity shows its first object's state)."""
+    return np.arange(G) if G == len(g) else np.unique(g, return_index=True)[1]
+
+
 def scrape_family(seconds: float) -> GaugeMetricFamily:
     g = GaugeMetricFamily("vtrace_scrape_collect_duration_seconds",
                           "Time this scrape spent reading the snapshot and building the metrics.")
@@ -191,9 +208,7 @@ def _queue_metrics(snap: Snapshot) -> Iterator:
     G = len(keys)
 
     def summed(name: str, dtype=np.int64) -> np.ndarray:
-        out = np.zeros(G, dtype=dtype)
-        np.add.at(out, g, np.asarray(t[name], dtype=dtype))
-        return out
+        return sum_groups(t[name], g, G, dtype)
 
     for name, doc, attr in Q_COUNTERS:
         fam = CounterMetricFamily(name, doc, labels=QUEUE_LABELS)
@@ -205,18 +220,13 @@ def _queue_metrics(snap: Snapshot) -> Iterator:
         for k, v in zip(keys, summed(attr).tolist()):
             fam.add_metric(k, v)
         yield fam
-    hist = np.zeros((G, NBUCKETS), dtype=np.int64)
-    np.add.at(hist, g, np.asarray(t["latency_hist"]))
     lat = HistogramMetricFamily(*Q_HIST, labels=QUEUE_LABELS)
-    _hist_rows(lat, keys, hist, (summed("latency_sum_ns", np.float64) / 1e9).tolist())
+    _hist_rows(lat, keys, sum_groups(t["latency_hist"], g, G), (summed("latency_sum_ns", np.float64) / 1e9).tolist())
     yield lat
     state = StateSetMetricFamily(*Q_STATE, labels=QUEUE_LABELS)
     susp = GaugeMetricFamily(*Q_SUSPEND, labels=QUEUE_LABELS)
-    seen: set[int] = set()
-    for st, rec, gi in zip(t["state"], t["last_suspend"], g.tolist()):
-        if gi in seen:
-            continue  # a shared identity shows its first object's state
-        seen.add(gi)
+    for gi, i in enumerate(first_rows(g, G).tolist()):
+        st, rec = t["state"][i], t["last_suspend"][i]
         state.add_metric(keys[gi], {s: s == st for s in QUEUE_STATES})
         if rec is not None:
             susp.add_metric(keys[gi], rec.in_flight)

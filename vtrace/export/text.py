@@ -23,10 +23,10 @@ from typing import Callable
 import numpy as np
 from prometheus_client import generate_latest
 
-from vtrace.aggregate import NBUCKETS, Snapshot
+from vtrace.aggregate import Snapshot
 from vtrace.export.metrics import (LE_TEXT, Q_COUNTERS, Q_GAUGES, Q_HIST, Q_STATE, Q_SUSPEND, QUEUE_STATES,
                                    VM_COUNTERS, VM_EXITS, VM_NONCOHERENT, cumulative_buckets, families,
-                                   group_keys, scrape_family)
+                                   first_rows, group_keys, scrape_family, sum_groups)
 
 def _esc(v: str) -> str:
     # Label value escaping of the text format: backslash, double quote, newline.
@@ -79,15 +79,9 @@ class QueueText:
         keys, g = group_keys(t)
         lay = self.layout(keys)
         G = len(keys)
-        dup = G != len(t)
 
         def col(name: str, dtype=np.int64) -> np.ndarray:
-            v = np.asarray(t[name], dtype=dtype)
-            if dup:
-                out = np.zeros(G, dtype=dtype)
-                np.add.at(out, g, v)
-                return out
-            return v
+            return sum_groups(t[name], g, G, dtype)
 
         out: list[str] = []
 
@@ -107,12 +101,7 @@ class QueueText:
 
         name, doc = Q_HIST
         out.append(_header(name, doc, "histogram"))
-        hist = np.asarray(t["latency_hist"])
-        if dup:
-            h = np.zeros((G, NBUCKETS), dtype=np.int64)
-            np.add.at(h, g, hist)
-            hist = h
-        cum = cumulative_buckets(hist)
+        cum = cumulative_buckets(sum_groups(t["latency_hist"], g, G))
         w = len(LE_TEXT) + 2  # buckets, _count, _sum
         vals: list = [None] * (w * G)
         for j in range(len(LE_TEXT)):
@@ -125,8 +114,8 @@ class QueueText:
         out.append("".join(parts))
 
         # State and suspend: a shared identity shows its first object's.
-        first = np.unique(g, return_index=True)[1] if dup else None
-        states = t["state"] if first is None else [t["state"][i] for i in first.tolist()]
+        first = first_rows(g, G).tolist()
+        states = [t["state"][i] for i in first]
         name, doc = Q_STATE
         out.append(_header(name, doc, "gauge"))
         ns = len(QUEUE_STATES)
@@ -139,11 +128,9 @@ class QueueText:
         out.append("".join(parts))
         name, doc = Q_SUSPEND
         out.append(_header(name, doc, "gauge"))
-        rows_first = range(len(t)) if first is None else first.tolist()
-        gi_of = range(G) if first is None else g[first].tolist()
         susp = t["last_suspend"]
         out.append("".join(f"{name}{lay.plain[gi]}{susp[i].in_flight}\n"
-                           for i, gi in zip(rows_first, gi_of) if susp[i] is not None))
+                           for gi, i in enumerate(first) if susp[i] is not None))
         return out
 
 

@@ -13,11 +13,8 @@ def make_app(source, *, interval: float = 1.0, record: str | None = None, check:
     from vtrace.tui.feed import Feed
     writer = None
     if record:
-        from vtrace.capture import CaptureWriter
-        info = dict(source.info)
-        probes = source.probes() if hasattr(source, "probes") else ()
-        writer = CaptureWriter(record, {"source": info, "probes": [p.__dict__ for p in probes],
-                                        "argv": list(argv), "ts_start": info.get("ts_start")})
+        from vtrace.capture import CaptureWriter, header_for
+        writer = CaptureWriter(record, header_for(source, argv))
     first = [source]
 
     def open_source():
