@@ -27,11 +27,9 @@ import sys
 import tempfile
 import time
 
-from benchlib import RESULTS, ROOT, pin_one_core, save  # noqa: E402 - bench/ is sys.path[0]
+from benchlib import RESULTS, ROOT, pin_one_core, run_phase, save, sim_queues  # noqa: E402 - bench/ is sys.path[0]
 
 sys.path.insert(0, ROOT)
-
-QUEUES_PER_VM = 8  # the sim's mixed workload: net rx0/tx0/rx1/tx1, blk req.0, vsock rx/tx/event
 
 
 def series(path: str) -> int:
@@ -44,14 +42,9 @@ def phase(queues: int, scrapes: int) -> dict:
 
     from vtrace.export import SharedAggregator, registry_for, serve
     from vtrace.export.text import renderer
-    from vtrace.pipeline import Pipeline
-    from vtrace.sources.sim import SimConfig, SimSource
-    vms = max(1, round(queues / QUEUES_PER_VM))
     agg = SharedAggregator()
     t = time.perf_counter()
-    # A short, thin run: every queue gets counters and latency buckets.
-    Pipeline(SimSource(SimConfig.parse(f"seed=5,vms={vms},scale=0.01"), duration_ns=200_000_000),
-             aggregator=agg).run()
+    vms = sim_queues(queues, agg)
     fill_s = time.perf_counter() - t
     n_queues = len(agg.read().table)
     srv = serve(agg, ("127.0.0.1", 0))
@@ -108,11 +101,7 @@ def main() -> None:
         pin_one_core()
         print(json.dumps(phase(a.phase, a.scrapes)))
         return
-    rows = []
-    for n in (int(x) for x in a.queues.split(",")):
-        r = subprocess.run([sys.executable, __file__, "--phase", str(n), "--scrapes", str(a.scrapes)],
-                           capture_output=True, text=True, check=True)
-        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    rows = [run_phase(__file__, n, "--scrapes", a.scrapes) for n in (int(x) for x in a.queues.split(","))]
     print(f"{'queues':>7} {'series':>8} {'MB':>6} {'snapshot':>9} {'render':>7} {'HTTP':>7} {'1st':>6} "
           f"{'RSS MB':>7} {'client_python':>14}")
     for r in rows:

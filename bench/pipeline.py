@@ -20,12 +20,11 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 
-from benchlib import RESULTS, ROOT, pin_one_core, save  # noqa: E402 - bench/ is sys.path[0]
+from benchlib import RESULTS, ROOT, pin_one_core, run_phase, save  # noqa: E402 - bench/ is sys.path[0]
 
 sys.path.insert(0, ROOT)
 
@@ -135,15 +134,6 @@ def phase_naive(path: str, limit: int) -> dict:
     return {"events": n, "naive_s": dt, "gzip_bytes": len(gz), "gzip_s": gz_s, "rss_mb": _rss_mb()}
 
 
-def run_phase(name: str, *args) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--phase", name, *map(str, args)],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.stderr.write(out.stderr)
-        raise SystemExit(f"bench phase {name} failed")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=10_000_000)
@@ -164,10 +154,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vtrace-bench-") as d:
         path = os.path.join(d, "bench.vtrace")
         print(f"generating {a.events:,} sim events ({a.workload}: {SIM[a.workload]}) on CPU 0 ...", flush=True)
-        w = run_phase("write", path, a.events, a.workload)
-        r = run_phase("read", path)
-        g = run_phase("aggregate", path)
-        nv = run_phase("naive", path, min(NAIVE_EVENTS, w["events"]))
+        w = run_phase(__file__, "write", path, a.events, a.workload)
+        r = run_phase(__file__, "read", path)
+        g = run_phase(__file__, "aggregate", path)
+        nv = run_phase(__file__, "naive", path, min(NAIVE_EVENTS, w["events"]))
     n = w["events"]
     rows = [
         ("aggregator (vtrace, numpy batches)", g["events"] / g["aggregate_s"], g["rss_mb"], ">= 5M/s"),

@@ -17,26 +17,20 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import time
 
-from benchlib import RESULTS, ROOT, pin_one_core, save  # noqa: E402 - bench/ is sys.path[0]
+from benchlib import RESULTS, ROOT, pin_one_core, run_phase, save, sim_queues  # noqa: E402 - bench/ is sys.path[0]
 
 sys.path.insert(0, ROOT)
-
-QUEUES_PER_VM = 8
 
 
 def phase(queues: int, refreshes: int) -> dict:
     from vtrace.aggregate import Aggregator
-    from vtrace.pipeline import Pipeline
     from vtrace.sources.sim import SimConfig, SimSource
     from vtrace.tui import make_app
-    vms = max(1, round(queues / QUEUES_PER_VM))
     agg = Aggregator()
-    Pipeline(SimSource(SimConfig.parse(f"seed=5,vms={vms},scale=0.01"), duration_ns=200_000_000),
-             aggregator=agg).run()
+    sim_queues(queues, agg)
     snaps, ui = [], []
 
     async def go():
@@ -73,11 +67,7 @@ def main() -> None:
         pin_one_core()
         print(json.dumps(phase(a.phase, a.refreshes)))
         return
-    rows = []
-    for n in (int(x) for x in a.queues.split(",")):
-        r = subprocess.run([sys.executable, __file__, "--phase", str(n), "--refreshes", str(a.refreshes)],
-                           capture_output=True, text=True, check=True)
-        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    rows = [run_phase(__file__, n, "--refreshes", a.refreshes) for n in (int(x) for x in a.queues.split(","))]
     print(f"{'queues':>7} {'rows':>6} {'snapshot':>9} {'ui':>7} {'refresh':>8} {'max':>7}")
     for r in rows:
         print(f"{r['queues']:>7} {r['rows_shown']:>6} {r['snapshot_ms_median']:>9} {r['ui_ms_median']:>7} "
