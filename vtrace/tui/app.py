@@ -203,6 +203,9 @@ class TopApp(App):
             if h is None:
                 h = self.history[o] = deque(maxlen=HISTORY)
             h.append(r)
+        if len(self.history) > 2 * len(t):  # queues evicted or reset since: drop their history
+            live = set(t["obj"])
+            self.history = {o: h for o, h in self.history.items() if o in live}
         self._show_header()
         self._banner()
         tab = self.query_one("#tabs", TabbedContent).active
