@@ -59,13 +59,22 @@ static __always_inline struct vq_info *vq_seen(const void *vq)
 	z.handle_kick = rd_u64(vq + OFF_VQ_HANDLE_KICK);
 	z.features = rd_u64(vq + OFF_VQ_ACKED_FEATURES);
 	z.index = 0xffff;
+	/* The index: where dev->vqs[] points at this vq. One read of the whole
+	 * slot array and constant-index compares that rejoin at once: a loop of
+	 * reads and early exits here made the 6.1 verifier give up ("sequence of
+	 * 8193 jumps is too complex", tests/vmlab). Slots past nvqs are ignored
+	 * (the array is a kmalloc of nvqs; reading on is harmless, a fault reads
+	 * as zeros and the short read below takes over). */
 	const void *vqs = (const void *)rd_u64(dev + OFF_DEV_VQS);
 	u32 nvqs = rd_u32(dev + OFF_DEV_NVQS);
-#pragma unroll
-	for (int i = 0; i < MAX_VQS; i++) {
-		if (i < nvqs && rd_u64(vqs + 8 * i) == key)
-			z.index = i;
-	}
+	u64 slot[MAX_VQS] = {};
+	if (bpf_probe_read_kernel(slot, sizeof(slot), vqs))
+		bpf_probe_read_kernel(slot, 2 * sizeof(slot[0]), vqs);	/* every vhost device has >= 2 */
+	u32 idx = 0xffff;
+#pragma clang loop unroll(full)
+	for (int i = MAX_VQS - 1; i >= 0; i--)
+		idx = (i < nvqs && slot[i] == key) ? i : idx;
+	z.index = idx;
 	z.tgid = bpf_get_current_pid_tgid() >> 32;
 	bpf_get_current_comm(z.comm, sizeof(z.comm));
 	vq_info.insert(&key, &z);
@@ -131,11 +140,20 @@ int used_entry(struct pt_regs *ctx)
 	const u32 *heads = (const u32 *)PT_REGS_PARM2(ctx);	/* struct vring_used_elem {id, len} */
 	u32 count = PT_REGS_PARM3(ctx);
 	struct vq_info *vi = vq_seen(vq);
+	if (!vi) {	/* vq_info is full: these cannot be named */
+		count_lost(count);
+		return 0;
+	}
 	u16 used = rd_u16(vq + OFF_VQ_LAST_USED);
-#pragma unroll
+	/* A fixed trip count, fully unrolled, the bound as a guard: with an early
+	 * `break` clang keeps a real loop whose exit test (i != count) the
+	 * verifier cannot bound ("sequence of 8193 jumps is too complex" on
+	 * 6.1, tests/vmlab). */
+	u32 n = count < MAX_USED ? count : MAX_USED;
+#pragma clang loop unroll(full)
 	for (int i = 0; i < MAX_USED; i++) {
-		if (i >= count)
-			break;
+		if (i >= n)
+			continue;
 		u32 el[2] = {};
 		bpf_probe_read_kernel(el, sizeof(el), heads + 2 * i);
 		struct vtrace_event e = {};
@@ -286,16 +304,20 @@ int vring_ioctl_return(struct pt_regs *ctx)
 #ifdef HAVE_reset_owner
 int reset_owner_entry(struct pt_regs *ctx)
 {
+	/* Every queue of the device: dev->vqs[i] is queue i, so no vq_seen()
+	 * (eight of them inlined here are too much for the verifier). */
 	const void *dev = (const void *)PT_REGS_PARM1(ctx);
-	const void *vqs = (const void *)rd_u64(dev + OFF_DEV_VQS);
+	u64 slot[MAX_VQS] = {};
+	if (bpf_probe_read_kernel(slot, sizeof(slot), (const void *)rd_u64(dev + OFF_DEV_VQS)))
+		bpf_probe_read_kernel(slot, 2 * sizeof(slot[0]), (const void *)rd_u64(dev + OFF_DEV_VQS));
 	u32 nvqs = rd_u32(dev + OFF_DEV_NVQS);
-#pragma unroll
+#pragma clang loop unroll(full)
 	for (int i = 0; i < MAX_VQS; i++) {
 		if (i >= nvqs)
-			break;
-		const void *vq = (const void *)rd_u64(vqs + 8 * i);
+			continue;	/* not break: see used_entry */
 		struct vtrace_event e = {};
-		head(&e, VTRACE_RESET, vq, vq_seen(vq));
+		head(&e, VTRACE_RESET, (const void *)slot[i], 0);
+		e.queue = i;
 		emit(&e);
 	}
 	return 0;

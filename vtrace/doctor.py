@@ -7,7 +7,6 @@ inside the check, never at module import.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import importlib.util
 import os
 import tempfile
@@ -37,11 +36,12 @@ def _cap_eff() -> int:
 
 
 def _config() -> dict[str, str]:
+    from vtrace.kernel import headers
     try:
-        with gzip.open("/proc/config.gz", "rt") as f:
-            return dict(ln.split("=", 1) for ln in f.read().splitlines() if ln.startswith("CONFIG_") and "=" in ln)
-    except OSError:
+        text = headers.kernel_config()
+    except (headers.HeaderError, OSError):
         return {}
+    return dict(ln.split("=", 1) for ln in text.splitlines() if ln.startswith("CONFIG_") and "=" in ln)
 
 
 def privileges() -> Check:
@@ -75,7 +75,8 @@ def kernel_headers() -> Check:
         path = headers.tree()
     except (headers.HeaderError, OSError) as e:
         return Check("headers", False, f"no kernel headers and no minimal tree: {e}",
-                     "apt-get install linux-libc-dev, and make sure /proc/config.gz exists (CONFIG_IKCONFIG_PROC)")
+                     "apt-get install linux-libc-dev, and provide the kernel's config as /proc/config.gz "
+                     "(CONFIG_IKCONFIG_PROC, or modprobe configs) or /boot/config-$(uname -r)")
     return Check("headers", True, f"no kernel headers; minimal tree {path} (BCC_KERNEL_SOURCE)")
 
 

@@ -4,7 +4,7 @@ bcc compiles every program against kernel headers (its kbuild helper looks
 in /lib/modules/$(uname -r)/build, or $BCC_KERNEL_SOURCE). Kernels without
 headers (this project's own machines) still carry what a tracepoint or
 offset-driven probe needs: the UAPI headers in /usr/include, the running
-config in /proc/config.gz, and bcc's own copy of bpf.h. The tree built here
+config (/proc/config.gz, or the distribution's /boot/config-<release>), and bcc's own copy of bpf.h. The tree built here
 is that, plus a few stubs (measured in ../shared/KERNEL-NOTES.md: ~264 KB,
 enough for the kvm, iommu, block, irq and vsock tracepoints). Struct layouts
 never come from it: probes read them from BTF (vtrace.kernel.btf).
@@ -24,6 +24,7 @@ CACHE_DIR = os.environ.get("VTRACE_CACHE", "/var/cache/vtrace")
 UAPI = "/usr/include"
 UAPI_ARCH = "/usr/include/x86_64-linux-gnu/asm"
 CONFIG = "/proc/config.gz"
+BOOT_CONFIG = "/boot/config-{release}"  # Debian, Ubuntu, Fedora: no IKCONFIG_PROC, but this
 TREE_VERSION = 2  # bump when the tree's contents change: cached trees are keyed by it
 
 # Kernel typedefs the tracepoint formats use (include/linux/types.h and
@@ -99,19 +100,27 @@ def autoconf(config_text: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def _config() -> str:
+def kernel_config(release: str | None = None) -> str:
+    """The running kernel's .config text (HeaderError when neither place has it)."""
+    release = release or os.uname().release
     try:
         with gzip.open(CONFIG, "rt") as f:
             return f.read()
     except FileNotFoundError:
-        raise HeaderError(f"{CONFIG} is missing (CONFIG_IKCONFIG_PROC); no kernel headers to build from") \
-            from None
+        pass
+    boot = BOOT_CONFIG.format(release=release)
+    try:
+        with open(boot) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise HeaderError(f"neither {CONFIG} (CONFIG_IKCONFIG_PROC) nor {boot} exists; "
+                          "no kernel config to build headers from") from None
 
 
 def tree(release: str | None = None, cache_dir: str = CACHE_DIR) -> str:
     """The path of a header tree for this kernel (built once, then reused)."""
     release = release or os.uname().release
-    cfg = _config()
+    cfg = kernel_config(release)
     key = hashlib.sha256(f"{TREE_VERSION}\0{release}\0{cfg}".encode()).hexdigest()[:12]
     dest = os.path.join(cache_dir, f"headers-{release}-{key}")
     if os.path.isfile(os.path.join(dest, ".complete")):

@@ -262,7 +262,10 @@ class LiveSource:
 
     def start(self) -> None:
         """Compile and attach every prepared program (needs root and bcc)."""
-        os.environ.update(headers.bcc_env())
+        try:
+            os.environ.update(headers.bcc_env())
+        except (headers.HeaderError, OSError) as e:
+            raise LiveError(f"no kernel headers for bcc: {e}") from None
         from bcc import BPF  # noqa: deferred: only the live source needs bcc
         for prog in self.programs:
             try:
