@@ -6,10 +6,8 @@ inside the check, never at module import.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
-import tempfile
 from dataclasses import dataclass
 
 CAPS = {21: "CAP_SYS_ADMIN", 38: "CAP_PERFMON", 39: "CAP_BPF"}
@@ -110,25 +108,10 @@ def kprobes() -> Check:
     return Check("kprobes", True, "kprobes are available", required=False)
 
 
-@contextlib.contextmanager
-def captured_stderr():
-    """bcc and libbpf write to fd 2 from C; keep that off the user's terminal and return it."""
-    out: list[str] = []
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield out
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            out.append(tmp.read().decode(errors="replace"))
-
-
 def fentry() -> Check:
     """Try to load one fentry program: some kernels refuse them with EPERM even for root."""
     from vtrace.kernel import headers
+    from vtrace.kernel.bccerr import captured_stderr
     try:
         os.environ.update(headers.bcc_env())
         from bcc import BPF

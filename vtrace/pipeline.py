@@ -16,6 +16,17 @@ from vtrace.aggregate import Aggregator, Snapshot
 from vtrace.events import Batch
 
 
+def feed_final(source, writer, feed: Callable[[Batch], None]) -> None:
+    """What a live source still held when its batches() ended (its rings and
+    maps are read once more before the probes go): written and fed, never
+    dropped. Sources without final() have nothing left over."""
+    final = getattr(source, "final", None)
+    for batch in final() if final is not None else ():
+        if writer is not None:
+            writer.write_batch(batch)
+        feed(batch)
+
+
 class Stop(Exception):
     """Raised by the SIGTERM handler: finish cleanly, like Ctrl-C."""
 
@@ -117,6 +128,7 @@ class Pipeline:
                 close = getattr(it, "close", None)
                 if close is not None:
                     close()  # a live source detaches its probes here, on every exit path
+            feed_final(self.source, self.writer, self.agg.feed)
         dmg = getattr(self.source, "damage", None)
         if callable(dmg):
             self.agg.damage = dmg()

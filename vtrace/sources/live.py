@@ -31,6 +31,7 @@ import numpy as np
 from vtrace.events import (COUNT_DTYPE, FLIGHT_DTYPE, LATENCY_DTYPE, RECORD_DTYPE, Batch, Kind, KernelCounts,
                            Layer, ObjectInfo, ProbeStatus)
 from vtrace.kernel import attach, btf, headers
+from vtrace.kernel.bccerr import captured_stderr, reason
 from vtrace.kernel.symbols import Kallsyms, SymbolError
 from vtrace.model.devtypes import DEVICE_IDS
 from vtrace.sources.ringbuf import RingReader
@@ -43,6 +44,18 @@ TAG_MASK = 0xFFFFFF0000000000
 # Struct offsets each program needs: {MACRO: (struct, member path)}, read from
 # vmlinux BTF or, for a program in MODULES, from that module's BTF.
 MODULES = {"vhost": "vhost"}
+# Where a distribution builds the driver as a module, its private structs are
+# only in that module's BTF (Debian 6.1: struct vring_virtqueue in virtio_ring,
+# struct kvm_kernel_irqfd in kvm); read there when it is loaded, else vmlinux.
+OPTIONAL_MODULES = {"virtio": "virtio_ring", "admin": "virtio_pci", "kvm": "kvm"}
+
+
+def btf_module(program: str) -> str | None:
+    """The BTF a program's offsets come from: its module's (which includes vmlinux) or vmlinux."""
+    if program in MODULES:
+        return MODULES[program]
+    opt = OPTIONAL_MODULES.get(program)
+    return opt if opt and os.path.exists(os.path.join(btf.BTF_DIR, opt)) else None
 OFFSETS: dict[str, dict[str, tuple[str, str]]] = {
     "vhost": {
         "OFF_VQ_DEV": ("vhost_virtqueue", "dev"),
@@ -226,7 +239,7 @@ class LiveSource:
                 self.status.append(ProbeStatus(p.layer, p.name, "-", False, why))
                 continue
             try:
-                for macro, off in btf.offsets(POINT_OFFSETS.get(p.name, {}), MODULES.get(name)).items():
+                for macro, off in btf.offsets(POINT_OFFSETS.get(p.name, {}), btf_module(name)).items():
                     cflags.append(f"-D{macro}={off}")
             except btf.BtfError as e:
                 self.status.append(ProbeStatus(p.layer, p.name, f"{s.kind}:{s.target}", False, str(e)))
@@ -235,7 +248,7 @@ class LiveSource:
         if not chosen:
             return None
         try:
-            for macro, off in btf.offsets(OFFSETS.get(name, {}), MODULES.get(name)).items():
+            for macro, off in btf.offsets(OFFSETS.get(name, {}), btf_module(name)).items():
                 cflags.append(f"-D{macro}={off}")
             for p, s in chosen:
                 for sym in s.needs:
@@ -269,37 +282,45 @@ class LiveSource:
         from bcc import BPF  # noqa: deferred: only the live source needs bcc
         for prog in self.programs:
             try:
-                prog.bpf = BPF(text=prog.text.encode(), cflags=prog.cflags)
+                with captured_stderr() as log:
+                    prog.bpf = BPF(text=prog.text.encode(), cflags=prog.cflags)
                 prog.ring = RingReader(prog.bpf[b"events"].map_fd, self.ring_pages * mmap.PAGESIZE)
             except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
-                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                msg = reason(log[0] if log else "", e)
                 for p, s in prog.chosen:
                     self.status.append(ProbeStatus(p.layer, p.name, f"{s.kind}:{s.target}", False, msg))
                 prog.bpf = None
                 continue
             for p, s in prog.chosen:
                 label = f"{s.kind}:{s.target}"
+                log = []
                 try:
+                    with captured_stderr() as log:
+                        self._attach(prog, p, s)
                     if s.kind == "kprobe":
-                        # the symbol itself, or its compiler clone (.isra, .constprop)
-                        sym = self.syms.lookup(s.target)[0].name
-                        label = f"kprobe:{sym}"
-                        for ptype, fn in s.attach:
-                            att = prog.bpf.attach_kprobe if ptype == "kprobe" else prog.bpf.attach_kretprobe
-                            att(event=sym.encode(), fn_name=fn.encode())
-                        for ptype, target, fn in EXTRA_ATTACH.get(p.name, ()):
-                            extra = self.syms.lookup(target)
-                            if extra:
-                                att = prog.bpf.attach_kprobe if ptype == "kprobe" else prog.bpf.attach_kretprobe
-                                att(event=extra[0].name.encode(), fn_name=fn.encode())
+                        label = f"kprobe:{self.syms.lookup(s.target)[0].name}"
                     self.status.append(ProbeStatus(p.layer, p.name, label, True))
                 except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
-                    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-                    self.status.append(ProbeStatus(p.layer, p.name, label, False, msg))
+                    self.status.append(ProbeStatus(p.layer, p.name, label, False, reason(log[0] if log else "", e)))
         if not any(p.bpf for p in self.programs):
             self.close()
             reasons = "; ".join(f"{s.point}: {s.error}" for s in self.status if not s.attached)
             raise LiveError(f"no probe attached ({reasons or 'nothing to attach on this kernel'})")
+
+    def _attach(self, prog: _Program, p: attach.Point, s: attach.Strategy) -> None:
+        """Attach one point. Tracepoint programs bcc attached when it loaded them."""
+        if s.kind != "kprobe":
+            return
+        # the symbol itself, or its compiler clone (.isra, .constprop)
+        sym = self.syms.lookup(s.target)[0].name
+        targets = [(ptype, sym, fn) for ptype, fn in s.attach]
+        for ptype, target, fn in EXTRA_ATTACH.get(p.name, ()):
+            extra = self.syms.lookup(target)
+            if extra:
+                targets.append((ptype, extra[0].name, fn))
+        for ptype, target, fn in targets:
+            att = prog.bpf.attach_kprobe if ptype == "kprobe" else prog.bpf.attach_kretprobe
+            att(event=target.encode(), fn_name=fn.encode())
 
     def probes(self) -> tuple[ProbeStatus, ...]:
         return tuple(self.status)
@@ -487,38 +508,64 @@ class LiveSource:
                 prog.lost_seen = total
         return out
 
+    def _drain(self) -> None:
+        for prog in self.programs:
+            if prog.ring is not None:
+                ev = prog.ring.read()
+                if ev.size:
+                    prog.chunks.append(ev)
+
+    def _collect(self, now: int, first: bool) -> Batch:
+        """Everything drained since the last batch, the kernel counts' deltas and lost records."""
+        self._drain()
+        kc = self._kernel_counts()
+        parts = [c for prog in self.programs for c in prog.chunks] + self._lost(now)
+        ev = np.concatenate(parts) if parts else np.zeros(0, RECORD_DTYPE)
+        if ev.size > 1:
+            ev = ev[np.argsort(ev["ts"], kind="stable")]  # several rings, several CPUs
+        objects = tuple(self._objects(ev if kc is None else np.concatenate((ev, _as_records(kc)))))
+        batch = Batch(events=ev, t_end=max(now, int(ev["ts"][-1]) if ev.size else 0), objects=objects,
+                      probes=self.probes() if first else None, counts=kc)
+        for prog in self.programs:
+            prog.chunks.clear()
+        return batch
+
     def batches(self) -> Iterator[Batch]:
         if not any(p.bpf for p in self.programs):
             self.start()
         t0 = time.monotonic_ns()
         first = True
         next_batch = t0 + self.batch_ns
+        self._pending: Batch | None = None
         try:
             while True:
                 time.sleep(self.drain_s)
-                for prog in self.programs:
-                    if prog.ring is not None:
-                        ev = prog.ring.read()
-                        if ev.size:
-                            prog.chunks.append(ev)
+                self._drain()
                 now = time.monotonic_ns()
                 end = self.duration_ns is not None and now - t0 >= self.duration_ns
                 if now < next_batch and not end:
                     continue
                 next_batch = max(next_batch + self.batch_ns, now)  # no drift: reads stay on the period
-                kc = self._kernel_counts()
-                parts = [c for prog in self.programs for c in prog.chunks] + self._lost(now)
-                for prog in self.programs:
-                    prog.chunks.clear()
-                ev = np.concatenate(parts) if parts else np.zeros(0, RECORD_DTYPE)
-                if ev.size > 1:
-                    ev = ev[np.argsort(ev["ts"], kind="stable")]  # several rings, several CPUs
-                objects = tuple(self._objects(ev if kc is None else np.concatenate((ev, _as_records(kc)))))
-                yield Batch(events=ev, t_end=max(now, int(ev["ts"][-1]) if ev.size else 0), objects=objects,
-                            probes=self.probes() if first else None, counts=kc)
+                self._pending = self._collect(now, first)
+                batch, self._pending = self._pending, None
+                yield batch
                 first = False
                 if end:
                     return
         finally:
-            self.close()
+            # Ctrl-C, SIGTERM or the consumer stopping: what the rings and maps
+            # still hold since the last batch is read before the probes go
+            # (final() hands it over), so a stop loses nothing.
+            try:
+                self._tail = [self._pending] if self._pending is not None else []  # built, never handed over
+                tail = self._collect(time.monotonic_ns(), first and self._pending is None)
+                if tail.events.size or tail.counts is not None:
+                    self._tail.append(tail)
+            finally:
+                self.close()
+
+    def final(self) -> list[Batch]:
+        """What batches() read when it ended, after its last batch (handed over once)."""
+        tail, self._tail = getattr(self, "_tail", []), []
+        return tail
 

@@ -14,6 +14,7 @@ import time
 from typing import Callable
 
 from vtrace.aggregate import Aggregator, Snapshot
+from vtrace.pipeline import feed_final
 
 NS = 1_000_000_000
 
@@ -166,6 +167,11 @@ class Feed:
             close = getattr(it, "close", None)
             if close is not None:
                 close()  # a live source detaches its probes here
+
+            def feed(batch):
+                with self.lock:
+                    self.agg.feed(batch)
+            feed_final(self.source, self.writer, feed)
             dmg = getattr(self.source, "damage", None)
             if callable(dmg):
                 with self.lock:
