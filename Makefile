@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 BCC    := $(VENV)/.bcc
 PYTEST_ARGS ?=
 
-.PHONY: all setup system-deps test test-unit test-system test-live test-vmlab run bench clean help
+.PHONY: all setup system-deps test test-unit test-system test-live test-vmlab vmlab run bench clean help
 
 all: test
 
@@ -50,6 +50,10 @@ test-live: setup
 
 test-vmlab: setup
 	$(PY) -m pytest tests/vmlab $(PYTEST_ARGS)
+
+# The lab: Debian's stock kernel under QEMU with vhost, running vtrace live
+# against a user-space VMM (tests/vmlab; the kernel is cached in /var/tmp/vtrace-lab).
+vmlab: test-vmlab
 
 run: setup
 	$(VENV)/bin/vtrace top

@@ -8,11 +8,13 @@
  *   int  vhost_add_used_n(struct vhost_virtqueue *vq, struct vring_used_elem *heads,
  *            unsigned int count)                                (vhost_add_used calls it)
  *   bool vhost_notify(struct vhost_dev *dev, struct vhost_virtqueue *vq)   static: the
- *            signal decision; where the compiler inlined it the point reports so
+ *            signal decision. GCC may clone it with dev dropped (Debian 6.1:
+ *            vhost_notify.constprop.0(vq)), so the entry tells the layouts apart
  *   bool vhost_enable_notify(dev, vq), void vhost_disable_notify(dev, vq)
- *   void vhost_poll_queue(struct vhost_poll *poll)              kick work; the poll is
- *            embedded in its vq (vq->poll) or in a device (socket polls): told apart
- *            by vq->dev == poll->dev
+ *   int  vhost_poll_wakeup(wait_queue_entry_t *wait, unsigned mode, int sync, void *key)
+ *            an eventfd or socket woke a vhost_poll (poll->wait); it queues the
+ *            work when key & poll->mask. The poll is embedded in its vq (vq->poll)
+ *            or in a device (socket polls): told apart by vq->dev == poll->dev
  *   long vhost_vring_ioctl(struct vhost_dev *d, unsigned int ioctl, void __user *argp)
  *   void vhost_dev_reset_owner(struct vhost_dev *dev, struct vhost_iotlb *umem)
  * Offsets come from the vhost module's BTF (-D OFF_*), the ioctl numbers
@@ -174,7 +176,9 @@ int used_entry(struct pt_regs *ctx)
 int signal_entry(struct pt_regs *ctx)
 {
 	struct call c = {};
-	const void *vq = (const void *)PT_REGS_PARM2(ctx);
+	/* vhost_notify(dev, vq) has vq->dev == dev; the clone's only argument is vq. */
+	const void *p1 = (const void *)PT_REGS_PARM1(ctx), *p2 = (const void *)PT_REGS_PARM2(ctx);
+	const void *vq = rd_u64(p2 + OFF_VQ_DEV) == (u64)p1 ? p2 : p1;
 	c.a1 = (u64)vq;
 	/* vhost_notify replaces signalled_used: keep the old value and validity */
 	c.a2 = rd_u16(vq + OFF_VQ_SIGNALLED_USED);
@@ -243,7 +247,10 @@ int notify_disable_entry(struct pt_regs *ctx)
 #ifdef HAVE_kick
 int kick_entry(struct pt_regs *ctx)
 {
-	const void *poll = (const void *)PT_REGS_PARM1(ctx);
+	const void *poll = (const void *)PT_REGS_PARM1(ctx) - OFF_POLL_WAIT;
+	u32 key = PT_REGS_PARM4(ctx);
+	if (!(key & rd_u32(poll + OFF_POLL_MASK)))
+		return 0;	/* not an event this poll waits for: nothing queued */
 	const void *vq = poll - OFF_VQ_POLL;
 	u64 pdev = rd_u64(poll + OFF_POLL_DEV);
 	if (!pdev || rd_u64(vq + OFF_VQ_DEV) != pdev)
@@ -251,7 +258,8 @@ int kick_entry(struct pt_regs *ctx)
 	struct vq_info *vi = vq_seen(vq);
 	struct vtrace_event e = {};
 	head(&e, VTRACE_KICK, vq, vi);
-	/* Runs in the kicking vCPU thread (ioeventfd): the avail ring is in its mm. */
+	/* Runs in the kicking thread (a vCPU's ioeventfd, or the VMM writing the
+	 * eventfd): the avail ring is in its mm. */
 	const u16 *avail = (const u16 *)rd_u64(vq + OFF_VQ_AVAIL);
 	u16 idx = 0;
 	e.arg = avail && !bpf_probe_read_user(&idx, sizeof(idx), avail + 1) ? idx : UNOBSERVED;

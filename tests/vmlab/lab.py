@@ -208,3 +208,56 @@ def boot(kernel: Kernel, initrd: Path, extra: list[str], *, mem_mb: int = 512, t
     if p.returncode != 0:
         raise LabError(f"qemu failed ({p.returncode}): {p.stderr.strip()[-300:]}")
     return Run(p.stdout, time.monotonic() - t0)
+
+
+# The host-root guest: the lab's stock kernel with this machine's own Debian
+# userland (python3, python3-bpfcc, the project and its venv), shared read-only
+# over 9p under a tmpfs overlay, so the guest runs vtrace exactly as installed
+# here with nothing to build. The kernel's modules and config come from the
+# unpacked package (linked into the overlay), so bcc finds /boot/config-<release>
+# for its header tree. A second, writable 9p share (/out) carries results back.
+HOST_ROOT_MODULES = ["9pnet_virtio", "9p", "virtio_pci", "overlay"]
+HOST_ROOT_INIT = """
+mkdir -p /host /rw /new
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,ro,cache=loose host /host || echo VTRACE-LAB-FAIL 9p root
+mount -t tmpfs -o size=768m tmpfs /rw
+mkdir -p /rw/upper /rw/work
+mount -t overlay overlay -o lowerdir=/host,upperdir=/rw/upper,workdir=/rw/work /new || echo VTRACE-LAB-FAIL overlay
+mount -t proc proc /new/proc; mount -t sysfs sys /new/sys; mount -t devtmpfs dev /new/dev
+mount -t tmpfs tmpfs /new/tmp
+mkdir -p /new/out && mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 out /new/out \
+  || echo VTRACE-LAB-FAIL 9p out
+K=/new$(cat /kroot)
+cp $K/boot/config-$(uname -r) /new/boot/
+mkdir -p /new/lib/modules && ln -sfn $(cat /kroot)/lib/modules/$(uname -r) /new/lib/modules/$(uname -r)
+echo VTRACE-LAB-ROOT up
+exec chroot /new /bin/sh -c "mount -t tracefs nodev /sys/kernel/tracing; mount -t debugfs nodev /sys/kernel/debug; \
+  mount -t bpf bpf /sys/fs/bpf; cd $(cat /cwd); /bin/sh /out/run.sh; echo VTRACE-LAB-EXIT \\$?; \
+  /bin/busybox poweroff -f"
+"""
+
+
+def host_root_initramfs(kernel: Kernel, modules: list[str], cwd: str, dest: Path) -> list[str]:
+    """An initramfs that loads ``modules`` (plus 9p/overlay), builds the host-root
+    guest and runs /out/run.sh from ``cwd``."""
+    mods = HOST_ROOT_MODULES + [m for m in modules if m not in HOST_ROOT_MODULES]
+    loads = "".join(f"insmod /lib/modules/{m}.ko || echo VTRACE-LAB-FAIL insmod {m}\n" for m in kernel.closure(mods))
+    init = INIT_PROLOGUE + f"echo {kernel.root} > /kroot\necho {cwd} > /cwd\n" + loads + HOST_ROOT_INIT
+    return initramfs(kernel, mods, init, dest)
+
+
+def boot_host_root(kernel: Kernel, initrd: Path, out: Path, script: str, extra: list[str] = (), *,
+                   timeout: int = 300) -> Run:
+    """Run ``script`` (sh) in the host-root guest; ``out`` is its /out. `-cpu max`:
+    numpy needs more than qemu64's instruction set."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.sh").write_text(script)
+    run = boot(kernel, initrd, ["-smp", "2", "-cpu", "max",
+                                "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
+                                "-virtfs", f"local,path={out},mount_tag=out,security_model=none", *extra],
+               mem_mb=2048, timeout=timeout, append="ipv6.disable=1")
+    bad = [ln.split("VTRACE-LAB-FAIL", 1)[1].strip() for ln in run.console.splitlines() if "VTRACE-LAB-FAIL" in ln]
+    if bad or run.marker("VTRACE-LAB-ROOT") is None:
+        raise LabError(f"the host-root guest did not come up ({'; '.join(bad) or 'no root'}); "
+                       f"console tail: {' | '.join(run.console.strip().splitlines()[-5:])}")
+    return run

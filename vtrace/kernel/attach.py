@@ -64,6 +64,9 @@ CATALOGUE: tuple[Point, ...] = (
           "descriptor chains the device took: head, descriptor count, last_avail_idx"),
     Point("vhost", "used", "vhost", _kp("vhost_add_used_n", ("kprobe", "used_entry")),
           "used ring entries: head, used.len, used idx"),
+    # vhost_notify is static and GCC clones it (Debian 6.1: vhost_notify.constprop.0(vq),
+    # dev dropped, called straight from vhost_add_used_and_signal_n): the program
+    # tells the two argument layouts apart (probes/vhost.bpf.c signal_entry).
     Point("vhost", "signal", "vhost", _kp("vhost_notify", ("kprobe", "signal_entry"),
                                           ("kretprobe", "signal_return")),
           "the signal decision with the driver's used_event and flags"),
@@ -71,8 +74,9 @@ CATALOGUE: tuple[Point, ...] = (
           "the device re-enables kicks"),
     Point("vhost", "notify_disable", "vhost", _kp("vhost_disable_notify", ("kprobe", "notify_disable_entry")),
           "the device suppresses kicks"),
-    Point("vhost", "kick", "vhost", _kp("vhost_poll_queue", ("kprobe", "kick_entry")),
-          "kicks queued to the vhost worker, with the avail idx"),
+    # The eventfd wakeup itself: vhost_poll_queue is inlined into it on 6.1.
+    Point("vhost", "kick", "vhost", _kp("vhost_poll_wakeup", ("kprobe", "kick_entry")),
+          "kicks (the kick eventfd waking the vq's poll), with the avail idx"),
     Point("vhost", "vring_ioctl", "vhost", _kp("vhost_vring_ioctl", ("kprobe", "vring_ioctl_entry"),
                                                ("kretprobe", "vring_ioctl_return")),
           "GET/SET_VRING_BASE"),

@@ -71,6 +71,8 @@ OFFSETS: dict[str, dict[str, tuple[str, str]]] = {
         "OFF_DEV_VQS": ("vhost_dev", "vqs"),
         "OFF_DEV_NVQS": ("vhost_dev", "nvqs"),
         "OFF_POLL_DEV": ("vhost_poll", "dev"),
+        "OFF_POLL_WAIT": ("vhost_poll", "wait"),
+        "OFF_POLL_MASK": ("vhost_poll", "mask"),
     },
     "virtio": {
         "OFF_IRQACTION_HANDLER": ("irqaction", "handler"),
@@ -113,8 +115,10 @@ POINT_OFFSETS: dict[str, dict[str, tuple[str, str]]] = {
         "OFF_KVM_USERSPACE_PID": ("kvm", "userspace_pid"),
     },
 }
-EXTRA_ATTACH = {  # the second function of a point (same program code block)
-    "noncoherent_dma": (("kprobe", "kvm_arch_unregister_noncoherent_dma", "noncoherent_unregister_entry"),),
+# More functions a point attaches (same program code block): (probe type,
+# function, program function, required: the point cannot work without it).
+EXTRA_ATTACH = {
+    "noncoherent_dma": (("kprobe", "kvm_arch_unregister_noncoherent_dma", "noncoherent_unregister_entry", False),),
 }
 PROGRAMS = tuple(OFFSETS)
 
@@ -314,10 +318,12 @@ class LiveSource:
         # the symbol itself, or its compiler clone (.isra, .constprop)
         sym = self.syms.lookup(s.target)[0].name
         targets = [(ptype, sym, fn) for ptype, fn in s.attach]
-        for ptype, target, fn in EXTRA_ATTACH.get(p.name, ()):
+        for ptype, target, fn, required in EXTRA_ATTACH.get(p.name, ()):
             extra = self.syms.lookup(target)
             if extra:
                 targets.append((ptype, extra[0].name, fn))
+            elif required:
+                raise LiveError(f"{target} is not in /proc/kallsyms (inlined, or the module is not loaded)")
         for ptype, target, fn in targets:
             att = prog.bpf.attach_kprobe if ptype == "kprobe" else prog.bpf.attach_kretprobe
             att(event=target.encode(), fn_name=fn.encode())
@@ -334,7 +340,7 @@ class LiveSource:
                 continue
             for p, s in prog.chosen:
                 if s.kind == "kprobe":
-                    names = [fn for _t, fn in s.attach]
+                    names = [fn for _t, fn in s.attach] + [x[2] for x in EXTRA_ATTACH.get(p.name, ())]
                 elif s.kind == "tracepoint":
                     g, n = s.target.split(":", 1)
                     names = [f"tracepoint__{g}__{n}"]
