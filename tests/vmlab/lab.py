@@ -224,7 +224,7 @@ mount -t tmpfs -o size=768m tmpfs /rw
 mkdir -p /rw/upper /rw/work
 mount -t overlay overlay -o lowerdir=/host,upperdir=/rw/upper,workdir=/rw/work /new || echo VTRACE-LAB-FAIL overlay
 mount -t proc proc /new/proc; mount -t sysfs sys /new/sys; mount -t devtmpfs dev /new/dev
-mount -t tmpfs tmpfs /new/tmp
+# /tmp stays the overlay's: the project may be checked out under it (CI clones)
 mkdir -p /new/out && mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 out /new/out \
   || echo VTRACE-LAB-FAIL 9p out
 K=/new$(cat /kroot)
