@@ -47,6 +47,17 @@ BPF_HASH(vq_info, u64, struct vq_info, 4096);
 BPF_HASH(calls, u64, struct call, 4096);	/* (tid, point) -> entry args for the return probe */
 #include "vtrace_emit.inc"	/* lost, events, emit(): pasted in by the loader */
 
+/* dev->vqs[0..MAX_VQS) in one read; returns dev->nvqs. Slots past nvqs are
+ * the caller's to ignore: the array is a kmalloc of nvqs pointers, reading on
+ * is harmless, and a read that faults is redone for the 2 every device has. */
+static __always_inline u32 read_vqs(const void *dev, u64 *slot)
+{
+	const void *vqs = (const void *)rd_u64(dev + OFF_DEV_VQS);
+	if (bpf_probe_read_kernel(slot, MAX_VQS * sizeof(u64), vqs))
+		bpf_probe_read_kernel(slot, 2 * sizeof(u64), vqs);
+	return rd_u32(dev + OFF_DEV_NVQS);
+}
+
 /* Who a vq is, once: its device, index in dev->vqs, ring size, kick handler. */
 static __always_inline struct vq_info *vq_seen(const void *vq)
 {
@@ -64,14 +75,9 @@ static __always_inline struct vq_info *vq_seen(const void *vq)
 	/* The index: where dev->vqs[] points at this vq. One read of the whole
 	 * slot array and constant-index compares that rejoin at once: a loop of
 	 * reads and early exits here made the 6.1 verifier give up ("sequence of
-	 * 8193 jumps is too complex", tests/vmlab). Slots past nvqs are ignored
-	 * (the array is a kmalloc of nvqs; reading on is harmless, a fault reads
-	 * as zeros and the short read below takes over). */
-	const void *vqs = (const void *)rd_u64(dev + OFF_DEV_VQS);
-	u32 nvqs = rd_u32(dev + OFF_DEV_NVQS);
+	 * 8193 jumps is too complex", tests/vmlab). */
 	u64 slot[MAX_VQS] = {};
-	if (bpf_probe_read_kernel(slot, sizeof(slot), vqs))
-		bpf_probe_read_kernel(slot, 2 * sizeof(slot[0]), vqs);	/* every vhost device has >= 2 */
+	u32 nvqs = read_vqs(dev, slot);
 	u32 idx = 0xffff;
 #pragma clang loop unroll(full)
 	for (int i = MAX_VQS - 1; i >= 0; i--)
@@ -316,9 +322,7 @@ int reset_owner_entry(struct pt_regs *ctx)
 	 * (eight of them inlined here are too much for the verifier). */
 	const void *dev = (const void *)PT_REGS_PARM1(ctx);
 	u64 slot[MAX_VQS] = {};
-	if (bpf_probe_read_kernel(slot, sizeof(slot), (const void *)rd_u64(dev + OFF_DEV_VQS)))
-		bpf_probe_read_kernel(slot, 2 * sizeof(slot[0]), (const void *)rd_u64(dev + OFF_DEV_VQS));
-	u32 nvqs = rd_u32(dev + OFF_DEV_NVQS);
+	u32 nvqs = read_vqs(dev, slot);
 #pragma clang loop unroll(full)
 	for (int i = 0; i < MAX_VQS; i++) {
 		if (i >= nvqs)

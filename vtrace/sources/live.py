@@ -56,6 +56,8 @@ def btf_module(program: str) -> str | None:
         return MODULES[program]
     opt = OPTIONAL_MODULES.get(program)
     return opt if opt and os.path.exists(os.path.join(btf.BTF_DIR, opt)) else None
+
+
 OFFSETS: dict[str, dict[str, tuple[str, str]]] = {
     "vhost": {
         "OFF_VQ_DEV": ("vhost_virtqueue", "dev"),
@@ -115,10 +117,8 @@ POINT_OFFSETS: dict[str, dict[str, tuple[str, str]]] = {
         "OFF_KVM_USERSPACE_PID": ("kvm", "userspace_pid"),
     },
 }
-# More functions a point attaches (same program code block): (probe type,
-# function, program function, required: the point cannot work without it).
-EXTRA_ATTACH = {
-    "noncoherent_dma": (("kprobe", "kvm_arch_unregister_noncoherent_dma", "noncoherent_unregister_entry", False),),
+EXTRA_ATTACH = {  # the second function of a point (same program code block), if the kernel has it
+    "noncoherent_dma": (("kprobe", "kvm_arch_unregister_noncoherent_dma", "noncoherent_unregister_entry"),),
 }
 PROGRAMS = tuple(OFFSETS)
 
@@ -318,12 +318,10 @@ class LiveSource:
         # the symbol itself, or its compiler clone (.isra, .constprop)
         sym = self.syms.lookup(s.target)[0].name
         targets = [(ptype, sym, fn) for ptype, fn in s.attach]
-        for ptype, target, fn, required in EXTRA_ATTACH.get(p.name, ()):
+        for ptype, target, fn in EXTRA_ATTACH.get(p.name, ()):
             extra = self.syms.lookup(target)
             if extra:
                 targets.append((ptype, extra[0].name, fn))
-            elif required:
-                raise LiveError(f"{target} is not in /proc/kallsyms (inlined, or the module is not loaded)")
         for ptype, target, fn in targets:
             att = prog.bpf.attach_kprobe if ptype == "kprobe" else prog.bpf.attach_kretprobe
             att(event=target.encode(), fn_name=fn.encode())
