@@ -5,7 +5,6 @@ live tier loads and attaches them)."""
 from __future__ import annotations
 
 import ctypes
-import gzip
 import os
 import struct
 
@@ -101,13 +100,20 @@ def _libbcc():
     return lib
 
 
+def _need_config() -> str:
+    """The running kernel's config (/proc/config.gz or /boot/config-<release>), else skip."""
+    try:
+        return headers.kernel_config()
+    except headers.HeaderError as e:
+        pytest.skip(str(e))
+
+
 @pytest.mark.parametrize("mode", ["stream", "count"])
 @pytest.mark.parametrize("program", sorted({p.program for p in attach.CATALOGUE}))
 def test_every_probe_program_compiles_against_the_minimal_tree(program, mode, tmp_path, monkeypatch):
     """Compile only (no root, no load): every point's code with every HAVE_ macro on,
     offsets as the loader would pass them (any value compiles)."""
-    if not os.path.exists(headers.CONFIG):
-        pytest.skip("no /proc/config.gz to build the tree from")
+    _need_config()
     lib = _libbcc()
     tree = headers.tree(cache_dir=str(tmp_path))
     monkeypatch.setenv("BCC_KERNEL_SOURCE", tree)
@@ -144,15 +150,12 @@ def test_every_probe_program_compiles_against_the_minimal_tree(program, mode, tm
 
 
 def test_tree_is_cached_and_complete(tmp_path):
-    if not os.path.exists(headers.CONFIG):
-        pytest.skip("no /proc/config.gz")
+    cfg = _need_config()
     a = headers.tree(cache_dir=str(tmp_path))
     assert headers.tree(cache_dir=str(tmp_path)) == a
     for rel in ("include/generated/autoconf.h", "include/linux/kconfig.h", "include/uapi/linux/bpf.h",
                 "arch/x86/include/uapi/asm/ptrace.h", "include/linux/types.h"):
         assert os.path.exists(os.path.join(a, rel)), rel
-    with gzip.open(headers.CONFIG, "rt") as f:
-        cfg = f.read()
     assert ("#define CONFIG_BPF_SYSCALL 1" in open(os.path.join(a, "include/generated/autoconf.h")).read()) == \
         ("CONFIG_BPF_SYSCALL=y" in cfg)
 
@@ -174,3 +177,13 @@ def test_bcc_failure_reason_is_the_verifiers_verdict():
     assert reason("/virtual/main.c:520:49: error: use of undeclared identifier 'NULL'\n", err) == \
         "compile error: use of undeclared identifier 'NULL'"
     assert reason("", err) == "Failed to load BPF program b'used_entry': Bad address"
+
+
+def test_kernel_config_falls_back_to_boot_config(tmp_path, monkeypatch):
+    """Debian has no /proc/config.gz but ships /boot/config-<release> (the vmlab's 6.1 kernel)."""
+    monkeypatch.setattr(headers, "CONFIG", str(tmp_path / "config.gz"))
+    monkeypatch.setattr(headers, "BOOT_CONFIG", str(tmp_path / "config-{release}"))
+    with pytest.raises(headers.HeaderError, match="neither"):
+        headers.kernel_config("6.1.0-56-amd64")
+    (tmp_path / "config-6.1.0-56-amd64").write_text("CONFIG_KPROBES=y\n")
+    assert headers.kernel_config("6.1.0-56-amd64") == "CONFIG_KPROBES=y\n"

@@ -218,6 +218,8 @@ class LiveSource:
         self.programs: list[_Program] = []
         self.known: set[int] = set()
         self.vhost_devs: dict[int, str] = {}
+        self._pending: Batch | None = None  # a batch built and not yet handed over
+        self._tail: list[Batch] = []        # what the last read at the end found (final())
         self.host = socket.gethostname()
         try:
             self.syms = Kallsyms()
@@ -540,7 +542,6 @@ class LiveSource:
         t0 = time.monotonic_ns()
         first = True
         next_batch = t0 + self.batch_ns
-        self._pending: Batch | None = None
         try:
             while True:
                 time.sleep(self.drain_s)
@@ -570,6 +571,6 @@ class LiveSource:
 
     def final(self) -> list[Batch]:
         """What batches() read when it ended, after its last batch (handed over once)."""
-        tail, self._tail = getattr(self, "_tail", []), []
+        tail, self._tail = self._tail, []
         return tail
 
