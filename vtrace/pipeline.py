@@ -35,6 +35,19 @@ def _sigterm(_signo, _frame):
     raise Stop()
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold Ctrl-C/SIGTERM until the block ends (the handler then runs at once)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
 @contextlib.contextmanager
 def stoppable():
     """Ctrl-C and SIGTERM end the block (as KeyboardInterrupt / Stop).
@@ -49,7 +62,7 @@ def stoppable():
         old = signal.signal(signal.SIGTERM, _sigterm)
     except ValueError:  # not the main thread
         pass
-    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     try:
         yield
     finally:
@@ -85,43 +98,46 @@ class Pipeline:
             it = self.source.batches()
             try:
                 for batch in it:
-                    if self.writer is not None:
-                        self.writer.write_batch(batch)
-                    ev = batch.events
-                    if start is None and (ev.size or batch.t_end):
-                        start = int(ev["ts"][0]) if ev.size else batch.t_end
-                        boundary = start + interval_ns if interval_ns else None
-                    objects, probes, meta = batch.objects, batch.probes, batch.meta
-                    # Kernel-side counts cover (previous batch's end, t_end] and
-                    # cannot be cut: they go with the interval holding most of it.
-                    counts, b0 = batch.counts, prev_end if prev_end is not None else batch.t_end
-                    prev_end = batch.t_end
-                    # Cut the batch at every interval boundary it spans, so each
-                    # report covers exactly one interval whatever the batch size.
-                    while boundary is not None and batch.t_end >= boundary:
-                        cut = int(np.searchsorted(ev["ts"], boundary))
-                        here = None
-                        if counts is not None and boundary - b0 >= batch.t_end - boundary:
-                            here, counts = counts, None
-                        self.agg.feed(Batch(events=ev[:cut], t_end=boundary, objects=objects, probes=probes,
-                                            meta=meta, counts=here))
-                        b0 = boundary
-                        objects, probes, meta = (), None, {}
-                        ev = ev[cut:]
-                        snap = self.agg.snapshot()
-                        self.intervals += 1
-                        if on_interval:
-                            on_interval(snap)
-                        boundary += interval_ns
-                        if count and self.intervals >= count:
-                            done = True
+                    # A batch is written and fed as one: Ctrl-C/SIGTERM wait until both
+                    # are done, so the file and the final snapshot hold the same events.
+                    with _signals_deferred():
+                        if self.writer is not None:
+                            self.writer.write_batch(batch)
+                        ev = batch.events
+                        if start is None and (ev.size or batch.t_end):
+                            start = int(ev["ts"][0]) if ev.size else batch.t_end
+                            boundary = start + interval_ns if interval_ns else None
+                        objects, probes, meta = batch.objects, batch.probes, batch.meta
+                        # Kernel-side counts cover (previous batch's end, t_end] and
+                        # cannot be cut: they go with the interval holding most of it.
+                        counts, b0 = batch.counts, prev_end if prev_end is not None else batch.t_end
+                        prev_end = batch.t_end
+                        # Cut the batch at every interval boundary it spans, so each
+                        # report covers exactly one interval whatever the batch size.
+                        while boundary is not None and batch.t_end >= boundary:
+                            cut = int(np.searchsorted(ev["ts"], boundary))
+                            here = None
+                            if counts is not None and boundary - b0 >= batch.t_end - boundary:
+                                here, counts = counts, None
+                            self.agg.feed(Batch(events=ev[:cut], t_end=boundary, objects=objects, probes=probes,
+                                                meta=meta, counts=here))
+                            b0 = boundary
+                            objects, probes, meta = (), None, {}
+                            ev = ev[cut:]
+                            snap = self.agg.snapshot()
+                            self.intervals += 1
+                            if on_interval:
+                                on_interval(snap)
+                            boundary += interval_ns
+                            if count and self.intervals >= count:
+                                done = True
+                                break
+                        if done:
                             break
-                    if done:
-                        break
-                    self.agg.feed(Batch(events=ev, t_end=batch.t_end, objects=objects, probes=probes, meta=meta,
-                                        counts=counts))
-                    if duration_ns and start is not None and batch.t_end - start >= duration_ns:
-                        break
+                        self.agg.feed(Batch(events=ev, t_end=batch.t_end, objects=objects, probes=probes, meta=meta,
+                                            counts=counts))
+                        if duration_ns and start is not None and batch.t_end - start >= duration_ns:
+                            break
             except (KeyboardInterrupt, Stop):
                 self.interrupted = True
             finally:
