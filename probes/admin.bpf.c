@@ -25,16 +25,19 @@ BPF_HASH(inflight, u32, struct submit, 1024);	/* tid -> the command it waits for
 #include "vtrace_emit.inc"	/* lost, events, emit(): pasted in by the loader */
 
 #ifdef HAVE_admin_cmd
-int admin_entry(struct pt_regs *ctx)
+#undef FN_POINT
+#define FN_POINT FENTRY_admin_cmd
+#include "vtrace_fn.h"
+int admin_entry(FN_CTX *ctx)
 {
-	const void *cmd = (const void *)PT_REGS_PARM2(ctx);
+	const void *cmd = (const void *)ARG(2);
 	struct submit s = {};
 	u16 op = 0, grp = 0;
 	bpf_probe_read_kernel(&op, sizeof(op), cmd + OFF_CMD_OPCODE);
 	bpf_probe_read_kernel(&grp, sizeof(grp), cmd + OFF_CMD_GROUP_TYPE);
 	bpf_probe_read_kernel(&s.member, sizeof(s.member), cmd + OFF_CMD_MEMBER_ID);
 	s.ts = bpf_ktime_get_ns();
-	s.vdev = PT_REGS_PARM1(ctx);
+	s.vdev = ARG(1);
 	s.opcode = op;
 	s.group = grp;
 	u32 tid = bpf_get_current_pid_tgid();
@@ -54,7 +57,7 @@ int admin_entry(struct pt_regs *ctx)
 	return 0;
 }
 
-int admin_return(struct pt_regs *ctx)
+int admin_return(FN_CTX *ctx)
 {
 	u32 tid = bpf_get_current_pid_tgid();
 	struct submit *s = inflight.lookup(&tid);
@@ -69,7 +72,7 @@ int admin_return(struct pt_regs *ctx)
 	e.queue = VTRACE_NO_QUEUE;
 	e.id = s->opcode;
 	e.aux = s->group;
-	int ret = PT_REGS_RC(ctx);
+	int ret = RETVAL;
 	e.len = ret <= 0 ? -ret : UNOBSERVED;
 	e.aux2 = UNOBSERVED;	/* status qualifier */
 	e.arg = e.ts - s->ts;

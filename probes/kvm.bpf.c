@@ -113,21 +113,27 @@ TRACEPOINT_PROBE(kvm, kvm_msi_set_irq)
  *            device without snoop control joined (left) the VM (seed 003)
  */
 #ifdef HAVE_ioeventfd
-int ioeventfd_entry(struct pt_regs *ctx)
+#undef FN_POINT
+#define FN_POINT FENTRY_ioeventfd
+#include "vtrace_fn.h"
+int ioeventfd_entry(FN_CTX *ctx)
 {
 	struct vtrace_event e = {};
 	head(&e, VTRACE_KVM_IOEVENTFD);
-	e.arg = PT_REGS_PARM3(ctx);	/* addr */
-	e.len = PT_REGS_PARM4(ctx);	/* len */
+	e.arg = ARG(3);	/* addr */
+	e.len = ARG(4);	/* len */
 	emit(&e);
 	return 0;
 }
 #endif
 
 #ifdef HAVE_irqfd
-int irqfd_entry(struct pt_regs *ctx)
+#undef FN_POINT
+#define FN_POINT FENTRY_irqfd
+#include "vtrace_fn.h"
+int irqfd_entry(FN_CTX *ctx)
 {
-	const void *irqfd = (const void *)(PT_REGS_PARM1(ctx) - OFF_IRQFD_INJECT);
+	const void *irqfd = (const void *)(ARG(1) - OFF_IRQFD_INJECT);
 	const void *kvm = 0;
 	u32 gsi = 0, vm = 0;
 	bpf_probe_read_kernel(&kvm, sizeof(kvm), irqfd + OFF_IRQFD_KVM);
@@ -143,7 +149,10 @@ int irqfd_entry(struct pt_regs *ctx)
 #endif
 
 #ifdef HAVE_noncoherent_dma
-int noncoherent_register_entry(struct pt_regs *ctx)
+#undef FN_POINT
+#define FN_POINT FENTRY_noncoherent_dma
+#include "vtrace_fn.h"
+int noncoherent_register_entry(FN_CTX *ctx)
 {
 	struct vtrace_event e = {};
 	head(&e, VTRACE_NONCOHERENT_DMA_REGISTER);
@@ -151,7 +160,7 @@ int noncoherent_register_entry(struct pt_regs *ctx)
 	return 0;
 }
 
-int noncoherent_unregister_entry(struct pt_regs *ctx)
+int noncoherent_unregister_entry(FN_CTX *ctx)
 {
 	struct vtrace_event e = {};
 	head(&e, VTRACE_NONCOHERENT_DMA_UNREGISTER);

@@ -26,10 +26,13 @@ BPF_HASH(reqs, u32, struct req, 1024);
 #include "vtrace_emit.inc"	/* lost, events, emit(): pasted in by the loader */
 
 #ifdef HAVE_dma
-int dma_entry(struct pt_regs *ctx)
+#undef FN_POINT
+#define FN_POINT FENTRY_dma
+#include "vtrace_fn.h"
+int dma_entry(FN_CTX *ctx)
 {
-	u32 cmd = PT_REGS_PARM2(ctx);
-	const void *arg = (const void *)PT_REGS_PARM3(ctx);
+	u32 cmd = ARG(2);
+	const void *arg = (const void *)ARG(3);
 	struct req r = {};
 	u32 hdr[2] = {};	/* argsz, flags */
 	if (cmd != VFIO_IOMMU_MAP_DMA && cmd != VFIO_IOMMU_UNMAP_DMA)
@@ -47,7 +50,7 @@ int dma_entry(struct pt_regs *ctx)
 	return 0;
 }
 
-int dma_return(struct pt_regs *ctx)
+int dma_return(FN_CTX *ctx)
 {
 	u32 tid = bpf_get_current_pid_tgid();
 	struct req *r = reqs.lookup(&tid);
@@ -55,7 +58,7 @@ int dma_return(struct pt_regs *ctx)
 		return 0;
 	struct req q = *r;
 	reqs.delete(&tid);
-	if (PT_REGS_RC(ctx) != 0)
+	if (RETVAL != 0)
 		return 0;
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct vtrace_event e = {};
@@ -76,17 +79,20 @@ int dma_return(struct pt_regs *ctx)
 #endif
 
 #ifdef HAVE_migration
-int migration_entry(struct pt_regs *ctx)
+#undef FN_POINT
+#define FN_POINT FENTRY_migration
+#include "vtrace_fn.h"
+int migration_entry(FN_CTX *ctx)
 {
 	struct vtrace_event e = {};
 	e.ts = bpf_ktime_get_ns();
-	e.obj = PT_REGS_PARM1(ctx);	/* struct vfio_device * */
+	e.obj = ARG(1);	/* struct vfio_device * */
 	e.pid = bpf_get_current_pid_tgid() >> 32;
 	e.kind = VTRACE_MIGRATION_STATE;
 	e.layer = VTRACE_LAYER_VFIO;
 	e.queue = VTRACE_NO_QUEUE;
-	e.id = PT_REGS_PARM3(ctx);	/* new */
-	e.aux = PT_REGS_PARM2(ctx);	/* cur */
+	e.id = ARG(3);	/* new */
+	e.aux = ARG(2);	/* cur */
 	emit(&e);
 	return 0;
 }

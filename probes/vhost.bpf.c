@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * Host side: the vhost ring data path and lifecycle (drivers/vhost/vhost.c,
- * vhost_net.c, vsock.c, vdpa.c) through kprobes. Function signatures:
+ * vhost_net.c, vsock.c, vdpa.c) through fentry/fexit or kprobes (one source,
+ * probes/vtrace_fn.h). Function signatures:
  *   int  vhost_get_vq_desc(struct vhost_virtqueue *vq, struct iovec iov[],
  *            unsigned int iov_size, unsigned int *out_num, unsigned int *in_num,
  *            struct vhost_log *log, unsigned int *log_num)      -> head, or vq->num when empty
@@ -105,18 +106,21 @@ static __always_inline u64 call_key(u32 point)
 }
 
 #ifdef HAVE_fetch
-int fetch_entry(struct pt_regs *ctx)
+#undef FN_POINT
+#define FN_POINT FENTRY_fetch
+#include "vtrace_fn.h"
+int fetch_entry(FN_CTX *ctx)
 {
 	struct call c = {};
-	c.a0 = PT_REGS_PARM1(ctx);	/* vq */
-	c.a3 = PT_REGS_PARM4(ctx);	/* out_num */
-	c.a4 = PT_REGS_PARM5(ctx);	/* in_num */
+	c.a0 = ARG(1);	/* vq */
+	c.a3 = ARG(4);	/* out_num */
+	c.a4 = ARG(5);	/* in_num */
 	u64 k = call_key(1);
 	calls.update(&k, &c);
 	return 0;
 }
 
-int fetch_return(struct pt_regs *ctx)
+int fetch_return(FN_CTX *ctx)
 {
 	u64 k = call_key(1);
 	struct call *c = calls.lookup(&k);
@@ -125,7 +129,7 @@ int fetch_return(struct pt_regs *ctx)
 	const void *vq = (const void *)c->a0;
 	u32 out = rd_u32((const void *)c->a3), in = rd_u32((const void *)c->a4);
 	calls.delete(&k);
-	int headid = PT_REGS_RC(ctx);
+	int headid = RETVAL;
 	struct vq_info *vi = vq_seen(vq);
 	if (headid < 0 || !vi || headid >= vi->num)
 		return 0;	/* an error, or nothing available (head == vq->num) */
@@ -142,11 +146,14 @@ int fetch_return(struct pt_regs *ctx)
 #endif
 
 #ifdef HAVE_used
-int used_entry(struct pt_regs *ctx)
+#undef FN_POINT
+#define FN_POINT FENTRY_used
+#include "vtrace_fn.h"
+int used_entry(FN_CTX *ctx)
 {
-	const void *vq = (const void *)PT_REGS_PARM1(ctx);
-	const u32 *heads = (const u32 *)PT_REGS_PARM2(ctx);	/* struct vring_used_elem {id, len} */
-	u32 count = PT_REGS_PARM3(ctx);
+	const void *vq = (const void *)ARG(1);
+	const u32 *heads = (const u32 *)ARG(2);	/* struct vring_used_elem {id, len} */
+	u32 count = ARG(3);
 	struct vq_info *vi = vq_seen(vq);
 	if (!vi) {	/* vq_info is full: these cannot be named */
 		count_lost(count);
@@ -179,11 +186,14 @@ int used_entry(struct pt_regs *ctx)
 #endif
 
 #ifdef HAVE_signal
-int signal_entry(struct pt_regs *ctx)
+#undef FN_POINT
+#define FN_POINT FENTRY_signal
+#include "vtrace_fn.h"
+int signal_entry(FN_CTX *ctx)
 {
 	struct call c = {};
 	/* vhost_notify(dev, vq) has vq->dev == dev; the clone's only argument is vq. */
-	const void *p1 = (const void *)PT_REGS_PARM1(ctx), *p2 = (const void *)PT_REGS_PARM2(ctx);
+	const void *p1 = (const void *)ARG(1), *p2 = (const void *)ARG(2);
 	const void *vq = rd_u64(p2 + OFF_VQ_DEV) == (u64)p1 ? p2 : p1;
 	c.a1 = (u64)vq;
 	/* vhost_notify replaces signalled_used: keep the old value and validity */
@@ -194,7 +204,7 @@ int signal_entry(struct pt_regs *ctx)
 	return 0;
 }
 
-int signal_return(struct pt_regs *ctx)
+int signal_return(FN_CTX *ctx)
 {
 	u64 k = call_key(2);
 	struct call *c = calls.lookup(&k);
@@ -205,7 +215,7 @@ int signal_return(struct pt_regs *ctx)
 	calls.delete(&k);
 	struct vq_info *vi = vq_seen(vq);
 	struct vtrace_event e = {};
-	head(&e, PT_REGS_RC(ctx) & 0xff ? VTRACE_SIGNAL : VTRACE_SIGNAL_SUPPRESSED, vq, vi);
+	head(&e, RETVAL & 0xff ? VTRACE_SIGNAL : VTRACE_SIGNAL_SUPPRESSED, vq, vi);
 	/* The driver's avail ring lives in the VMM's memory, which the vhost
 	 * worker has adopted (kthread_use_mm): used_event = avail->ring[num]. */
 	const u16 *avail = (const u16 *)rd_u64(vq + OFF_VQ_AVAIL);
@@ -227,9 +237,12 @@ int signal_return(struct pt_regs *ctx)
 #endif
 
 #ifdef HAVE_notify_enable
-int notify_enable_entry(struct pt_regs *ctx)
+#undef FN_POINT
+#define FN_POINT FENTRY_notify_enable
+#include "vtrace_fn.h"
+int notify_enable_entry(FN_CTX *ctx)
 {
-	const void *vq = (const void *)PT_REGS_PARM2(ctx);
+	const void *vq = (const void *)ARG(2);
 	struct vtrace_event e = {};
 	head(&e, VTRACE_NOTIFY_ENABLE, vq, vq_seen(vq));
 	e.id = 0;	/* device side: kicks re-enabled */
@@ -239,9 +252,12 @@ int notify_enable_entry(struct pt_regs *ctx)
 #endif
 
 #ifdef HAVE_notify_disable
-int notify_disable_entry(struct pt_regs *ctx)
+#undef FN_POINT
+#define FN_POINT FENTRY_notify_disable
+#include "vtrace_fn.h"
+int notify_disable_entry(FN_CTX *ctx)
 {
-	const void *vq = (const void *)PT_REGS_PARM2(ctx);
+	const void *vq = (const void *)ARG(2);
 	struct vtrace_event e = {};
 	head(&e, VTRACE_NOTIFY_DISABLE, vq, vq_seen(vq));
 	e.id = 0;
@@ -251,10 +267,13 @@ int notify_disable_entry(struct pt_regs *ctx)
 #endif
 
 #ifdef HAVE_kick
-int kick_entry(struct pt_regs *ctx)
+#undef FN_POINT
+#define FN_POINT FENTRY_kick
+#include "vtrace_fn.h"
+int kick_entry(FN_CTX *ctx)
 {
-	const void *poll = (const void *)PT_REGS_PARM1(ctx) - OFF_POLL_WAIT;
-	u32 key = PT_REGS_PARM4(ctx);
+	const void *poll = (const void *)ARG(1) - OFF_POLL_WAIT;
+	u32 key = ARG(4);
 	if (!(key & rd_u32(poll + OFF_POLL_MASK)))
 		return 0;	/* not an event this poll waits for: nothing queued */
 	const void *vq = poll - OFF_VQ_POLL;
@@ -275,21 +294,24 @@ int kick_entry(struct pt_regs *ctx)
 #endif
 
 #ifdef HAVE_vring_ioctl
-int vring_ioctl_entry(struct pt_regs *ctx)
+#undef FN_POINT
+#define FN_POINT FENTRY_vring_ioctl
+#include "vtrace_fn.h"
+int vring_ioctl_entry(FN_CTX *ctx)
 {
-	u32 ioctl = PT_REGS_PARM2(ctx);
+	u32 ioctl = ARG(2);
 	if (ioctl != VHOST_SET_VRING_BASE && ioctl != VHOST_GET_VRING_BASE)
 		return 0;
 	struct call c = {};
-	c.a0 = PT_REGS_PARM1(ctx);
+	c.a0 = ARG(1);
 	c.a1 = ioctl;
-	c.a2 = PT_REGS_PARM3(ctx);
+	c.a2 = ARG(3);
 	u64 k = call_key(3);
 	calls.update(&k, &c);
 	return 0;
 }
 
-int vring_ioctl_return(struct pt_regs *ctx)
+int vring_ioctl_return(FN_CTX *ctx)
 {
 	u64 k = call_key(3);
 	struct call *c = calls.lookup(&k);
@@ -297,7 +319,7 @@ int vring_ioctl_return(struct pt_regs *ctx)
 		return 0;
 	struct call a = *c;
 	calls.delete(&k);
-	if (PT_REGS_RC(ctx) != 0)
+	if (RETVAL != 0)
 		return 0;
 	u32 st[2] = {};		/* struct vhost_vring_state {index, num} in the VMM's memory */
 	if (bpf_probe_read_user(st, sizeof(st), (const void *)a.a2))
@@ -316,11 +338,14 @@ int vring_ioctl_return(struct pt_regs *ctx)
 #endif
 
 #ifdef HAVE_reset_owner
-int reset_owner_entry(struct pt_regs *ctx)
+#undef FN_POINT
+#define FN_POINT FENTRY_reset_owner
+#include "vtrace_fn.h"
+int reset_owner_entry(FN_CTX *ctx)
 {
 	/* Every queue of the device: dev->vqs[i] is queue i, so no vq_seen()
 	 * (eight of them inlined here are too much for the verifier). */
-	const void *dev = (const void *)PT_REGS_PARM1(ctx);
+	const void *dev = (const void *)ARG(1);
 	u64 slot[MAX_VQS] = {};
 	u32 nvqs = read_vqs(dev, slot);
 #pragma clang loop unroll(full)

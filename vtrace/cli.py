@@ -424,7 +424,7 @@ def _attach_all():
 def _probe_table(points) -> None:
     click.echo(f"{'LAYER':<13} {'POINT':<18} {'STRATEGY':<38} STATUS")
     for p in points:
-        status = "attached" if p.attached else f"failed: {p.error}"
+        status = ("attached" + (f" ({p.error})" if p.error else "")) if p.attached else f"failed: {p.error}"
         click.echo(f"{p.layer:<13} {p.point:<18} {p.strategy:<38} {status}")
 
 

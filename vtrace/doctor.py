@@ -109,30 +109,15 @@ def kprobes() -> Check:
 
 
 def fentry() -> Check:
-    """Try to load one fentry program: some kernels refuse them with EPERM even for root."""
-    from vtrace.kernel import headers
-    from vtrace.kernel.bccerr import captured_stderr
-    try:
-        os.environ.update(headers.bcc_env())
-        from bcc import BPF
-    except Exception:  # noqa: BLE001
-        return Check("fentry", False, "cannot test without bcc and headers", "see the checks above", False)
-    err: list[str] = []
-    try:
-        with captured_stderr() as err:
-            b = BPF(text=b"KFUNC_PROBE(vfs_read) { return 0; }")
-            b.cleanup()
-    except Exception as e:  # noqa: BLE001 - bcc raises bare Exception with a misleading text
-        log = " ".join(err).strip()
-        if "Failed to compile" in str(e):
-            why = "the fentry test program did not compile: " + (log.splitlines()[-1] if log else str(e))
-        elif "Operation not permitted" in log or "super-user" in f"{log} {e}":
-            why = ("the kernel refuses fentry programs even for root (bpf() EPERM before the verifier; "
-                   "bcc's 'Need super-user privileges' is misleading here)")
-        else:
-            why = "fentry programs do not load: " + (log.splitlines()[-1] if log else "unknown reason")
+    """Load and attach one fentry program (vtrace's own loader, vtrace/kernel/fentry.py):
+    some kernels refuse them with EPERM even for root."""
+    from vtrace.kernel import fentry as fe
+    ok, why = fe.available()
+    if not ok:
+        if "EPERM" in why:
+            why += "; bcc's 'Need super-user privileges' is misleading here"
         return Check("fentry", False, why, "none needed: vtrace falls back to kprobes or tracepoints", False)
-    return Check("fentry", True, "fentry/fexit programs load", required=False)
+    return Check("fentry", True, "fentry/fexit programs load and attach (module functions too)", required=False)
 
 
 def run_all() -> list[Check]:

@@ -108,11 +108,17 @@ def _need_config() -> str:
         pytest.skip(str(e))
 
 
-@pytest.mark.parametrize("mode", ["stream", "count"])
-@pytest.mark.parametrize("program", sorted({p.program for p in attach.CATALOGUE}))
-def test_every_probe_program_compiles_against_the_minimal_tree(program, mode, tmp_path, monkeypatch):
+FUNCTION_PROGRAMS = sorted({p.program for p in attach.CATALOGUE
+                            if any(s.kind == "fentry" for s in p.strategies)})
+
+
+@pytest.mark.parametrize("program,mode,fn", [(p, m, "kprobe") for p in sorted({p.program for p in attach.CATALOGUE})
+                                             for m in ("stream", "count")]
+                         + [(p, m, "fentry") for p in FUNCTION_PROGRAMS for m in ("stream", "count")])
+def test_every_probe_program_compiles_against_the_minimal_tree(program, mode, fn, tmp_path, monkeypatch):
     """Compile only (no root, no load): every point's code with every HAVE_ macro on,
-    offsets as the loader would pass them (any value compiles)."""
+    offsets as the loader would pass them (any value compiles). Function points
+    compile both ways: as kprobes and as fentry/fexit (probes/vtrace_fn.h)."""
     _need_config()
     lib = _libbcc()
     tree = headers.tree(cache_dir=str(tmp_path))
@@ -127,6 +133,8 @@ def test_every_probe_program_compiles_against_the_minimal_tree(program, mode, tm
         for s in p.strategies:
             flags += [f"-D{n.upper()}=0xffffffff81000000ULL" for n in s.needs]
             flags.append(f"-DHAVE_{have_macro(p, s)}")  # every point's code compiled in
+            if fn == "fentry" and s.kind == "fentry":
+                flags.append(f"-DFENTRY_{p.name}=7")  # fexit's return value after 7 arguments
     text = attach.program_text(program).encode()
     arr = (ctypes.c_char_p * len(flags))(*[x.encode() for x in flags])
     from vtrace.kernel.bccerr import captured_stderr
@@ -187,3 +195,75 @@ def test_kernel_config_falls_back_to_boot_config(tmp_path, monkeypatch):
         headers.kernel_config("6.1.0-56-amd64")
     (tmp_path / "config-6.1.0-56-amd64").write_text("CONFIG_KPROBES=y\n")
     assert headers.kernel_config("6.1.0-56-amd64") == "CONFIG_KPROBES=y\n"
+
+
+def _syms(tmp_path, text: str) -> Kallsyms:
+    p = tmp_path / "kallsyms"
+    p.write_text(text)
+    return Kallsyms(str(p))
+
+
+def _tracefs(tmp_path, kprobes: bool):
+    root = tmp_path / "tracing"
+    (root / "events" / "irq" / "irq_handler_entry").mkdir(parents=True)
+    if kprobes:
+        (root / "kprobe_events").write_text("")
+    return str(root)
+
+
+def _fetch():
+    return next(p for p in attach.CATALOGUE if p.name == "fetch")
+
+
+def test_function_points_try_fentry_then_kprobe(tmp_path, monkeypatch):
+    """fentry/fexit first where the kernel loads them and the function has its own
+    name and a BTF prototype; a kprobe (on a clone too) otherwise; each refusal named."""
+    monkeypatch.delenv("VTRACE_STRATEGIES", raising=False)
+    root = _tracefs(tmp_path, kprobes=True)
+    vfs = _syms(tmp_path, "ffffffff81000000 T vfs_read\n")
+    # vfs_read stands in for a vhost function: this kernel's BTF has its prototype
+    p = attach.Point("vhost", "t", "vhost", attach._kp("vfs_read", ("kprobe", "e"), ("kretprobe", "r")), "")
+    s, _ = attach.choose(p, vfs, root, fentry_ok=(True, ""))
+    assert (s.kind, s.attach) == ("fentry", (("fentry", "e"), ("fexit", "r")))
+    s, _ = attach.choose(p, vfs, root, fentry_ok=(False, "refused (EPERM)"))
+    assert (s.kind, s.attach) == ("kprobe", (("kprobe", "e"), ("kretprobe", "r")))
+    s, _ = attach.choose(p, vfs, root, fentry_ok=(True, ""), skip=("fentry",))  # refused at attach
+    assert s.kind == "kprobe"
+    # only a clone in kallsyms: fentry cannot name it, a kprobe can
+    clone = _syms(tmp_path, "ffffffff81000000 t vfs_read.constprop.0\n")
+    s, _ = attach.choose(p, clone, root, fentry_ok=(True, ""))
+    assert s.kind == "kprobe"
+    # nothing available: every reason, once each
+    s, why = attach.choose(p, vfs, _tracefs(tmp_path / "nokp", kprobes=False), fentry_ok=(False, "refused (EPERM)"))
+    assert s is None and why == "fentry: refused (EPERM); kprobes are not available (CONFIG_KPROBES off or " \
+                                 "tracefs missing)"
+    s, why = attach.choose(_fetch(), _syms(tmp_path, "ffffffff81000000 T vfs_read\n"), root, fentry_ok=(True, ""))
+    assert s is None and why == "vhost_get_vq_desc is not in /proc/kallsyms (module not loaded, or inlined)"
+
+
+def test_strategies_can_be_limited(tmp_path, monkeypatch):
+    root = _tracefs(tmp_path, kprobes=True)
+    vfs = _syms(tmp_path, "ffffffff81000000 T vfs_read\n")
+    p = attach.Point("vhost", "t", "vhost", attach._kp("vfs_read", ("kprobe", "e")), "")
+    monkeypatch.setenv("VTRACE_STRATEGIES", "kprobe, tracepoint")
+    assert attach.choose(p, vfs, root, fentry_ok=(True, ""))[0].kind == "kprobe"
+    monkeypatch.setenv("VTRACE_STRATEGIES", "tracepoint")
+    s, why = attach.choose(p, vfs, root, fentry_ok=(True, ""))
+    assert s is None and why == "fentry: left out by VTRACE_STRATEGIES; kprobe: left out by VTRACE_STRATEGIES"
+    monkeypatch.setenv("VTRACE_STRATEGIES", "kprobes")
+    with pytest.raises(ValueError, match="unknown strategy kprobes"):
+        attach.allowed()
+
+
+@pytest.mark.skipif(not os.path.exists("/sys/kernel/btf/vmlinux"), reason="no kernel BTF")
+def test_fentry_target_from_btf(tmp_path):
+    from vtrace.kernel import fentry
+    b = btf.load()
+    tid = b.find(btf.FUNC, "vfs_read")
+    # ssize_t vfs_read(struct file *, char __user *, size_t, loff_t *): fexit's return value is args[4]
+    assert fentry.target("vfs_read", None) == (tid, 0, 4)
+    with pytest.raises(fentry.FentryError, match="not a BTF function of vmlinux"):
+        fentry.target("no_such_function", None)
+    with pytest.raises(fentry.FentryError, match=r"only vfs_read.isra.0"):
+        attach.fentry_target(attach.Strategy("fentry", "vfs_read"),
+                             _syms(tmp_path, "ffffffff81000000 t vfs_read.isra.0\n"))

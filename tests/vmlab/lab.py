@@ -231,7 +231,8 @@ K=/new$(cat /kroot)
 cp $K/boot/config-$(uname -r) /new/boot/
 mkdir -p /new/lib/modules && ln -sfn $(cat /kroot)/lib/modules/$(uname -r) /new/lib/modules/$(uname -r)
 echo VTRACE-LAB-ROOT up
-exec chroot /new /bin/sh -c "mount -t tracefs nodev /sys/kernel/tracing; mount -t debugfs nodev /sys/kernel/debug; \
+exec chroot /new /bin/sh -c "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; \
+  mount -t tracefs nodev /sys/kernel/tracing; mount -t debugfs nodev /sys/kernel/debug; \
   mount -t bpf bpf /sys/fs/bpf; cd $(cat /cwd); /bin/sh /out/run.sh; echo VTRACE-LAB-EXIT \\$?; \
   /bin/busybox poweroff -f"
 """

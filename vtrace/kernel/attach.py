@@ -3,8 +3,9 @@
 A point is attached by the first strategy this kernel allows. Strategies
 are ordered cheapest first (fentry/fexit, kprobe, tracepoint, raw
 tracepoint); a point with none available is reported with the reason,
-never fatal. This build implements the strategies listed here; a point's
-program (probes/*.bpf.c) holds the code for each.
+never fatal. A function point's program code serves fentry/fexit and
+kprobe/kretprobe alike (probes/vtrace_fn.h); VTRACE_STRATEGIES limits the
+kinds (docs/live.md, "Attach strategies").
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ def program_text(name: str) -> str:
 
 @dataclass(frozen=True)
 class Strategy:
-    kind: str    # "kprobe" (function), "tracepoint" (group:name) or "raw_tracepoint" (name)
+    kind: str    # "fentry" or "kprobe" (function), "tracepoint" (group:name), "raw_tracepoint" (name)
     target: str
     needs: tuple[str, ...] = ()  # kallsyms symbols the program compares against
-    # kprobe: the program's functions to attach, as (kprobe|kretprobe, function name)
+    # function probes: the program's functions to attach, as (how, function name),
+    # how = fentry|fexit or kprobe|kretprobe
     attach: tuple[tuple[str, str], ...] = ()
 
 
@@ -53,8 +55,17 @@ class Point:
     what: str
 
 
+FUNCTION_KINDS = ("fentry", "kprobe")
+KINDS = FUNCTION_KINDS + ("tracepoint", "raw_tracepoint")
+# The same program function attaches as either; fentry/fexit first: no int3 or
+# kretprobe trampoline, the arguments already in an array (probes/vtrace_fn.h).
+_AS = {"fentry": {"kprobe": "fentry", "kretprobe": "fexit"}, "kprobe": {"kprobe": "kprobe", "kretprobe": "kretprobe"}}
+
+
 def _kp(fn: str, *attach: tuple[str, str]) -> tuple[Strategy, ...]:
-    return (Strategy("kprobe", fn, (), tuple(attach)),)
+    """A function point: fentry/fexit, else kprobe/kretprobe, on the same program functions."""
+    return tuple(Strategy(kind, fn, (), tuple((_AS[kind][how], f) for how, f in attach))
+                 for kind in FUNCTION_KINDS)
 
 
 CATALOGUE: tuple[Point, ...] = (
@@ -146,16 +157,64 @@ def kprobes_available(root: str | None = None) -> bool:
     return root is not None and os.path.exists(os.path.join(root, "kprobe_events"))
 
 
-def choose(point: Point, symbols=None, root: str | None = None) -> tuple[Strategy | None, str]:
-    """(the strategy to use, or None, and why not)."""
+def allowed() -> tuple[str, ...]:
+    """The strategy kinds vtrace may use: all, or those VTRACE_STRATEGIES lists
+    (comma-separated, e.g. ``kprobe,tracepoint,raw_tracepoint`` to leave fentry out)."""
+    env = os.environ.get("VTRACE_STRATEGIES", "").strip()
+    if not env:
+        return KINDS
+    kinds = tuple(k.strip() for k in env.split(",") if k.strip())
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise ValueError(f"VTRACE_STRATEGIES: unknown strategy {', '.join(bad)} (known: {', '.join(KINDS)})")
+    return kinds
+
+
+def fentry_target(s: Strategy, symbols) -> tuple[int, int, int]:
+    """(BTF id, BTF object fd, argument count) of a fentry strategy's function.
+    fentry needs the function under its own name: the kernel looks the BTF
+    name up in kallsyms, so a function only present as a clone (.constprop,
+    .isra) or inlined away cannot take one."""
+    from vtrace.kernel import fentry
+    syms = symbols.lookup(s.target) if symbols is not None else []
+    exact = [x for x in syms if x.name == s.target]
+    if not exact:
+        clones = ", ".join(x.name for x in syms)
+        raise fentry.FentryError(f"{s.target} is not in /proc/kallsyms under its own name"
+                                 + (f" (only {clones})" if clones else ""))
+    return fentry.target(s.target, exact[0].module or None)
+
+
+def choose(point: Point, symbols=None, root: str | None = None, fentry_ok: tuple[bool, str] | None = None,
+           skip: tuple[str, ...] = ()) -> tuple[Strategy | None, str]:
+    """(the strategy to use, or None, and why not). fentry_ok: (can this kernel
+    load fentry programs, why not), tried on the kernel when not given; skip:
+    kinds already refused for this point."""
+    from vtrace.kernel import btf, fentry
     why = []
+    kinds = allowed()
     for s in point.strategies:
-        if s.kind == "kprobe":
-            if not kprobes_available(root):
-                why.append("kprobes are not available (CONFIG_KPROBES off or tracefs missing)")
+        if s.kind not in kinds:
+            why.append(f"{s.kind}: left out by VTRACE_STRATEGIES")
+            continue
+        if s.kind in skip:
+            continue
+        if s.kind == "fentry":
+            ok, no = fentry_ok if fentry_ok is not None else fentry.available()
+            if not ok:
+                why.append(f"fentry: {no}")
                 continue
-            if symbols is None or not symbols.lookup(s.target):
-                why.append(f"{s.target} is not in /proc/kallsyms (module not loaded, or inlined)")
+        if s.kind == "kprobe" and not kprobes_available(root):
+            why.append("kprobes are not available (CONFIG_KPROBES off or tracefs missing)")
+            continue
+        if s.kind in FUNCTION_KINDS and (symbols is None or not symbols.lookup(s.target)):
+            why.append(f"{s.target} is not in /proc/kallsyms (module not loaded, or inlined)")
+            continue
+        if s.kind == "fentry":
+            try:
+                fentry_target(s, symbols)
+            except (fentry.FentryError, btf.BtfError) as e:
+                why.append(f"fentry: {e}")
                 continue
         if s.kind in ("tracepoint", "raw_tracepoint"):
             if root is None and tracefs() is None:
@@ -169,4 +228,4 @@ def choose(point: Point, symbols=None, root: str | None = None) -> tuple[Strateg
             why.append(f"{', '.join(missing)} not in /proc/kallsyms (driver not built in or not loaded)")
             continue
         return s, ""
-    return None, "; ".join(why) or "no strategy"
+    return None, "; ".join(dict.fromkeys(why)) or "no strategy"

@@ -127,6 +127,16 @@ class Btf:
             return self.size(elem) * nelems
         return 0
 
+    def func_nargs(self, tid: int) -> int:
+        """A FUNC's argument count (its FUNC_PROTO's vlen): where fexit finds the return value."""
+        owner, (kind, _n, _info, proto, _x) = self._type(tid)
+        if kind != FUNC:
+            raise BtfError(f"type {tid} is not a function")
+        owner, (kind, _n, info, _st, _x) = self._type(proto)
+        if kind != FUNC_PROTO:
+            raise BtfError(f"function {tid} has no prototype")
+        return info & 0xFFFF
+
     def members(self, tid: int, base_bits: int = 0, prefix: str = "") -> list[Member]:
         """Every member of a struct/union, anonymous members flattened into their parent."""
         tid = self.resolve(tid)

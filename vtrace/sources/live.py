@@ -30,7 +30,7 @@ import numpy as np
 
 from vtrace.events import (COUNT_DTYPE, FLIGHT_DTYPE, LATENCY_DTYPE, RECORD_DTYPE, Batch, Kind, KernelCounts,
                            Layer, ObjectInfo, ProbeStatus)
-from vtrace.kernel import attach, btf, headers
+from vtrace.kernel import attach, btf, fentry, headers
 from vtrace.kernel.bccerr import captured_stderr, reason
 from vtrace.kernel.symbols import Kallsyms, SymbolError
 from vtrace.model.devtypes import DEVICE_IDS
@@ -125,7 +125,12 @@ PROGRAMS = tuple(OFFSETS)
 
 def have_macro(point, strategy) -> str:
     """The -DHAVE_<x> that compiles a point's code in: the tracepoint's name, or the point's."""
-    return strategy.target.split(":", 1)[-1] if strategy.kind != "kprobe" else point.name
+    return point.name if strategy.kind in attach.FUNCTION_KINDS else strategy.target.split(":", 1)[-1]
+
+
+def _fn_names(p: attach.Point, s: attach.Strategy) -> list[str]:
+    """The program functions a function point attaches (its extra function's included)."""
+    return [fn for _how, fn in s.attach] + [x[2] for x in EXTRA_ATTACH.get(p.name, ())]
 
 
 def _fdinfo(fd: int) -> dict[str, int]:
@@ -190,6 +195,9 @@ class _Program:
     cflags: list[str]
     points: list[attach.Point]
     chosen: list = field(default_factory=list)  # (Point, Strategy) to attach
+    # fentry points: {point: [(how, program function, kernel function, BTF id, BTF object fd)]}
+    fentry: dict = field(default_factory=dict)
+    fds: dict = field(default_factory=dict)     # program function -> (prog fd, link fd), fentry/fexit
     bpf: object = None
     ring: RingReader | None = None
     chunks: list[np.ndarray] = field(default_factory=list)
@@ -220,10 +228,12 @@ class LiveSource:
         self.vhost_devs: dict[int, str] = {}
         self._pending: Batch | None = None  # a batch built and not yet handed over
         self._tail: list[Batch] = []        # what the last read at the end found (final())
+        self.demoted: dict[str, str] = {}    # points fentry was refused for at attach: why
         self.host = socket.gethostname()
         try:
             self.syms = Kallsyms()
-        except SymbolError as e:
+            attach.allowed()
+        except (SymbolError, ValueError) as e:
             raise LiveError(str(e)) from None
         for name in programs:
             prog = self._prepare(name)
@@ -236,11 +246,12 @@ class LiveSource:
     def _prepare(self, name: str) -> _Program | None:
         points = [p for p in attach.CATALOGUE if p.program == name]
         chosen = []
+        fentry_fns: dict[str, list] = {}
         cflags = [f"-I{attach.PROBES_DIR}", f"-DVTRACE_RB_PAGES={self.ring_pages}"]
         if not self.stream:
             cflags.append("-DVTRACE_AGG")
         for p in points:
-            s, why = attach.choose(p, self.syms)
+            s, why = attach.choose(p, self.syms, skip=("fentry",) if p.name in self.demoted else ())
             if s is None:
                 self.status.append(ProbeStatus(p.layer, p.name, "-", False, why))
                 continue
@@ -250,6 +261,14 @@ class LiveSource:
             except btf.BtfError as e:
                 self.status.append(ProbeStatus(p.layer, p.name, f"{s.kind}:{s.target}", False, str(e)))
                 continue
+            if s.kind == "fentry":
+                try:
+                    fentry_fns[p.name] = self._fentry_targets(p, s)
+                except (fentry.FentryError, btf.BtfError) as e:
+                    self.status.append(ProbeStatus(p.layer, p.name, f"{s.kind}:{s.target}", False, str(e)))
+                    continue
+                # the argument count: where fexit finds the return value (probes/vtrace_fn.h)
+                cflags.append(f"-DFENTRY_{p.name}={fentry_fns[p.name][0][4]}")
             chosen.append((p, s))
         if not chosen:
             return None
@@ -264,7 +283,22 @@ class LiveSource:
             for p, s in chosen:
                 self.status.append(ProbeStatus(p.layer, p.name, s.kind, False, str(e)))
             return None
-        return _Program(name, attach.program_text(name), cflags, [p for p, _ in chosen], chosen)
+        return _Program(name, attach.program_text(name), cflags, [p for p, _ in chosen], chosen,
+                        {p: [t[:4] for t in ts] for p, ts in fentry_fns.items()})
+
+    def _fentry_targets(self, p: attach.Point, s: attach.Strategy) -> list[tuple[str, str, str, tuple, int]]:
+        """(how, program function, kernel function, (BTF id, BTF object fd), argument count)
+        for each function a fentry point attaches; choose() has checked they resolve."""
+        tid, obj, nargs = attach.fentry_target(s, self.syms)
+        out = [(how, fn, s.target, (tid, obj), nargs) for how, fn in s.attach]
+        for how, target, fn in EXTRA_ATTACH.get(p.name, ()):
+            if self.syms.lookup(target):
+                try:
+                    tid, obj, n = attach.fentry_target(attach.Strategy("fentry", target), self.syms)
+                except (fentry.FentryError, btf.BtfError):
+                    continue  # the point's main function still attaches
+                out.append(("fentry" if how == "kprobe" else "fexit", fn, target, (tid, obj), n))
+        return out
 
     def ebpf(self) -> str:
         """What would be loaded: each program with its -D macros written out (--ebpf)."""
@@ -285,36 +319,70 @@ class LiveSource:
             os.environ.update(headers.bcc_env())
         except (headers.HeaderError, OSError) as e:
             raise LiveError(f"no kernel headers for bcc: {e}") from None
-        from bcc import BPF  # noqa: deferred: only the live source needs bcc
-        for prog in self.programs:
-            try:
-                with captured_stderr() as log:
-                    prog.bpf = BPF(text=prog.text.encode(), cflags=prog.cflags)
-                prog.ring = RingReader(prog.bpf[b"events"].map_fd, self.ring_pages * mmap.PAGESIZE)
-            except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
-                msg = reason(log[0] if log else "", e)
-                for p, s in prog.chosen:
-                    self.status.append(ProbeStatus(p.layer, p.name, f"{s.kind}:{s.target}", False, msg))
-                prog.bpf = None
-                continue
-            for p, s in prog.chosen:
-                label = f"{s.kind}:{s.target}"
-                log = []
-                try:
-                    with captured_stderr() as log:
-                        self._attach(prog, p, s)
-                    if s.kind == "kprobe":
-                        label = f"kprobe:{self.syms.lookup(s.target)[0].name}"
-                    self.status.append(ProbeStatus(p.layer, p.name, label, True))
-                except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
-                    self.status.append(ProbeStatus(p.layer, p.name, label, False, reason(log[0] if log else "", e)))
+        for i, prog in enumerate(self.programs):
+            refused = self._start(prog)
+            # A function fentry could not take (x86 trampolines before Linux 6.6
+            # take at most 6 arguments: vhost_get_vq_desc has 7, tests/vmlab)
+            # falls to its next strategy: the program is built again without it.
+            if any(len([x for x in p.strategies if x.kind in attach.FUNCTION_KINDS]) > 1 for p in refused):
+                self.demoted.update({p.name: why for p, why in refused.items()})
+                self._close_program(prog)
+                names = {p.name for p in attach.CATALOGUE if p.program == prog.name}
+                self.status = [st for st in self.status if st.point not in names]
+                again = self._prepare(prog.name)
+                if again is not None:
+                    self.programs[i] = again
+                    self._start(again)
         if not any(p.bpf for p in self.programs):
             self.close()
             reasons = "; ".join(f"{s.point}: {s.error}" for s in self.status if not s.attached)
             raise LiveError(f"no probe attached ({reasons or 'nothing to attach on this kernel'})")
 
+    def _start(self, prog: _Program) -> dict:
+        """Compile one program and attach its points; returns {point: why} of
+        the fentry points the kernel refused."""
+        from bcc import BPF  # noqa: deferred: only the live source needs bcc
+        refused = {}
+        try:
+            with captured_stderr() as log:
+                prog.bpf = BPF(text=prog.text.encode(), cflags=prog.cflags)
+            prog.ring = RingReader(prog.bpf[b"events"].map_fd, self.ring_pages * mmap.PAGESIZE)
+        except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
+            msg = reason(log[0] if log else "", e)
+            for p, s in prog.chosen:
+                self.status.append(ProbeStatus(p.layer, p.name, f"{s.kind}:{s.target}", False, msg))
+            prog.bpf = None
+            return refused
+        for p, s in prog.chosen:
+            label = f"{s.kind}:{s.target}"
+            log = []
+            try:
+                with captured_stderr() as log:
+                    self._attach(prog, p, s)
+                if s.kind == "kprobe":
+                    label = f"kprobe:{self.syms.lookup(s.target)[0].name}"
+                note = f"fentry refused: {self.demoted[p.name]}" if p.name in self.demoted else ""
+                self.status.append(ProbeStatus(p.layer, p.name, label, True, note))
+            except fentry.FentryError as e:
+                self._detach_fentry(prog, p)
+                refused[p] = reason(e.log, e)
+                self.status.append(ProbeStatus(p.layer, p.name, label, False, refused[p]))
+            except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
+                self.status.append(ProbeStatus(p.layer, p.name, label, False, reason(log[0] if log else "", e)))
+        return refused
+
     def _attach(self, prog: _Program, p: attach.Point, s: attach.Strategy) -> None:
         """Attach one point. Tracepoint programs bcc attached when it loaded them."""
+        if s.kind == "fentry":
+            # bcc compiled it; vtrace loads it against the function's BTF (vtrace/kernel/fentry.py)
+            for how, fn, _target, (tid, obj) in prog.fentry[p.name]:
+                fd = fentry.load(prog.bpf.dump_func(fn.encode()), how, tid, obj, fn)
+                try:
+                    prog.fds[fn] = (fd, fentry.attach(fd))
+                except fentry.FentryError:
+                    os.close(fd)
+                    raise
+            return
         if s.kind != "kprobe":
             return
         # the symbol itself, or its compiler clone (.isra, .constprop)
@@ -328,6 +396,19 @@ class LiveSource:
             att = prog.bpf.attach_kprobe if ptype == "kprobe" else prog.bpf.attach_kretprobe
             att(event=target.encode(), fn_name=fn.encode())
 
+    def _detach_fentry(self, prog: _Program, p: attach.Point | None = None) -> None:
+        """Close a point's (or every) fentry/fexit link and program: that detaches them."""
+        names = [t[1] for t in prog.fentry.get(p.name, ())] if p is not None else list(prog.fds)
+        for fn in names:
+            for fd in reversed(prog.fds.pop(fn, ())):
+                os.close(fd)
+
+    def _prog_fds(self, prog: _Program) -> dict[str, int]:
+        """Every loaded program function's fd: bcc's, and vtrace's own fentry/fexit ones."""
+        fds = {k.decode(): fn.fd for k, fn in prog.bpf.funcs.items()}
+        fds.update({fn: pfd for fn, (pfd, _link) in prog.fds.items()})
+        return fds
+
     def probes(self) -> tuple[ProbeStatus, ...]:
         return tuple(self.status)
 
@@ -338,9 +419,10 @@ class LiveSource:
         for prog in self.programs:
             if prog.bpf is None:
                 continue
+            fds = self._prog_fds(prog)
             for p, s in prog.chosen:
-                if s.kind == "kprobe":
-                    names = [fn for _t, fn in s.attach] + [x[2] for x in EXTRA_ATTACH.get(p.name, ())]
+                if s.kind in attach.FUNCTION_KINDS:
+                    names = _fn_names(p, s)
                 elif s.kind == "tracepoint":
                     g, n = s.target.split(":", 1)
                     names = [f"tracepoint__{g}__{n}"]
@@ -348,10 +430,9 @@ class LiveSource:
                     names = [f"raw_tracepoint__{s.target}"]
                 cnt = ns = 0
                 for name in names:
-                    fn = prog.bpf.funcs.get(name.encode())
-                    if fn is None:
+                    if name not in fds:
                         continue
-                    info = _fdinfo(fn.fd)
+                    info = _fdinfo(fds[name])
                     cnt += info.get("run_cnt", 0)
                     ns += info.get("run_time_ns", 0)
                 out.append((p.layer, p.name, cnt, ns))
@@ -359,15 +440,19 @@ class LiveSource:
 
     def close(self) -> None:
         for prog in self.programs:
-            if prog.ring is not None:
-                prog.ring.close()
-                prog.ring = None
-            if prog.bpf is not None:
-                try:
-                    prog.bpf.cleanup()
-                except Exception:  # noqa: BLE001 - detaching is best effort at exit
-                    pass
-                prog.bpf = None
+            self._close_program(prog)
+
+    def _close_program(self, prog: _Program) -> None:
+        if prog.ring is not None:
+            prog.ring.close()
+            prog.ring = None
+        self._detach_fentry(prog)
+        if prog.bpf is not None:
+            try:
+                prog.bpf.cleanup()
+            except Exception:  # noqa: BLE001 - detaching is best effort at exit
+                pass
+            prog.bpf = None
 
     # running ------------------------------------------------------------------------
     def _objects(self, ev: np.ndarray) -> list[ObjectInfo]:
@@ -505,7 +590,7 @@ class LiveSource:
             # skipped because the program was already running on that CPU
             # (bpf_prog_inc_misses_counter, shown as recursion_misses in fdinfo).
             total = sum(int(x) for x in prog.bpf[b"lost"].getvalue(0))
-            total += sum(_fdinfo(fn.fd).get("recursion_misses", 0) for fn in prog.bpf.funcs.values())
+            total += sum(_fdinfo(fd).get("recursion_misses", 0) for fd in self._prog_fds(prog).values())
             if total > prog.lost_seen:
                 rec = np.zeros(1, dtype=RECORD_DTYPE)
                 rec["ts"], rec["kind"], rec["layer"] = now, Kind.LOST, Layer.VTRACE
