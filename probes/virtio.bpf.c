@@ -1,21 +1,45 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Guest side: virtio driver interrupts per virtqueue.
+ * Guest side: the virtio driver's rings (drivers/virtio/virtio_ring.c), per
+ * virtqueue.
  *
- * Where function probes are refused (our own machines), the irq_handler_entry
- * raw tracepoint (kernel/irq/handle.c __handle_irq_event_percpu) gives
- * (irq, struct irqaction *). A per-virtqueue MSI-X vector's handler is
- * vring_interrupt (drivers/virtio/virtio_ring.c, registered by
- * vp_request_msix_vectors) with dev_id = the struct virtqueue *. Struct
- * offsets come from BTF as -D macros (vtrace/sources/live.py), never from
- * headers:
+ * Interrupts: where function probes are refused (our own machines), the
+ * irq_handler_entry raw tracepoint (kernel/irq/handle.c
+ * __handle_irq_event_percpu) gives (irq, struct irqaction *). A per-virtqueue
+ * MSI-X vector's handler is vring_interrupt (registered by
+ * vp_request_msix_vectors) with dev_id = the struct virtqueue *.
+ *
+ * The ring itself, where function probes are allowed (fentry/fexit or
+ * kprobes, probes/vtrace_fn.h), at the exported entry points drivers call
+ * (virtqueue_add_split/_packed are `inline`, hence notrace, on Debian 6.1:
+ * neither fentry nor kprobe takes them, tests/vmlab):
+ *   int  virtqueue_add_sgs(vq, sgs[], out_sgs, in_sgs, data, gfp), and
+ *        virtqueue_add_outbuf/_inbuf(vq, sg, num, data, gfp), _inbuf_ctx(+ctx)
+ *            the buffer's id is vq->free_head at entry (split: the head
+ *            descriptor; packed: the buffer id)
+ *   void *virtqueue_get_buf_ctx(vq, unsigned *len, void **ctx), and
+ *        virtqueue_get_buf(vq, len), which inlines it on 6.1
+ *            (split) consumed used->ring[last_used_idx - 1]
+ *   bool virtqueue_kick_prepare(vq)   false: no kick needed
+ *   bool virtqueue_notify(vq)         the kick itself
+ * Success is read from vq->num_free, not the return value (whose place in an
+ * fexit context depends on each function's argument count): an add takes
+ * descriptors, a get gives them back, a failure leaves num_free alone. The
+ * change is the buffer's descriptor count. A call nested in another of the
+ * same point (virtqueue_get_buf -> virtqueue_get_buf_ctx, where not inlined)
+ * is recorded once: the entry state is inserted only if none is pending.
+ *
+ * Struct offsets come from BTF as -D macros (vtrace/sources/live.py), never
+ * from headers:
  *   OFF_IRQACTION_HANDLER, OFF_IRQACTION_DEV_ID        struct irqaction
  *   OFF_VQ_NAME, OFF_VQ_INDEX, OFF_VQ_NUM_FREE,
  *   OFF_VQ_NUM_MAX, OFF_VQ_VDEV                        struct virtqueue
  *   OFF_VDEV_INDEX, OFF_VDEV_ID                        struct virtio_device
- *   OFF_VVQ_PACKED, OFF_VVQ_SPLIT_USED                 struct vring_virtqueue
+ *   OFF_VVQ_PACKED, OFF_VVQ_SPLIT_USED, OFF_VVQ_SPLIT_NUM, OFF_VVQ_FREE_HEAD,
+ *   OFF_VVQ_LAST_USED, OFF_VVQ_AVAIL_SHADOW             struct vring_virtqueue
  * and VRING_INTERRUPT, the handler's address from /proc/kallsyms.
  */
+#include <uapi/linux/ptrace.h>
 #include "vtrace.h"
 
 struct vq_info {
@@ -28,8 +52,44 @@ struct vq_info {
 	char name[16];
 };
 
+struct call {			/* entry state for the return probe */
+	u64 vq;
+	u32 head;
+	u32 num_free;
+};
+
 BPF_HASH(vq_info, u64, struct vq_info, 4096);
+BPF_HASH(calls, u64, struct call, 4096);	/* (tid, point) -> entry state */
 #include "vtrace_emit.inc"	/* lost, events, emit(): pasted in by the loader */
+
+/* Who a virtqueue is, once: its device, index, size, name. */
+static __always_inline struct vq_info *vq_seen(const void *vq)
+{
+	u64 key = (u64)vq;
+	struct vq_info *vi = vq_info.lookup(&key);
+	if (vi)
+		return vi;
+	struct vq_info z = {};
+	const void *vdev = (const void *)rd_u64(vq + OFF_VQ_VDEV);
+	z.index = rd_u32(vq + OFF_VQ_INDEX);
+	z.num_max = rd_u32(vq + OFF_VQ_NUM_MAX);
+	z.vdev_index = rd_u32(vdev + OFF_VDEV_INDEX);
+	z.device_id = rd_u32(vdev + OFF_VDEV_ID);
+	z.packed = rd_u64(vq + OFF_VVQ_PACKED) & 0xff;
+	bpf_probe_read_kernel_str(z.name, sizeof(z.name), (const void *)rd_u64(vq + OFF_VQ_NAME));
+	vq_info.insert(&key, &z);
+	return vq_info.lookup(&key);
+}
+
+static __always_inline void head(struct vtrace_event *e, u8 kind, const void *vq, struct vq_info *vi)
+{
+	e->ts = bpf_ktime_get_ns();
+	e->obj = (u64)vq;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->kind = kind;
+	e->layer = VTRACE_LAYER_VIRTIO_GUEST;
+	e->queue = vi->index;
+}
 
 #ifdef HAVE_irq_handler_entry
 RAW_TRACEPOINT_PROBE(irq_handler_entry)
@@ -47,31 +107,12 @@ RAW_TRACEPOINT_PROBE(irq_handler_entry)
 		return 0;
 	const void *vq = (const void *)rd_u64(action + OFF_IRQACTION_DEV_ID);
 #endif
-	u64 key = (u64)vq;
-	struct vq_info *vi = vq_info.lookup(&key);
-	if (!vi) {
-		/* First interrupt of this queue: who it is, once. */
-		struct vq_info z = {};
-		const void *vdev = (const void *)rd_u64(vq + OFF_VQ_VDEV);
-		z.index = rd_u32(vq + OFF_VQ_INDEX);
-		z.num_max = rd_u32(vq + OFF_VQ_NUM_MAX);
-		z.vdev_index = rd_u32(vdev + OFF_VDEV_INDEX);
-		z.device_id = rd_u32(vdev + OFF_VDEV_ID);
-		z.packed = rd_u64(vq + OFF_VVQ_PACKED) & 0xff;
-		bpf_probe_read_kernel_str(z.name, sizeof(z.name), (const void *)rd_u64(vq + OFF_VQ_NAME));
-		vq_info.insert(&key, &z);
-		vi = vq_info.lookup(&key);
-		if (!vi)
-			return 0;
-	}
+	struct vq_info *vi = vq_seen(vq);
+	if (!vi)
+		return 0;
 	vi->num_free = rd_u32(vq + OFF_VQ_NUM_FREE);
 	struct vtrace_event e = {};
-	e.ts = bpf_ktime_get_ns();
-	e.obj = key;
-	e.pid = bpf_get_current_pid_tgid() >> 32;
-	e.kind = VTRACE_SIGNAL;
-	e.layer = VTRACE_LAYER_VIRTIO_GUEST;
-	e.queue = vi->index;
+	head(&e, VTRACE_SIGNAL, vq, vi);
 	/* The driver sees the interrupt, not the device's decision inputs. */
 	e.id = UNOBSERVED;
 	e.len = UNOBSERVED;
@@ -83,6 +124,156 @@ RAW_TRACEPOINT_PROBE(irq_handler_entry)
 	if (!vi->packed)
 		e.arg = rd_u16((const void *)rd_u64(vq + OFF_VVQ_SPLIT_USED) + 2);
 #endif
+	emit(&e);
+	return 0;
+}
+#endif
+
+static __always_inline u64 call_key(u32 point)
+{
+	return (bpf_get_current_pid_tgid() & 0xffffffffULL) | ((u64)point << 32);
+}
+
+#ifdef HAVE_vq_add
+#undef FN_POINT
+#define FN_POINT FENTRY_vq_add
+#include "vtrace_fn.h"
+int vq_add_entry(FN_CTX *ctx)
+{
+	const void *vq = (const void *)ARG(1);
+	struct call c = {.vq = (u64)vq};
+	c.head = rd_u32(vq + OFF_VVQ_FREE_HEAD);
+	c.num_free = rd_u32(vq + OFF_VQ_NUM_FREE);
+	u64 k = call_key(1);
+	calls.insert(&k, &c);
+	return 0;
+}
+
+int vq_add_return(FN_CTX *ctx)
+{
+	u64 k = call_key(1);
+	struct call *c = calls.lookup(&k);
+	if (!c)
+		return 0;
+	struct call a = *c;
+	calls.delete(&k);
+	const void *vq = (const void *)a.vq;
+	u32 nf = rd_u32(vq + OFF_VQ_NUM_FREE);
+	if (nf >= a.num_free)
+		return 0;	/* -ENOSPC, -EIO: nothing was made available */
+	struct vq_info *vi = vq_seen(vq);
+	if (!vi)
+		return 0;
+	struct vtrace_event e = {};
+	head(&e, VTRACE_AVAIL, vq, vi);
+	e.id = a.head;
+	e.len = UNOBSERVED;	/* byte counts need the scatterlist walk: not read */
+	e.aux = UNOBSERVED;
+	e.aux2 = a.num_free - nf;
+	e.arg = vi->packed ? UNOBSERVED : rd_u16(vq + OFF_VVQ_AVAIL_SHADOW);
+	emit(&e);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_vq_get_buf
+#undef FN_POINT
+#define FN_POINT FENTRY_vq_get_buf
+#include "vtrace_fn.h"
+int vq_get_buf_entry(FN_CTX *ctx)
+{
+	const void *vq = (const void *)ARG(1);
+	struct call c = {.vq = (u64)vq};
+	c.num_free = rd_u32(vq + OFF_VQ_NUM_FREE);
+	u64 k = call_key(2);
+	calls.insert(&k, &c);
+	return 0;
+}
+
+int vq_get_buf_return(FN_CTX *ctx)
+{
+	u64 k = call_key(2);
+	struct call *c = calls.lookup(&k);
+	if (!c)
+		return 0;
+	struct call a = *c;
+	calls.delete(&k);
+	const void *vq = (const void *)a.vq;
+	u32 nf = rd_u32(vq + OFF_VQ_NUM_FREE);
+	if (nf <= a.num_free)
+		return 0;	/* nothing used */
+	struct vq_info *vi = vq_seen(vq);
+	if (!vi)
+		return 0;
+	struct vtrace_event e = {};
+	head(&e, VTRACE_USED, vq, vi);
+	e.aux2 = nf - a.num_free;
+	e.id = UNOBSERVED;
+	e.len = UNOBSERVED;
+	e.arg = UNOBSERVED;
+	if (!vi->packed) {
+		/* the entry just consumed: used->ring[(last_used_idx - 1) % num] */
+		u16 last = rd_u16(vq + OFF_VVQ_LAST_USED);
+		u32 num = rd_u32(vq + OFF_VVQ_SPLIT_NUM);
+		const void *used = (const void *)rd_u64(vq + OFF_VVQ_SPLIT_USED);
+		u32 el[2] = {};
+		if (num && !bpf_probe_read_kernel(el, sizeof(el), used + 4 + 8 * ((u16)(last - 1) & (num - 1)))) {
+			e.id = el[0];
+			e.len = el[1];
+		}
+		e.arg = last;
+	}
+	emit(&e);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_vq_kick
+#undef FN_POINT
+#define FN_POINT FENTRY_vq_kick
+#include "vtrace_fn.h"
+int vq_kick_entry(FN_CTX *ctx)
+{
+	const void *vq = (const void *)ARG(1);
+	struct vq_info *vi = vq_seen(vq);
+	if (!vi)
+		return 0;
+	struct vtrace_event e = {};
+	head(&e, VTRACE_KICK, vq, vi);
+	e.arg = vi->packed ? UNOBSERVED : rd_u16(vq + OFF_VVQ_AVAIL_SHADOW);
+	emit(&e);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_vq_kick_suppressed
+#undef FN_POINT
+#define FN_POINT FENTRY_vq_kick_suppressed
+#include "vtrace_fn.h"
+int kick_prepare_entry(FN_CTX *ctx)
+{
+	struct call c = {.vq = ARG(1)};
+	u64 k = call_key(3);
+	calls.update(&k, &c);
+	return 0;
+}
+
+int kick_prepare_return(FN_CTX *ctx)
+{
+	u64 k = call_key(3);
+	struct call *c = calls.lookup(&k);
+	if (!c)
+		return 0;
+	const void *vq = (const void *)c->vq;
+	calls.delete(&k);
+	if (RETVAL & 0xff)
+		return 0;	/* a kick follows: virtqueue_notify records it */
+	struct vq_info *vi = vq_seen(vq);
+	if (!vi)
+		return 0;
+	struct vtrace_event e = {};
+	head(&e, VTRACE_KICK_SUPPRESSED, vq, vi);
+	e.arg = vi->packed ? UNOBSERVED : rd_u16(vq + OFF_VVQ_AVAIL_SHADOW);
 	emit(&e);
 	return 0;
 }

@@ -97,6 +97,20 @@ CATALOGUE: tuple[Point, ...] = (
     Point("virtio-guest", "vring_interrupt", "virtio",
           (Strategy("raw_tracepoint", "irq_handler_entry", ("vring_interrupt",)),),
           "per-virtqueue interrupts in a guest (action->handler == vring_interrupt)"),
+    # The driver's own ring operations (drivers/virtio/virtio_ring.c), split rings.
+    # The exported entry points (the split/packed workers are notrace `inline`);
+    # the other add and get_buf variants ride along (live.py EXTRA_ATTACH).
+    Point("virtio-guest", "vq_add", "virtio", _kp("virtqueue_add_sgs", ("kprobe", "vq_add_entry"),
+                                                  ("kretprobe", "vq_add_return")),
+          "buffers the driver made available: head, descriptor count, avail idx"),
+    Point("virtio-guest", "vq_get_buf", "virtio", _kp("virtqueue_get_buf_ctx", ("kprobe", "vq_get_buf_entry"),
+                                                      ("kretprobe", "vq_get_buf_return")),
+          "used buffers the driver took back: head, used.len, descriptor count, last used idx"),
+    Point("virtio-guest", "vq_kick", "virtio", _kp("virtqueue_notify", ("kprobe", "vq_kick_entry")),
+          "kicks the driver sent (the notify itself), with the avail idx"),
+    Point("virtio-guest", "vq_kick_suppressed", "virtio",
+          _kp("virtqueue_kick_prepare", ("kprobe", "kick_prepare_entry"), ("kretprobe", "kick_prepare_return")),
+          "kicks the driver skipped: the device asked for none (EVENT_IDX or NO_NOTIFY)"),
     Point("virtio-guest", "block_rq_issue", "block", (Strategy("raw_tracepoint", "block_rq_issue"),),
           "block requests issued, per blk-mq hardware queue (virtio-blk: one per virtqueue)"),
     Point("virtio-guest", "block_rq_complete", "block", (Strategy("raw_tracepoint", "block_rq_complete"),),

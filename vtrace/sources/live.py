@@ -88,6 +88,10 @@ OFFSETS: dict[str, dict[str, tuple[str, str]]] = {
         "OFF_VDEV_ID": ("virtio_device", "id.device"),
         "OFF_VVQ_PACKED": ("vring_virtqueue", "packed_ring"),
         "OFF_VVQ_SPLIT_USED": ("vring_virtqueue", "split.vring.used"),
+        "OFF_VVQ_SPLIT_NUM": ("vring_virtqueue", "split.vring.num"),
+        "OFF_VVQ_FREE_HEAD": ("vring_virtqueue", "free_head"),
+        "OFF_VVQ_LAST_USED": ("vring_virtqueue", "last_used_idx"),
+        "OFF_VVQ_AVAIL_SHADOW": ("vring_virtqueue", "split.avail_idx_shadow"),
     },
     "block": {
         "OFF_RQ_Q": ("request", "q"),
@@ -117,8 +121,13 @@ POINT_OFFSETS: dict[str, dict[str, tuple[str, str]]] = {
         "OFF_KVM_USERSPACE_PID": ("kvm", "userspace_pid"),
     },
 }
-EXTRA_ATTACH = {  # the second function of a point (same program code block), if the kernel has it
+EXTRA_ATTACH = {  # more functions of a point (same program code block), those the kernel has
     "noncoherent_dma": (("kprobe", "kvm_arch_unregister_noncoherent_dma", "noncoherent_unregister_entry"),),
+    # every exported way a driver adds a buffer (virtio-net: outbuf/inbuf[_ctx]) or takes one back
+    "vq_add": tuple((how, f"virtqueue_add_{v}", fn) for v in ("outbuf", "inbuf", "inbuf_ctx", "inbuf_premapped")
+                    for how, fn in (("kprobe", "vq_add_entry"), ("kretprobe", "vq_add_return"))),
+    "vq_get_buf": (("kprobe", "virtqueue_get_buf", "vq_get_buf_entry"),
+                   ("kretprobe", "virtqueue_get_buf", "vq_get_buf_return")),
 }
 PROGRAMS = tuple(OFFSETS)
 
@@ -197,7 +206,7 @@ class _Program:
     chosen: list = field(default_factory=list)  # (Point, Strategy) to attach
     # fentry points: {point: [(how, program function, kernel function, BTF id, BTF object fd)]}
     fentry: dict = field(default_factory=dict)
-    fds: dict = field(default_factory=dict)     # program function -> (prog fd, link fd), fentry/fexit
+    fds: dict = field(default_factory=dict)     # (program function, kernel function) -> (prog fd, link fd)
     bpf: object = None
     ring: RingReader | None = None
     chunks: list[np.ndarray] = field(default_factory=list)
@@ -375,10 +384,10 @@ class LiveSource:
         """Attach one point. Tracepoint programs bcc attached when it loaded them."""
         if s.kind == "fentry":
             # bcc compiled it; vtrace loads it against the function's BTF (vtrace/kernel/fentry.py)
-            for how, fn, _target, (tid, obj) in prog.fentry[p.name]:
+            for how, fn, target, (tid, obj) in prog.fentry[p.name]:
                 fd = fentry.load(prog.bpf.dump_func(fn.encode()), how, tid, obj, fn)
                 try:
-                    prog.fds[fn] = (fd, fentry.attach(fd))
+                    prog.fds[(fn, target)] = (fd, fentry.attach(fd))
                 except fentry.FentryError:
                     os.close(fd)
                     raise
@@ -398,16 +407,16 @@ class LiveSource:
 
     def _detach_fentry(self, prog: _Program, p: attach.Point | None = None) -> None:
         """Close a point's (or every) fentry/fexit link and program: that detaches them."""
-        names = [t[1] for t in prog.fentry.get(p.name, ())] if p is not None else list(prog.fds)
-        for fn in names:
-            for fd in reversed(prog.fds.pop(fn, ())):
+        keys = [(t[1], t[2]) for t in prog.fentry.get(p.name, ())] if p is not None else list(prog.fds)
+        for key in keys:
+            for fd in reversed(prog.fds.pop(key, ())):
                 os.close(fd)
 
-    def _prog_fds(self, prog: _Program) -> dict[str, int]:
-        """Every loaded program function's fd: bcc's, and vtrace's own fentry/fexit ones."""
-        fds = {k.decode(): fn.fd for k, fn in prog.bpf.funcs.items()}
-        fds.update({fn: pfd for fn, (pfd, _link) in prog.fds.items()})
-        return fds
+    def _prog_fds(self, prog: _Program) -> list[tuple[str, int]]:
+        """(program function, fd) of every loaded program: bcc's, and vtrace's own
+        fentry/fexit ones (one per kernel function)."""
+        return [(k.decode(), fn.fd) for k, fn in prog.bpf.funcs.items()] + \
+            [(fn, pfd) for (fn, _target), (pfd, _link) in prog.fds.items()]
 
     def probes(self) -> tuple[ProbeStatus, ...]:
         return tuple(self.status)
@@ -429,10 +438,10 @@ class LiveSource:
                 else:
                     names = [f"raw_tracepoint__{s.target}"]
                 cnt = ns = 0
-                for name in names:
-                    if name not in fds:
+                for name, fd in fds:
+                    if name not in names:
                         continue
-                    info = _fdinfo(fds[name])
+                    info = _fdinfo(fd)
                     cnt += info.get("run_cnt", 0)
                     ns += info.get("run_time_ns", 0)
                 out.append((p.layer, p.name, cnt, ns))
@@ -590,7 +599,7 @@ class LiveSource:
             # skipped because the program was already running on that CPU
             # (bpf_prog_inc_misses_counter, shown as recursion_misses in fdinfo).
             total = sum(int(x) for x in prog.bpf[b"lost"].getvalue(0))
-            total += sum(_fdinfo(fd).get("recursion_misses", 0) for fd in self._prog_fds(prog).values())
+            total += sum(_fdinfo(fd).get("recursion_misses", 0) for _fn, fd in self._prog_fds(prog))
             if total > prog.lost_seen:
                 rec = np.zeros(1, dtype=RECORD_DTYPE)
                 rec["ts"], rec["kind"], rec["layer"] = now, Kind.LOST, Layer.VTRACE
