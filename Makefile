@@ -51,8 +51,9 @@ test-live: setup
 test-vmlab: setup
 	$(PY) -m pytest tests/vmlab $(PYTEST_ARGS)
 
-# The lab: Debian's stock kernel under QEMU with vhost, running vtrace live
-# against a user-space VMM (tests/vmlab; the kernel is cached in /var/tmp/vtrace-lab).
+# The lab: Debian's stock kernel under QEMU, running vtrace live against real
+# vhost-net (a user-space VMM) and the guest's own virtio-blk (tests/vmlab; the
+# kernel is cached in /var/tmp/vtrace-lab).
 vmlab: test-vmlab
 
 run: setup

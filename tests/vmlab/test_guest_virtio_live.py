@@ -29,16 +29,20 @@ pytestmark = pytest.mark.vmlab
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 200
+PHASES = {"fentry": "", "kprobe": "kprobe,tracepoint,raw_tracepoint"}  # as in test_vhost_live
 SCRIPT = f"""
-{sys.executable} -m vtrace.cli probes -j > /out/probes.jsonl 2>/out/probes.err
-cat /proc/interrupts > /out/irq-before.txt
-{sys.executable} -m vtrace.cli capture --source live -f -o /out/guest.vtrace 2>/out/capture.err &
-cap=$!
-i=0; while ! grep -q "Hit Ctrl-C" /out/capture.err && [ $i -lt 900 ]; do sleep 0.1; i=$((i+1)); done
-dd if=/dev/vda of=/dev/null bs=4096 count={N} iflag=direct 2>/out/dd.err; echo VTRACE-DD $?
-cat /proc/interrupts > /out/irq-after.txt
-kill -TERM $cap; wait $cap; echo VTRACE-CAPTURE $?
-"""
+phase() {{
+  export VTRACE_STRATEGIES=$2
+  {sys.executable} -m vtrace.cli probes -j > /out/$1.probes.jsonl 2>/out/$1.probes.err
+  cat /proc/interrupts > /out/$1.irq-before.txt
+  {sys.executable} -m vtrace.cli capture --source live -f -o /out/$1.vtrace 2>/out/$1.capture.err &
+  cap=$!
+  i=0; while ! grep -q "Hit Ctrl-C" /out/$1.capture.err && [ $i -lt 900 ]; do sleep 0.1; i=$((i+1)); done
+  dd if=/dev/vda of=/dev/null bs=4096 count={N} iflag=direct 2>/out/$1.dd.err; echo VTRACE-DD-$1 $?
+  cat /proc/interrupts > /out/$1.irq-after.txt
+  kill -TERM $cap; wait $cap; echo VTRACE-CAPTURE-$1 $?
+}}
+""" + "".join(f"phase {name} '{kinds}'\n" for name, kinds in PHASES.items())
 
 
 def _irqs(text: str) -> dict[str, int]:
@@ -54,7 +58,7 @@ def _irqs(text: str) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def lab_run(tmp_path_factory):
+def lab_out(tmp_path_factory):
     d = tmp_path_factory.mktemp("guest-virtio-lab")
     disk = d / "disk.img"
     disk.write_bytes(np.random.default_rng(7).integers(0, 256, 8 << 20, dtype=np.uint8).tobytes())
@@ -64,26 +68,36 @@ def lab_run(tmp_path_factory):
     run = lab.boot_host_root(k, d / "initrd.gz", out, SCRIPT,
                              ["-drive", f"file={disk},if=none,id=vd0,format=raw",
                               "-device", "virtio-blk-pci,drive=vd0"])
-    err = lambda f: (out / f).read_text().strip()[-800:] if (out / f).exists() else "(missing)"  # noqa: E731
-    assert run.marker("VTRACE-DD") == "0", f"dd failed: {err('dd.err')}; console: {run.console[-800:]}"
-    assert run.marker("VTRACE-CAPTURE") == "0", f"capture failed: {err('capture.err')}"
-    ev, objs = _events(out / "guest.vtrace")
+    return out, run
+
+
+@pytest.fixture(scope="module", params=list(PHASES))
+def lab_run(request, lab_out):
+    out, run = lab_out
+    ph = request.param
+    err = lambda f: (out / f"{ph}.{f}").read_text().strip()[-800:] if (out / f"{ph}.{f}").exists() \
+        else "(missing)"  # noqa: E731
+    assert run.marker(f"VTRACE-DD-{ph}") == "0", f"dd failed: {err('dd.err')}; console: {run.console[-800:]}"
+    assert run.marker(f"VTRACE-CAPTURE-{ph}") == "0", f"capture failed: {err('capture.err')}"
+    ev, objs = _events(out / f"{ph}.vtrace")
     # vda's request queues: the only device the test touches (the root is on 9p)
     vda = {o.obj: o for o in objs.values() if o.layer == Layer.VIRTIO_GUEST and o.dev_type == "blk"}
     blk = {o.obj for o in objs.values() if o.dev_type == "blk-mq" and o.device == "vda"}
-    return {"ev": ev, "vda": vda, "blk": blk, "capture": out / "guest.vtrace",
-            "probes": {p["point"]: p for p in map(json.loads, (out / "probes.jsonl").read_text().splitlines())},
-            "irq": {k: _irqs((out / f"irq-{k}.txt").read_text()) for k in ("before", "after")}}
+    return {"phase": ph, "ev": ev, "vda": vda, "blk": blk, "capture": out / f"{ph}.vtrace",
+            "probes": {p["point"]: p for p in map(json.loads, (out / f"{ph}.probes.jsonl").read_text().splitlines())},
+            "irq": {k: _irqs((out / f"{ph}.irq-{k}.txt").read_text()) for k in ("before", "after")}}
 
 
 def test_guest_ring_points_attach(lab_run):
     pts = lab_run["probes"]
     for name in ("vring_interrupt", "vq_add", "vq_get_buf", "vq_kick", "vq_kick_suppressed"):
         assert pts[name]["attached"], (name, pts[name])
-    # fentry/fexit, with vtrace's own loader, on the driver's module (virtio_ring)
+    # fentry/fexit, with vtrace's own loader, on the driver's module (virtio_ring);
+    # or kprobes, when told to leave fentry out
+    how = lab_run["phase"]
     assert {n: pts[n]["strategy"] for n in ("vq_add", "vq_get_buf", "vq_kick", "vq_kick_suppressed")} == {
-        "vq_add": "fentry:virtqueue_add_sgs", "vq_get_buf": "fentry:virtqueue_get_buf_ctx",
-        "vq_kick": "fentry:virtqueue_notify", "vq_kick_suppressed": "fentry:virtqueue_kick_prepare"}
+        "vq_add": f"{how}:virtqueue_add_sgs", "vq_get_buf": f"{how}:virtqueue_get_buf_ctx",
+        "vq_kick": f"{how}:virtqueue_notify", "vq_kick_suppressed": f"{how}:virtqueue_kick_prepare"}
 
 
 def test_every_request_is_one_buffer_made_available_and_used(lab_run):
