@@ -121,7 +121,10 @@ POINT_OFFSETS: dict[str, dict[str, tuple[str, str]]] = {
         "OFF_KVM_USERSPACE_PID": ("kvm", "userspace_pid"),
     },
 }
-EXTRA_ATTACH = {  # more functions of a point (same program code block), those the kernel has
+# More functions of a point (same program code block), those the kernel has. As
+# fexit, they share the main function's FENTRY_<point> argument count, so a
+# point with extras of another arity must not read RETVAL (probes/vtrace_fn.h).
+EXTRA_ATTACH = {
     "noncoherent_dma": (("kprobe", "kvm_arch_unregister_noncoherent_dma", "noncoherent_unregister_entry"),),
     # every exported way a driver adds a buffer (virtio-net: outbuf/inbuf[_ctx]) or takes one back
     "vq_add": tuple((how, f"virtqueue_add_{v}", fn) for v in ("outbuf", "inbuf", "inbuf_ctx", "inbuf_premapped")
@@ -262,6 +265,8 @@ class LiveSource:
         for p in points:
             s, why = attach.choose(p, self.syms, skip=("fentry",) if p.name in self.demoted else ())
             if s is None:
+                if p.name in self.demoted:
+                    why = f"fentry refused: {self.demoted[p.name]}; {why}"
                 self.status.append(ProbeStatus(p.layer, p.name, "-", False, why))
                 continue
             try:
