@@ -15,13 +15,8 @@
 
 static __always_inline void head(struct vtrace_event *e, u8 kind, u64 iova)
 {
-	u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	e->ts = bpf_ktime_get_ns();
-	e->pid = tgid;
-	e->obj = IOMMU_OBJ(tgid);
-	e->kind = kind;
-	e->layer = VTRACE_LAYER_IOMMU;
-	e->queue = VTRACE_NO_QUEUE;
+	event_head(e, kind, VTRACE_LAYER_IOMMU, 0, VTRACE_NO_QUEUE);
+	e->obj = IOMMU_OBJ(e->pid);
 	e->id = (u32)iova;
 	e->aux2 = iova >> 32;
 }

@@ -19,13 +19,8 @@
 
 static __always_inline void head(struct vtrace_event *e, u8 kind)
 {
-	u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	e->ts = bpf_ktime_get_ns();
-	e->pid = tgid;
-	e->obj = KVM_OBJ(tgid);
-	e->kind = kind;
-	e->layer = VTRACE_LAYER_KVM;
-	e->queue = VTRACE_NO_QUEUE;
+	event_head(e, kind, VTRACE_LAYER_KVM, 0, VTRACE_NO_QUEUE);
+	e->obj = KVM_OBJ(e->pid);
 }
 
 #ifdef HAVE_kvm_exit

@@ -48,6 +48,18 @@ BPF_HASH(vq_info, u64, struct vq_info, 4096);
 BPF_HASH(calls, u64, struct call, 4096);	/* (tid, point) -> entry args for the return probe */
 #include "vtrace_emit.inc"	/* lost, events, emit(): pasted in by the loader */
 
+/* The entry's saved state for this thread and point, removed: 0 if there was one. */
+static __always_inline int take_call(u32 point, struct call *out)
+{
+	u64 k = call_key(point);
+	struct call *c = calls.lookup(&k);
+	if (!c)
+		return -1;
+	*out = *c;
+	calls.delete(&k);
+	return 0;
+}
+
 /* dev->vqs[0..MAX_VQS) in one read; returns dev->nvqs. Slots past nvqs are
  * the caller's to ignore: the array is a kmalloc of nvqs pointers, reading on
  * is harmless, and a read that faults is redone for the 2 every device has. */
@@ -92,17 +104,7 @@ static __always_inline struct vq_info *vq_seen(const void *vq)
 
 static __always_inline void head(struct vtrace_event *e, u8 kind, const void *vq, struct vq_info *vi)
 {
-	e->ts = bpf_ktime_get_ns();
-	e->obj = (u64)vq;
-	e->pid = bpf_get_current_pid_tgid() >> 32;
-	e->kind = kind;
-	e->layer = VTRACE_LAYER_VHOST;
-	e->queue = vi ? vi->index : VTRACE_NO_QUEUE;
-}
-
-static __always_inline u64 call_key(u32 point)
-{
-	return (bpf_get_current_pid_tgid() & 0xffffffffULL) | ((u64)point << 32);
+	event_head(e, kind, VTRACE_LAYER_VHOST, (u64)vq, vi ? vi->index : VTRACE_NO_QUEUE);
 }
 
 #ifdef HAVE_fetch
@@ -122,13 +124,11 @@ int fetch_entry(FN_CTX *ctx)
 
 int fetch_return(FN_CTX *ctx)
 {
-	u64 k = call_key(1);
-	struct call *c = calls.lookup(&k);
-	if (!c)
+	struct call a;
+	if (take_call(1, &a))
 		return 0;
-	const void *vq = (const void *)c->a0;
-	u32 out = rd_u32((const void *)c->a3), in = rd_u32((const void *)c->a4);
-	calls.delete(&k);
+	const void *vq = (const void *)a.a0;
+	u32 out = rd_u32((const void *)a.a3), in = rd_u32((const void *)a.a4);
 	int headid = RETVAL;
 	struct vq_info *vi = vq_seen(vq);
 	if (headid < 0 || !vi || headid >= vi->num)
@@ -206,13 +206,11 @@ int signal_entry(FN_CTX *ctx)
 
 int signal_return(FN_CTX *ctx)
 {
-	u64 k = call_key(2);
-	struct call *c = calls.lookup(&k);
-	if (!c)
+	struct call a;
+	if (take_call(2, &a))
 		return 0;
-	const void *vq = (const void *)c->a1;
-	u32 old = c->a2, valid = c->a3;
-	calls.delete(&k);
+	const void *vq = (const void *)a.a1;
+	u32 old = a.a2, valid = a.a3;
 	struct vq_info *vi = vq_seen(vq);
 	struct vtrace_event e = {};
 	head(&e, RETVAL & 0xff ? VTRACE_SIGNAL : VTRACE_SIGNAL_SUPPRESSED, vq, vi);
@@ -313,12 +311,9 @@ int vring_ioctl_entry(FN_CTX *ctx)
 
 int vring_ioctl_return(FN_CTX *ctx)
 {
-	u64 k = call_key(3);
-	struct call *c = calls.lookup(&k);
-	if (!c)
+	struct call a;
+	if (take_call(3, &a))
 		return 0;
-	struct call a = *c;
-	calls.delete(&k);
 	if (RETVAL != 0)
 		return 0;
 	u32 st[2] = {};		/* struct vhost_vring_state {index, num} in the VMM's memory */

@@ -62,6 +62,18 @@ BPF_HASH(vq_info, u64, struct vq_info, 4096);
 BPF_HASH(calls, u64, struct call, 4096);	/* (tid, point) -> entry state */
 #include "vtrace_emit.inc"	/* lost, events, emit(): pasted in by the loader */
 
+/* The entry's saved state for this thread and point, removed: 0 if there was one. */
+static __always_inline int take_call(u32 point, struct call *out)
+{
+	u64 k = call_key(point);
+	struct call *c = calls.lookup(&k);
+	if (!c)
+		return -1;
+	*out = *c;
+	calls.delete(&k);
+	return 0;
+}
+
 /* Who a virtqueue is, once: its device, index, size, name. */
 static __always_inline struct vq_info *vq_seen(const void *vq)
 {
@@ -83,12 +95,7 @@ static __always_inline struct vq_info *vq_seen(const void *vq)
 
 static __always_inline void head(struct vtrace_event *e, u8 kind, const void *vq, struct vq_info *vi)
 {
-	e->ts = bpf_ktime_get_ns();
-	e->obj = (u64)vq;
-	e->pid = bpf_get_current_pid_tgid() >> 32;
-	e->kind = kind;
-	e->layer = VTRACE_LAYER_VIRTIO_GUEST;
-	e->queue = vi->index;
+	event_head(e, kind, VTRACE_LAYER_VIRTIO_GUEST, (u64)vq, vi->index);
 }
 
 #ifdef HAVE_irq_handler_entry
@@ -129,11 +136,6 @@ RAW_TRACEPOINT_PROBE(irq_handler_entry)
 }
 #endif
 
-static __always_inline u64 call_key(u32 point)
-{
-	return (bpf_get_current_pid_tgid() & 0xffffffffULL) | ((u64)point << 32);
-}
-
 #ifdef HAVE_vq_add
 #undef FN_POINT
 #define FN_POINT FENTRY_vq_add
@@ -151,12 +153,9 @@ int vq_add_entry(FN_CTX *ctx)
 
 int vq_add_return(FN_CTX *ctx)
 {
-	u64 k = call_key(1);
-	struct call *c = calls.lookup(&k);
-	if (!c)
+	struct call a;
+	if (take_call(1, &a))
 		return 0;
-	struct call a = *c;
-	calls.delete(&k);
 	const void *vq = (const void *)a.vq;
 	u32 nf = rd_u32(vq + OFF_VQ_NUM_FREE);
 	if (nf >= a.num_free)
@@ -192,12 +191,9 @@ int vq_get_buf_entry(FN_CTX *ctx)
 
 int vq_get_buf_return(FN_CTX *ctx)
 {
-	u64 k = call_key(2);
-	struct call *c = calls.lookup(&k);
-	if (!c)
+	struct call a;
+	if (take_call(2, &a))
 		return 0;
-	struct call a = *c;
-	calls.delete(&k);
 	const void *vq = (const void *)a.vq;
 	u32 nf = rd_u32(vq + OFF_VQ_NUM_FREE);
 	if (nf <= a.num_free)
@@ -260,12 +256,10 @@ int kick_prepare_entry(FN_CTX *ctx)
 
 int kick_prepare_return(FN_CTX *ctx)
 {
-	u64 k = call_key(3);
-	struct call *c = calls.lookup(&k);
-	if (!c)
+	struct call a;
+	if (take_call(3, &a))
 		return 0;
-	const void *vq = (const void *)c->vq;
-	calls.delete(&k);
+	const void *vq = (const void *)a.vq;
 	if (RETVAL & 0xff)
 		return 0;	/* a kick follows: virtqueue_notify records it */
 	struct vq_info *vi = vq_seen(vq);

@@ -105,6 +105,23 @@ static __always_inline u16 rd_u16(const void *p)
 	return v;
 }
 
+/* The fields every record starts with; the caller fills in the rest. */
+static __always_inline void event_head(struct vtrace_event *e, u8 kind, u8 layer, u64 obj, u16 queue)
+{
+	e->ts = bpf_ktime_get_ns();
+	e->obj = obj;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->kind = kind;
+	e->layer = layer;
+	e->queue = queue;
+}
+
+/* Key of an entry probe's saved state for its return probe: (thread, point). */
+static __always_inline u64 call_key(u32 point)
+{
+	return (bpf_get_current_pid_tgid() & 0xffffffffULL) | ((u64)point << 32);
+}
+
 /*
  * Each program declares its own `events` ring buffer, `lost` counter and
  * emit(): bcc rewrites map calls only in the program's file, not in headers

@@ -262,3 +262,39 @@ def boot_host_root(kernel: Kernel, initrd: Path, out: Path, script: str, extra: 
         raise LabError(f"the host-root guest did not come up ({'; '.join(bad) or 'no root'}); "
                        f"console tail: {' | '.join(run.console.strip().splitlines()[-5:])}")
     return run
+
+
+# Both ways a function point attaches, each proven on the same traffic in one
+# boot: the default (fentry/fexit first) and kprobes only (VTRACE_STRATEGIES).
+STRATEGY_PHASES = {"fentry": "", "kprobe": "kprobe,tracepoint,raw_tracepoint"}
+
+
+def capture_phases(python: str, workload: str, *, before: str = "", during: str = "", after: str = "") -> str:
+    """sh for boot_host_root: per STRATEGY_PHASES entry ($1 its name), `vtrace probes -j`
+    to /out/$1.probes.jsonl, ``before``, a live capture to /out/$1.vtrace around
+    ``workload`` (stderr /out/$1.work.err, marker VTRACE-WORK-$1), ``during``, the
+    capture's SIGTERM (marker VTRACE-CAPTURE-$1), ``after``."""
+    return f"""
+phase() {{
+  export VTRACE_STRATEGIES=$2
+  {python} -m vtrace.cli probes -j > /out/$1.probes.jsonl 2>/out/$1.probes.err
+  {before}
+  {python} -m vtrace.cli capture --source live -f -o /out/$1.vtrace 2>/out/$1.capture.err &
+  cap=$!
+  i=0; while ! grep -q "Hit Ctrl-C" /out/$1.capture.err && [ $i -lt 900 ]; do sleep 0.1; i=$((i+1)); done
+  {workload} 2>/out/$1.work.err; echo VTRACE-WORK-$1 $?
+  {during}
+  kill -TERM $cap; wait $cap; echo VTRACE-CAPTURE-$1 $?
+  {after}
+}}
+""" + "".join(f"phase {name} '{kinds}'\n" for name, kinds in STRATEGY_PHASES.items())
+
+
+def check_phase(run: Run, out: Path, phase: str, work: str) -> None:
+    """The phase's workload (named ``work`` in the message) and capture both exited 0."""
+    def tail(f: str) -> str:
+        p = out / f"{phase}.{f}"
+        return p.read_text().strip()[-800:] if p.exists() else "(missing)"
+    assert run.marker(f"VTRACE-WORK-{phase}") == "0", \
+        f"{work} failed: {tail('work.err')}; console: {run.console[-800:]}"
+    assert run.marker(f"VTRACE-CAPTURE-{phase}") == "0", f"capture failed: {tail('capture.err')}"

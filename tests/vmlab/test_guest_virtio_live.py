@@ -29,20 +29,9 @@ pytestmark = pytest.mark.vmlab
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 200
-PHASES = {"fentry": "", "kprobe": "kprobe,tracepoint,raw_tracepoint"}  # as in test_vhost_live
-SCRIPT = f"""
-phase() {{
-  export VTRACE_STRATEGIES=$2
-  {sys.executable} -m vtrace.cli probes -j > /out/$1.probes.jsonl 2>/out/$1.probes.err
-  cat /proc/interrupts > /out/$1.irq-before.txt
-  {sys.executable} -m vtrace.cli capture --source live -f -o /out/$1.vtrace 2>/out/$1.capture.err &
-  cap=$!
-  i=0; while ! grep -q "Hit Ctrl-C" /out/$1.capture.err && [ $i -lt 900 ]; do sleep 0.1; i=$((i+1)); done
-  dd if=/dev/vda of=/dev/null bs=4096 count={N} iflag=direct 2>/out/$1.dd.err; echo VTRACE-DD-$1 $?
-  cat /proc/interrupts > /out/$1.irq-after.txt
-  kill -TERM $cap; wait $cap; echo VTRACE-CAPTURE-$1 $?
-}}
-""" + "".join(f"phase {name} '{kinds}'\n" for name, kinds in PHASES.items())
+SCRIPT = lab.capture_phases(sys.executable, f"dd if=/dev/vda of=/dev/null bs=4096 count={N} iflag=direct",
+                            before="cat /proc/interrupts > /out/$1.irq-before.txt",
+                            during="cat /proc/interrupts > /out/$1.irq-after.txt")
 
 
 def _irqs(text: str) -> dict[str, int]:
@@ -71,14 +60,11 @@ def lab_out(tmp_path_factory):
     return out, run
 
 
-@pytest.fixture(scope="module", params=list(PHASES))
+@pytest.fixture(scope="module", params=list(lab.STRATEGY_PHASES))
 def lab_run(request, lab_out):
     out, run = lab_out
     ph = request.param
-    err = lambda f: (out / f"{ph}.{f}").read_text().strip()[-800:] if (out / f"{ph}.{f}").exists() \
-        else "(missing)"  # noqa: E731
-    assert run.marker(f"VTRACE-DD-{ph}") == "0", f"dd failed: {err('dd.err')}; console: {run.console[-800:]}"
-    assert run.marker(f"VTRACE-CAPTURE-{ph}") == "0", f"capture failed: {err('capture.err')}"
+    lab.check_phase(run, out, ph, "dd")
     ev, objs = _events(out / f"{ph}.vtrace")
     # vda's request queues: the only device the test touches (the root is on 9p)
     vda = {o.obj: o for o in objs.values() if o.layer == Layer.VIRTIO_GUEST and o.dev_type == "blk"}

@@ -31,25 +31,11 @@ pytestmark = pytest.mark.vmlab
 
 ROOT = Path(__file__).resolve().parents[2]
 TX, RX, RESTART, BATCH = 64, 32, 8, 8
-# Both ways a function point attaches, each proven on the same traffic: the
-# default (fentry/fexit first) and kprobes only (VTRACE_STRATEGIES).
-PHASES = {"fentry": "", "kprobe": "kprobe,tracepoint,raw_tracepoint"}
-SCRIPT = f"""
-{sys.executable} -m vtrace.cli doctor > /out/doctor.txt 2>&1
-phase() {{
-  export VTRACE_STRATEGIES=$2
-  {sys.executable} -m vtrace.cli probes -j > /out/$1.probes.jsonl 2>/out/$1.probes.err
-  bpftool -j prog list > /out/$1.progs-before.json 2>>/out/$1.bpftool.err
-  {sys.executable} -m vtrace.cli capture --source live -f -o /out/$1.vtrace 2>/out/$1.capture.err &
-  cap=$!
-  i=0; while ! grep -q "Hit Ctrl-C" /out/$1.capture.err && [ $i -lt 900 ]; do sleep 0.1; i=$((i+1)); done
-  {sys.executable} tests/vmlab/vmm.py /out/$1.vmm.json --tx {TX} --rx {RX} --restart {RESTART} --batch {BATCH} \
-    2>/out/$1.vmm.err; echo VTRACE-VMM-$1 $?
-  bpftool -j prog list > /out/$1.progs-during.json 2>>/out/$1.bpftool.err
-  kill -TERM $cap; wait $cap; echo VTRACE-CAPTURE-$1 $?
-  bpftool -j prog list > /out/$1.progs-after.json 2>>/out/$1.bpftool.err
-}}
-""" + "".join(f"phase {name} '{kinds}'\n" for name, kinds in PHASES.items())
+BPFTOOL = "bpftool -j prog list > /out/$1.progs-{}.json 2>>/out/$1.bpftool.err"
+SCRIPT = f"{sys.executable} -m vtrace.cli doctor > /out/doctor.txt 2>&1\n" + lab.capture_phases(
+    sys.executable, f"{sys.executable} tests/vmlab/vmm.py /out/$1.vmm.json --tx {TX} --rx {RX} "
+    f"--restart {RESTART} --batch {BATCH}",
+    before=BPFTOOL.format("before"), during=BPFTOOL.format("during"), after=BPFTOOL.format("after"))
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +48,11 @@ def lab_out(tmp_path_factory):
     return out, run
 
 
-@pytest.fixture(scope="module", params=list(PHASES))
+@pytest.fixture(scope="module", params=list(lab.STRATEGY_PHASES))
 def lab_run(request, lab_out):
     out, run = lab_out
     ph = request.param
-    err = lambda f: (out / f"{ph}.{f}").read_text().strip()[-800:] if (out / f"{ph}.{f}").exists() \
-        else "(missing)"  # noqa: E731
-    assert run.marker(f"VTRACE-VMM-{ph}") == "0", f"the VMM failed: {err('vmm.err')}; console: {run.console[-800:]}"
-    assert run.marker(f"VTRACE-CAPTURE-{ph}") == "0", f"capture failed: {err('capture.err')}"
+    lab.check_phase(run, out, ph, "the VMM")
     return {"phase": ph, "vmm": json.loads((out / f"{ph}.vmm.json").read_text()), "capture": out / f"{ph}.vtrace",
             "probes": [json.loads(ln) for ln in (out / f"{ph}.probes.jsonl").read_text().splitlines()],
             "doctor": (out / "doctor.txt").read_text(), "seconds": run.seconds,

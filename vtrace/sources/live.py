@@ -207,7 +207,7 @@ class _Program:
     cflags: list[str]
     points: list[attach.Point]
     chosen: list = field(default_factory=list)  # (Point, Strategy) to attach
-    # fentry points: {point: [(how, program function, kernel function, BTF id, BTF object fd)]}
+    # fentry points: {point: [(how, program function, kernel function, (BTF id, BTF object fd))]}
     fentry: dict = field(default_factory=dict)
     fds: dict = field(default_factory=dict)     # (program function, kernel function) -> (prog fd, link fd)
     bpf: object = None
@@ -277,12 +277,12 @@ class LiveSource:
                 continue
             if s.kind == "fentry":
                 try:
-                    fentry_fns[p.name] = self._fentry_targets(p, s)
+                    fentry_fns[p.name], nargs = self._fentry_targets(p, s)
                 except (fentry.FentryError, btf.BtfError) as e:
                     self.status.append(ProbeStatus(p.layer, p.name, f"{s.kind}:{s.target}", False, str(e)))
                     continue
                 # the argument count: where fexit finds the return value (probes/vtrace_fn.h)
-                cflags.append(f"-DFENTRY_{p.name}={fentry_fns[p.name][0][4]}")
+                cflags.append(f"-DFENTRY_{p.name}={nargs}")
             chosen.append((p, s))
         if not chosen:
             return None
@@ -297,22 +297,21 @@ class LiveSource:
             for p, s in chosen:
                 self.status.append(ProbeStatus(p.layer, p.name, s.kind, False, str(e)))
             return None
-        return _Program(name, attach.program_text(name), cflags, [p for p, _ in chosen], chosen,
-                        {p: [t[:4] for t in ts] for p, ts in fentry_fns.items()})
+        return _Program(name, attach.program_text(name), cflags, [p for p, _ in chosen], chosen, fentry_fns)
 
-    def _fentry_targets(self, p: attach.Point, s: attach.Strategy) -> list[tuple[str, str, str, tuple, int]]:
-        """(how, program function, kernel function, (BTF id, BTF object fd), argument count)
-        for each function a fentry point attaches; choose() has checked they resolve."""
+    def _fentry_targets(self, p: attach.Point, s: attach.Strategy) -> tuple[list[tuple[str, str, str, tuple]], int]:
+        """[(how, program function, kernel function, (BTF id, BTF object fd))] for each
+        function a fentry point attaches, and the main function's argument count."""
         tid, obj, nargs = attach.fentry_target(s, self.syms)
-        out = [(how, fn, s.target, (tid, obj), nargs) for how, fn in s.attach]
+        out = [(how, fn, s.target, (tid, obj)) for how, fn in s.attach]
         for how, target, fn in EXTRA_ATTACH.get(p.name, ()):
             if self.syms.lookup(target):
                 try:
-                    tid, obj, n = attach.fentry_target(attach.Strategy("fentry", target), self.syms)
+                    tid, obj, _n = attach.fentry_target(attach.Strategy("fentry", target), self.syms)
                 except (fentry.FentryError, btf.BtfError):
                     continue  # the point's main function still attaches
-                out.append(("fentry" if how == "kprobe" else "fexit", fn, target, (tid, obj), n))
-        return out
+                out.append(("fentry" if how == "kprobe" else "fexit", fn, target, (tid, obj)))
+        return out, nargs
 
     def ebpf(self) -> str:
         """What would be loaded: each program with its -D macros written out (--ebpf)."""
@@ -338,7 +337,7 @@ class LiveSource:
             # A function fentry could not take (x86 trampolines before Linux 6.6
             # take at most 6 arguments: vhost_get_vq_desc has 7, tests/vmlab)
             # falls to its next strategy: the program is built again without it.
-            if any(len([x for x in p.strategies if x.kind in attach.FUNCTION_KINDS]) > 1 for p in refused):
+            if refused:
                 self.demoted.update({p.name: why for p, why in refused.items()})
                 self._close_program(prog)
                 names = {p.name for p in attach.CATALOGUE if p.program == prog.name}
