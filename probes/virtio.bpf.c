@@ -62,17 +62,7 @@ BPF_HASH(vq_info, u64, struct vq_info, 4096);
 BPF_HASH(calls, u64, struct call, 4096);	/* (tid, point) -> entry state */
 #include "vtrace_emit.inc"	/* lost, events, emit(): pasted in by the loader */
 
-/* The entry's saved state for this thread and point, removed: 0 if there was one. */
-static __always_inline int take_call(u32 point, struct call *out)
-{
-	u64 k = call_key(point);
-	struct call *c = calls.lookup(&k);
-	if (!c)
-		return -1;
-	*out = *c;
-	calls.delete(&k);
-	return 0;
-}
+#include "vtrace_calls.inc"	/* take_call(): pasted in by the loader */
 
 /* Who a virtqueue is, once: its device, index, size, name. */
 static __always_inline struct vq_info *vq_seen(const void *vq)

@@ -18,7 +18,7 @@ PROBES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.pat
                           "probes")
 # Pasted into each program's text in place of its #include line: bcc rewrites
 # map calls only in the program's own text (probes/vtrace_emit.inc says why).
-SHARED_INCLUDES = ("vtrace_emit.inc",)
+SHARED_INCLUDES = ("vtrace_emit.inc", "vtrace_calls.inc")
 
 
 def program_text(name: str) -> str:
