@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import signal
 import socket
 import time
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ KVM_TAG = 0x4B564D0000000000    # "KVM" + tgid (probes/kvm.bpf.c)
 IOMMU_TAG = 0x494F4D0000000000  # "IOM" + tgid (probes/iommu.bpf.c)
 VFIO_TAG = 0x5646490000000000   # "VFI" + tgid (probes/vfio.bpf.c)
 TAG_MASK = 0xFFFFFF0000000000
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 # Struct offsets each program needs: {MACRO: (struct, member path)}, read from
 # vmlinux BTF or, for a program in MODULES, from that module's BTF.
@@ -649,9 +651,17 @@ class LiveSource:
                 if now < next_batch and not end:
                     continue
                 next_batch = max(next_batch + self.batch_ns, now)  # no drift: reads stay on the period
-                self._pending = self._collect(now, first)
-                batch, self._pending = self._pending, None
-                yield batch
+                # Ctrl-C/SIGTERM are held from the read until the consumer has the
+                # batch: a stop landing in between lost a whole batch (the lab's
+                # guest test, where the stop came while the first one was built).
+                # The pipeline releases them once the batch is written and fed.
+                signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+                try:
+                    self._pending = self._collect(now, first)
+                    batch, self._pending = self._pending, None
+                    yield batch
+                finally:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
                 first = False
                 if end:
                     return
