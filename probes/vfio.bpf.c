@@ -7,6 +7,16 @@
  *   int vfio_mig_get_next_state(struct vfio_device *device, enum vfio_device_mig_state cur,
  *       enum vfio_device_mig_state new, enum vfio_device_mig_state *next)
  *       drivers/vfio/vfio_main.c: every migration state transition a driver steps through
+ * What a VMM does with an assigned device, through the three kinds of VFIO fd
+ * (Documentation/driver-api/vfio.rst), each file_operations handler:
+ *   long vfio_fops_unl_ioctl(struct file *, unsigned int cmd, unsigned long arg)        container
+ *   long vfio_group_fops_unl_ioctl(struct file *, unsigned int cmd, unsigned long arg)  group
+ *   long vfio_device_fops_unl_ioctl(struct file *, unsigned int cmd, unsigned long arg) device
+ *   ssize_t vfio_device_fops_read/write(struct file *, char __user *, size_t, loff_t *ppos)
+ *   int vfio_device_fops_mmap(struct file *, struct vm_area_struct *)
+ * A device fd's file offset names the region in its top bits: vfio-pci's
+ * VFIO_PCI_OFFSET_SHIFT (40) splits it into region index and offset
+ * (drivers/vfio/pci/vfio_pci_core.c vfio_pci_rw; BARs 0-5, ROM 6, config 7).
  */
 #include <uapi/linux/ptrace.h>
 #include "vtrace.h"
@@ -14,6 +24,18 @@
 #define VFIO_OBJ(tgid) (0x5646490000000000ULL | (u64)(tgid))	/* "VFI" + tgid */
 #define VFIO_IOMMU_MAP_DMA 0x3b71U	/* _IO(VFIO_TYPE, VFIO_BASE + 13) */
 #define VFIO_IOMMU_UNMAP_DMA 0x3b72U	/* _IO(VFIO_TYPE, VFIO_BASE + 14) */
+#define VFIO_PCI_OFFSET_SHIFT 40
+#define PAGE_SHIFT 12
+#define U32_MAX_ 0xffffffffULL
+
+enum { FD_CONTAINER, FD_GROUP, FD_DEVICE };	/* VFIO_IOCTL aux: which fd */
+enum { P_CONTAINER, P_GROUP, P_DEVICE, P_READ, P_WRITE, P_MMAP };	/* call_key() points */
+
+struct call {
+	u64 ts;
+	u64 a;		/* ioctl: cmd; read/write: *ppos; mmap: the region's offset */
+	u64 b;		/* read/write: count; mmap: length */
+};
 
 struct req {
 	u64 iova;
@@ -23,7 +45,83 @@ struct req {
 };
 
 BPF_HASH(reqs, u32, struct req, 1024);
+BPF_HASH(calls, u64, struct call, 1024);	/* (tid, point) -> entry state for the return probe */
 #include "vtrace_emit.inc"	/* lost, events, emit(): pasted in by the loader */
+
+#include "vtrace_calls.inc"	/* take_call(): pasted in by the loader */
+
+static __always_inline void save(u32 point, u64 a, u64 b)
+{
+	struct call c = {.ts = bpf_ktime_get_ns(), .a = a, .b = b};
+	u64 k = call_key(point);
+	calls.update(&k, &c);
+}
+
+static __always_inline void vfio_head(struct vtrace_event *e, u8 kind)
+{
+	event_head(e, kind, VTRACE_LAYER_VFIO, 0, VTRACE_NO_QUEUE);
+	e->obj = VFIO_OBJ(e->pid);
+}
+
+/* An ioctl returned: its cmd, which fd, errno (0 = success), the return
+ * value when not an error (GET_DEVICE_FD: the new fd), latency. */
+static __always_inline int ioctl_done(u32 point, u32 fd_kind, long ret)
+{
+	struct call c;
+	if (take_call(point, &c))
+		return 0;
+	struct vtrace_event e = {};
+	vfio_head(&e, VTRACE_VFIO_IOCTL);
+	u64 ns = e.ts - c.ts;
+	e.id = c.a;
+	e.aux = fd_kind;
+	e.len = ret < 0 ? -ret : 0;
+	e.arg = ret < 0 ? 0 : ret;
+	e.aux2 = ns > U32_MAX_ ? U32_MAX_ : ns;
+	emit(&e);
+	return 0;
+}
+
+/* A region read or write returned: region index, offset in it, bytes done, errno. */
+static __always_inline int rw_done(u32 point, long ret)
+{
+	struct call c;
+	if (take_call(point, &c))
+		return 0;
+	struct vtrace_event e = {};
+	vfio_head(&e, VTRACE_VFIO_REGION_RW);
+	e.id = c.a >> VFIO_PCI_OFFSET_SHIFT;
+	e.arg = c.a & ((1ULL << VFIO_PCI_OFFSET_SHIFT) - 1);
+	e.aux = point == P_WRITE;
+	e.len = ret < 0 ? 0 : ret;
+	e.aux2 = ret < 0 ? -ret : 0;
+	emit(&e);
+	return 0;
+}
+
+#define IOCTL_POINT(name, point, fd_kind)					\
+int name##_entry(FN_CTX *ctx)							\
+{										\
+	save(point, (u32)ARG(2), 0);						\
+	return 0;								\
+}										\
+int name##_return(FN_CTX *ctx)							\
+{										\
+	return ioctl_done(point, fd_kind, RETVAL);				\
+}
+
+#define RW_POINT(name, point)							\
+int name##_entry(FN_CTX *ctx)							\
+{										\
+	u64 pos = 0;								\
+	bpf_probe_read_kernel(&pos, sizeof(pos), (const void *)ARG(4));	\
+	save(point, pos, ARG(3));						\
+	return 0;								\
+}										\
+int name##_return(FN_CTX *ctx)							\
+{										\
+	return rw_done(point, RETVAL);						\
+}
 
 #ifdef HAVE_dma
 #undef FN_POINT
@@ -93,6 +191,73 @@ int migration_entry(FN_CTX *ctx)
 	e.queue = VTRACE_NO_QUEUE;
 	e.id = ARG(3);	/* new */
 	e.aux = ARG(2);	/* cur */
+	emit(&e);
+	return 0;
+}
+#endif
+
+/* The macros hold no map calls (bcc cannot rewrite those in a macro): the
+ * helpers above do the map work. */
+#ifdef HAVE_container_ioctl
+#undef FN_POINT
+#define FN_POINT FENTRY_container_ioctl
+#include "vtrace_fn.h"
+IOCTL_POINT(container_ioctl, P_CONTAINER, FD_CONTAINER)
+#endif
+
+#ifdef HAVE_group_ioctl
+#undef FN_POINT
+#define FN_POINT FENTRY_group_ioctl
+#include "vtrace_fn.h"
+IOCTL_POINT(group_ioctl, P_GROUP, FD_GROUP)
+#endif
+
+#ifdef HAVE_device_ioctl
+#undef FN_POINT
+#define FN_POINT FENTRY_device_ioctl
+#include "vtrace_fn.h"
+IOCTL_POINT(device_ioctl, P_DEVICE, FD_DEVICE)
+#endif
+
+#ifdef HAVE_region_read
+#undef FN_POINT
+#define FN_POINT FENTRY_region_read
+#include "vtrace_fn.h"
+RW_POINT(region_read, P_READ)
+#endif
+
+#ifdef HAVE_region_write
+#undef FN_POINT
+#define FN_POINT FENTRY_region_write
+#include "vtrace_fn.h"
+RW_POINT(region_write, P_WRITE)
+#endif
+
+#ifdef HAVE_mmap
+#undef FN_POINT
+#define FN_POINT FENTRY_mmap
+#include "vtrace_fn.h"
+int mmap_entry(FN_CTX *ctx)
+{
+	const void *vma = (const void *)ARG(2);
+	u64 start = rd_u64(vma + OFF_VMA_START), end = rd_u64(vma + OFF_VMA_END);
+	save(P_MMAP, rd_u64(vma + OFF_VMA_PGOFF) << PAGE_SHIFT, end - start);
+	return 0;
+}
+
+/* The region, the mapping's length and its offset in the region, errno. */
+int mmap_return(FN_CTX *ctx)
+{
+	struct call c;
+	if (take_call(P_MMAP, &c))
+		return 0;
+	long ret = RETVAL;
+	struct vtrace_event e = {};
+	vfio_head(&e, VTRACE_VFIO_MMAP);
+	e.id = c.a >> VFIO_PCI_OFFSET_SHIFT;
+	e.aux = (c.a & ((1ULL << VFIO_PCI_OFFSET_SHIFT) - 1)) >> PAGE_SHIFT;
+	e.arg = c.b;
+	e.len = ret < 0 ? -ret : 0;
 	emit(&e);
 	return 0;
 }

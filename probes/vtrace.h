@@ -62,6 +62,9 @@ enum vtrace_kind {
 	VTRACE_DMA_MAP = 64,
 	VTRACE_DMA_UNMAP = 65,
 	VTRACE_MIGRATION_STATE = 66,
+	VTRACE_VFIO_IOCTL = 67,		/* container, group or device fd */
+	VTRACE_VFIO_REGION_RW = 68,	/* read()/write() on a device fd */
+	VTRACE_VFIO_MMAP = 69,		/* mmap() of a device region */
 	/* vtrace itself */
 	VTRACE_LOST = 255,		/* arg = number of records lost */
 };

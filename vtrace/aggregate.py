@@ -46,7 +46,8 @@ _IS_LIFECYCLE[LIFECYCLE_KINDS] = True
 
 # Kinds handled one group at a time in _rare (admin, exits, DMA, migration);
 # the batch's per-kind counts decide whether _rare runs at all.
-_RARE = (Kind.ADMIN_COMPLETE, Kind.KVM_EXIT, Kind.DMA_MAP, Kind.DMA_UNMAP, Kind.MIGRATION_STATE)
+_RARE = (Kind.ADMIN_COMPLETE, Kind.KVM_EXIT, Kind.DMA_MAP, Kind.DMA_UNMAP, Kind.MIGRATION_STATE,
+         Kind.VFIO_IOCTL, Kind.VFIO_REGION_RW)
 _IS_RARE = np.zeros(256, dtype=bool)
 _IS_RARE[list(_RARE)] = True
 _RARE_KIDX = [KI[k] for k in _RARE]
@@ -119,6 +120,13 @@ class VmStats:
     dma_unmap_total: int
     dma_unmap_bytes_total: int
     migration_state: int | None
+    # the VMM's VFIO fds: (fd kind, cmd, calls, failed calls) per ioctl seen
+    # (names: vtrace/vfio.py), region reads/writes with their bytes, mmaps
+    vfio_ioctls: tuple[tuple[int, int, int, int], ...] = ()
+    vfio_region_reads_total: int = 0
+    vfio_region_writes_total: int = 0
+    vfio_region_bytes_total: int = 0
+    vfio_mmaps_total: int = 0
 
 
 @dataclass(frozen=True)
@@ -195,6 +203,25 @@ class _AdminAcc:
         self.recent: deque = deque(maxlen=ADMIN_SAMPLES)
 
 
+class _VfioAcc:
+    """Per object (the VMM's VFIO fds): ioctls by (fd kind, cmd) as [calls, errors],
+    region writes and bytes moved (reads are the kind's count minus writes)."""
+    __slots__ = ("ioctls", "writes", "region_bytes")
+
+    def __init__(self) -> None:
+        self.ioctls: dict[tuple[int, int], list[int]] = {}
+        self.writes = 0
+        self.region_bytes = 0
+
+    def merge(self, o: "_VfioAcc") -> None:
+        for k, (n, err) in o.ioctls.items():
+            m = self.ioctls.setdefault(k, [0, 0])
+            m[0] += n
+            m[1] += err
+        self.writes += o.writes
+        self.region_bytes += o.region_bytes
+
+
 class Aggregator:
     # Arrays indexed by slot that start at zero for a new object (grown together).
     _PER_SLOT = ("cnt", "used_bytes", "read_bytes", "hist", "lat_sum", "inflight_max",
@@ -235,6 +262,7 @@ class Aggregator:
         self.timeline: dict[int, deque] = {}
         self.exits: dict[int, dict[int, int]] = {}
         self.migration: dict[int, int] = {}
+        self.vfio: dict[int, _VfioAcc] = {}
         self._free: list[int] = []
         self._slot: dict[int, int] = {}
         self._by_device: dict[tuple[str, str], list[int]] = {}
@@ -485,6 +513,16 @@ class Aggregator:
         mig = np.flatnonzero(kind == Kind.MIGRATION_STATE)
         for i in mig:
             self.migration[int(slot[i])] = int(ev["id"][i])
+        for i in np.flatnonzero((kind == Kind.VFIO_IOCTL) | (kind == Kind.VFIO_REGION_RW)).tolist():
+            acc = self.vfio.setdefault(int(slot[i]), _VfioAcc())
+            e = ev[i]
+            if e["kind"] == Kind.VFIO_IOCTL:
+                n = acc.ioctls.setdefault((int(e["aux"]), int(e["id"])), [0, 0])
+                n[0] += 1
+                n[1] += int(e["len"] != 0)
+            else:
+                acc.region_bytes += int(e["len"])
+                acc.writes += int(e["aux"] != 0)
 
     def _data(self, ev: np.ndarray, slot: np.ndarray) -> None:
         kind = ev["kind"]
@@ -662,7 +700,7 @@ class Aggregator:
             self._reset.discard(s)
             self._slot.pop(info.obj, None)
             self._by_device.get((info.vm, info.device), []).remove(s)
-            for d in (self.state, self.suspend, self.timeline, self.exits, self.migration):
+            for d in (self.state, self.suspend, self.timeline, self.exits, self.migration, self.vfio):
                 d.pop(s, None)
             self.info[s] = None
             self._free.append(s)
@@ -828,7 +866,10 @@ class Aggregator:
 
     def _vm_acc(self, vms: dict, s: int, info: ObjectInfo, c: np.ndarray) -> None:
         v = vms.setdefault(info.vm, {"vm": info.vm, "pid": info.pid, "cnt": np.zeros(NK, np.int64),
-                                     "exits": {}, "dma": np.zeros(2, np.int64), "mig": None})
+                                     "exits": {}, "dma": np.zeros(2, np.int64), "mig": None,
+                                     "vfio": _VfioAcc()})
+        if s in self.vfio:
+            v["vfio"].merge(self.vfio[s])
         v["cnt"] = v["cnt"] + c
         v["dma"] = v["dma"] + self.dma_bytes[s]
         for r, k in self.exits.get(s, {}).items():
@@ -853,4 +894,8 @@ class Aggregator:
             dma_map_total=int(c[KI[Kind.DMA_MAP]]), dma_map_bytes_total=int(v["dma"][0]),
             dma_unmap_total=int(c[KI[Kind.DMA_UNMAP]]), dma_unmap_bytes_total=int(v["dma"][1]),
             migration_state=v["mig"],
+            vfio_ioctls=tuple((fd, cmd, n, err) for (fd, cmd), (n, err) in sorted(v["vfio"].ioctls.items())),
+            vfio_region_reads_total=int(c[KI[Kind.VFIO_REGION_RW]]) - v["vfio"].writes,
+            vfio_region_writes_total=v["vfio"].writes, vfio_region_bytes_total=v["vfio"].region_bytes,
+            vfio_mmaps_total=int(c[KI[Kind.VFIO_MMAP]]),
         )

@@ -66,6 +66,9 @@ class Kind(enum.IntEnum):
     DMA_MAP = 64
     DMA_UNMAP = 65
     MIGRATION_STATE = 66
+    VFIO_IOCTL = 67
+    VFIO_REGION_RW = 68
+    VFIO_MMAP = 69
     LOST = 255
 
     @property
@@ -117,6 +120,12 @@ KIND_FIELDS: dict[Kind, dict[str, str]] = {
     Kind.DMA_MAP: {"id": "iova_lo", "aux2": "iova_hi", "aux": "prot", "arg": "size"},
     Kind.DMA_UNMAP: {"id": "iova_lo", "aux2": "iova_hi", "arg": "size"},
     Kind.MIGRATION_STATE: {"id": "new_state", "aux": "old_state"},
+    # fd: 0 container, 1 group, 2 device (vtrace/vfio.py names the cmd per fd);
+    # ret: the return value when errno is 0 (GET_DEVICE_FD: the new fd).
+    Kind.VFIO_IOCTL: {"id": "cmd", "aux": "fd", "len": "errno", "arg": "ret", "aux2": "latency_ns"},
+    # region: the device fd offset's top bits (vfio-pci: BAR0-5 0-5, ROM 6, config 7)
+    Kind.VFIO_REGION_RW: {"id": "region", "aux": "write", "len": "bytes", "aux2": "errno", "arg": "offset"},
+    Kind.VFIO_MMAP: {"id": "region", "aux": "page_offset", "len": "errno", "arg": "size"},
     Kind.LOST: {"arg": "count"},
 }
 

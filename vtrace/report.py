@@ -10,6 +10,7 @@ from typing import Iterable
 
 
 from vtrace.aggregate import QueueStats, Snapshot
+from vtrace import vfio
 from vtrace.fmt import bytes_, dur, log2_hist_lines, ratio, si
 
 STATE_SHORT = {"running": "run", "suspended": "susp", "stopped": "stop", "reset": "rst"}
@@ -165,6 +166,12 @@ def report_text(s: Snapshot, *, hist_top: int = 6, show_all: bool = False) -> st
         for v in s.vms:
             if v.exits_by_reason:
                 w(f"  {v.vm} exits by reason: " + ", ".join(f"{r}:{c}" for r, c in v.exits_by_reason))
+        for v in s.vms:
+            if v.vfio_ioctls or v.vfio_region_reads_total or v.vfio_region_writes_total or v.vfio_mmaps_total:
+                w(f"  {v.vm} vfio: {v.vfio_region_reads_total} region reads, {v.vfio_region_writes_total} "
+                  f"writes ({bytes_(v.vfio_region_bytes_total)}), {v.vfio_mmaps_total} mmaps; ioctls: "
+                  + ", ".join(f"{vfio.ioctl_name(fd, cmd)} {n}" + (f" ({err} failed)" if err else "")
+                              for fd, cmd, n, err in v.vfio_ioctls))
     life = [q for q in s.queues if q.timeline]
     if life:
         w("")

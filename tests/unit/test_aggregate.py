@@ -166,6 +166,39 @@ def test_admin_kvm_dma_lost_unknown():
     assert ("unknown", 1) in s.events_by_kind
 
 
+def test_vfio_ioctls_regions_and_mmaps_per_vm():
+    from vtrace import vfio
+    from vtrace.export.metrics import vfio_ioctl_rows
+    base = vfio.VFIO_BASE
+    a = Aggregator()
+    c = dict(obj=KVM, layer=Layer.VFIO)
+    a.feed(batch([
+        ev(Kind.VFIO_IOCTL, 100, id=base + 0, aux=vfio.FD_CONTAINER, **c),
+        ev(Kind.VFIO_IOCTL, 110, id=base + 6, aux=vfio.FD_GROUP, arg=5, **c),
+        ev(Kind.VFIO_IOCTL, 120, id=base + 12, aux=vfio.FD_DEVICE, len=22, **c),  # EINVAL
+        ev(Kind.VFIO_IOCTL, 130, id=base + 12, aux=vfio.FD_CONTAINER, **c),
+        ev(Kind.VFIO_IOCTL, 140, id=0x1234, aux=vfio.FD_DEVICE, len=25, **c),     # not VFIO's: ENOTTY
+        ev(Kind.VFIO_IOCTL, 150, id=0x4321, aux=vfio.FD_DEVICE, **c),
+        ev(Kind.VFIO_REGION_RW, 200, id=7, len=4, arg=0, **c),
+        ev(Kind.VFIO_REGION_RW, 210, id=0, aux=1, len=4, arg=0x98, **c),
+        ev(Kind.VFIO_REGION_RW, 220, id=0, aux=1, len=0, aux2=14, arg=0x98, **c),  # EFAULT
+        ev(Kind.VFIO_MMAP, 300, id=0, arg=1 << 20, **c),
+    ]))
+    vm = a.snapshot().vms[0]
+    assert vm.vfio_ioctls == ((0, base, 1, 0), (0, base + 12, 1, 0), (1, base + 6, 1, 0),
+                              (2, 0x1234, 1, 1), (2, base + 12, 1, 1), (2, 0x4321, 1, 0))
+    # one number, two ioctls: the fd kind decides the name
+    assert vfio.ioctl_name(0, base + 12) == "IOMMU_GET_INFO"
+    assert vfio.ioctl_name(2, base + 12) == "DEVICE_GET_PCI_HOT_RESET_INFO"
+    assert vfio.ioctl_name(2, 0x1234) == "unknown:0x1234"
+    assert (vm.vfio_region_reads_total, vm.vfio_region_writes_total, vm.vfio_region_bytes_total) == (1, 2, 8)
+    assert vm.vfio_mmaps_total == 1
+    # bounded labels: unknown cmds of a fd kind add up under "other"
+    rows = vfio_ioctl_rows(vm)
+    assert rows[("device", "other")][2:] == [2, 1]
+    assert rows[("container", "IOMMU_GET_INFO")][2:] == [1, 0]
+
+
 def test_eviction_of_gone_objects():
     a = Aggregator(evict_after_s=1.0)
     a.feed(batch([ev(Kind.FETCH, 0, id=1)], t_end=0))

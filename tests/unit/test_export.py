@@ -67,7 +67,8 @@ def test_sim_exposition_has_every_family_with_base_units_and_bounded_labels():
                  "vtrace_admin_commands", "vtrace_admin_command_duration_seconds", "vtrace_kvm_exits",
                  "vtrace_kvm_ioeventfd_signals", "vtrace_kvm_irqfd_injections", "vtrace_dma_map_bytes",
                  "vtrace_kvm_noncoherent_dma", "vtrace_queue_state", "vtrace_events", "vtrace_events_lost",
-                 "vtrace_probes", "vtrace_scrape_collect_duration_seconds", "vtrace_source_info"):
+                 "vtrace_probes", "vtrace_scrape_collect_duration_seconds", "vtrace_source_info",
+                 "vtrace_vfio_ioctls", "vtrace_vfio_region_reads", "vtrace_vfio_mmaps"):
         assert name in fams, name
     snap = agg.snapshot(close_interval=False)
     used = {(s.labels["vm"], s.labels["device"], s.labels["queue"]): s.value
@@ -81,7 +82,8 @@ def test_sim_exposition_has_every_family_with_base_units_and_bounded_labels():
     assert 'simulated="true"' in text
     labels = set(re.findall(r"[{,](\w+)=", text))
     assert labels <= {"vm", "device", "queue", "layer", "opcode", "status", "reason", "rule", "severity",
-                      "state", "point", "kind", "mode", "simulated", "le", "vtrace_queue_state"}, labels
+                      "state", "point", "kind", "mode", "simulated", "le", "vtrace_queue_state", "fd",
+                      "ioctl"}, labels
 
 
 def test_two_objects_with_one_identity_make_one_series():

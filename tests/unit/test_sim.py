@@ -64,7 +64,8 @@ def test_lifecycle_and_admin_appear():
     kinds = set(np.unique(ev["kind"]).tolist())
     for k in (Kind.SUSPEND, Kind.RESUME, Kind.VRING_BASE_GET, Kind.VRING_BASE_SET, Kind.ADMIN_SUBMIT,
               Kind.ADMIN_COMPLETE, Kind.KVM_IOEVENTFD, Kind.KVM_IRQFD, Kind.DMA_MAP,
-              Kind.NONCOHERENT_DMA_REGISTER, Kind.KICK_SUPPRESSED, Kind.SIGNAL_SUPPRESSED):
+              Kind.NONCOHERENT_DMA_REGISTER, Kind.KICK_SUPPRESSED, Kind.SIGNAL_SUPPRESSED, Kind.VFIO_IOCTL,
+              Kind.VFIO_REGION_RW, Kind.VFIO_MMAP):
         assert int(k) in kinds, k
 
 

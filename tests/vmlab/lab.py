@@ -248,7 +248,7 @@ def host_root_initramfs(kernel: Kernel, modules: list[str], cwd: str, dest: Path
 
 
 def boot_host_root(kernel: Kernel, initrd: Path, out: Path, script: str, extra: list[str] = (), *,
-                   timeout: int = 300) -> Run:
+                   timeout: int = 300, append: str = "") -> Run:
     """Run ``script`` (sh) in the host-root guest; ``out`` is its /out. `-cpu max`:
     numpy needs more than qemu64's instruction set."""
     out.mkdir(parents=True, exist_ok=True)
@@ -256,7 +256,7 @@ def boot_host_root(kernel: Kernel, initrd: Path, out: Path, script: str, extra: 
     run = boot(kernel, initrd, ["-smp", "2", "-cpu", "max",
                                 "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
                                 "-virtfs", f"local,path={out},mount_tag=out,security_model=none", *extra],
-               mem_mb=2048, timeout=timeout, append="ipv6.disable=1")
+               mem_mb=2048, timeout=timeout, append=f"ipv6.disable=1 {append}".strip())
     bad = [ln.split("VTRACE-LAB-FAIL", 1)[1].strip() for ln in run.console.splitlines() if "VTRACE-LAB-FAIL" in ln]
     if bad or run.marker("VTRACE-LAB-ROOT") is None:
         raise LabError(f"the host-root guest did not come up ({'; '.join(bad) or 'no root'}); "

@@ -21,6 +21,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
                                     StateSetMetricFamily)
 
 from vtrace.aggregate import NBUCKETS, Snapshot
+from vtrace.vfio import FD_NAMES, ioctl_label
 
 QUEUE_LABELS = ("vm", "device", "queue", "layer")
 # The lifecycle states the aggregator gives a queue (vtrace/aggregate.py _set_state).
@@ -269,7 +270,29 @@ VM_COUNTERS = (
     ("vtrace_dma_map_bytes", "Bytes mapped through the IOMMU.", "dma_map_bytes_total"),
     ("vtrace_dma_unmaps", "IOMMU unmap calls.", "dma_unmap_total"),
     ("vtrace_dma_unmap_bytes", "Bytes unmapped through the IOMMU.", "dma_unmap_bytes_total"),
+    ("vtrace_vfio_region_reads", "Reads of a VFIO device region (config space, BARs) by the VMM.",
+     "vfio_region_reads_total"),
+    ("vtrace_vfio_region_writes", "Writes to a VFIO device region (config space, BARs) by the VMM.",
+     "vfio_region_writes_total"),
+    ("vtrace_vfio_region_bytes", "Bytes read from and written to VFIO device regions.", "vfio_region_bytes_total"),
+    ("vtrace_vfio_mmaps", "VFIO device regions mapped into the VMM.", "vfio_mmaps_total"),
 )
+# (metric, help, which number of a VmStats.vfio_ioctls row)
+VM_VFIO_IOCTLS = (
+    ("vtrace_vfio_ioctls", "VFIO ioctls by the VMM, by fd kind and ioctl (other: not in vtrace/vfio.py).", 2),
+    ("vtrace_vfio_ioctl_errors", "VFIO ioctls that returned an error.", 3),
+)
+
+
+def vfio_ioctl_rows(v) -> dict[tuple[str, str], list[int]]:
+    """A VM's ioctl rows under bounded labels: {(fd, ioctl): [calls, errors]}
+    (unknown cmds of one fd kind add up under ``other``)."""
+    out: dict[tuple[str, str], list[int]] = {}
+    for fd, cmd, n, err in v.vfio_ioctls:
+        row = out.setdefault((FD_NAMES.get(fd, "other"), ioctl_label(fd, cmd)), [0, 0, 0, 0])
+        row[2] += n
+        row[3] += err
+    return out
 VM_NONCOHERENT = ("vtrace_kvm_noncoherent_dma", "1 while the VM has non-coherent DMA registered.")
 
 
@@ -277,7 +300,11 @@ def _vm_metrics(snap: Snapshot) -> Iterator:
     exits = CounterMetricFamily(*VM_EXITS, labels=("vm", "reason"))
     fams = [CounterMetricFamily(n, doc, labels=("vm",)) for n, doc, _a in VM_COUNTERS]
     nc = GaugeMetricFamily(*VM_NONCOHERENT, labels=("vm",))
+    vf = [CounterMetricFamily(n, doc, labels=("vm", "fd", "ioctl")) for n, doc, _i in VM_VFIO_IOCTLS]
     for v in snap.vms:
+        for (fd, name), row in vfio_ioctl_rows(v).items():
+            for fam, (_n, _doc, i) in zip(vf, VM_VFIO_IOCTLS):
+                fam.add_metric((v.vm, fd, name), row[i])
         for reason, n in v.exits_by_reason:
             exits.add_metric((v.vm, str(reason)), n)
         for fam, (_n, _doc, attr) in zip(fams, VM_COUNTERS):
@@ -286,3 +313,4 @@ def _vm_metrics(snap: Snapshot) -> Iterator:
     yield exits
     yield from fams
     yield nc
+    yield from vf

@@ -25,8 +25,8 @@ from prometheus_client import generate_latest
 
 from vtrace.aggregate import Snapshot
 from vtrace.export.metrics import (LE_TEXT, Q_COUNTERS, Q_GAUGES, Q_HIST, Q_STATE, Q_SUSPEND, QUEUE_STATES,
-                                   VM_COUNTERS, VM_EXITS, VM_NONCOHERENT, cumulative_buckets, families,
-                                   first_rows, group_keys, scrape_family, sum_groups)
+                                   VM_COUNTERS, VM_EXITS, VM_NONCOHERENT, VM_VFIO_IOCTLS, cumulative_buckets,
+                                   families, first_rows, group_keys, scrape_family, sum_groups, vfio_ioctl_rows)
 
 def _esc(v: str) -> str:
     # Label value escaping of the text format: backslash, double quote, newline.
@@ -150,6 +150,11 @@ def vm_text(snap: Snapshot) -> str:
     name, doc = VM_NONCOHERENT
     out.append(_header(name, doc, "gauge"))
     out.append("".join([f"{name}{p}{int(v.noncoherent_dma)}\n" for v, p in zip(vms, lab)]))
+    rows = [(v, vfio_ioctl_rows(v)) for v in vms]
+    for name, doc, i in VM_VFIO_IOCTLS:
+        out.append(_header(name + "_total", doc, "counter"))
+        out.append("".join(f'{name}_total{{vm="{_esc(v.vm)}",fd="{fd}",ioctl="{io}"}} {row[i]}\n'
+                           for v, r in rows for (fd, io), row in r.items()))
     return "".join(out)
 
 

@@ -122,6 +122,11 @@ POINT_OFFSETS: dict[str, dict[str, tuple[str, str]]] = {
         "OFF_IRQFD_GSI": ("kvm_kernel_irqfd", "gsi"),
         "OFF_KVM_USERSPACE_PID": ("kvm", "userspace_pid"),
     },
+    "mmap": {
+        "OFF_VMA_START": ("vm_area_struct", "vm_start"),
+        "OFF_VMA_END": ("vm_area_struct", "vm_end"),
+        "OFF_VMA_PGOFF": ("vm_area_struct", "vm_pgoff"),
+    },
 }
 # More functions of a point (same program code block), those the kernel has. As
 # fexit, they share the main function's FENTRY_<point> argument count, so a

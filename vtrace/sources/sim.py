@@ -26,6 +26,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from vtrace import admin as admin_codes
+from vtrace import vfio
 from vtrace.events import NO_QUEUE, RECORD_DTYPE, Batch, Kind, Layer, ObjectInfo, ProbeStatus
 from vtrace.model import admin as admin_model
 from vtrace.model import devtypes
@@ -865,16 +866,39 @@ class SimHost:
             return
         for vm in self.vms:
             if vm.vf_member:
-                # Guest RAM pinned and mapped for the VF at VM start: 4 x 1 GiB.
-                ts = t + 1_000 + np.arange(4) * 50_000
-                iova = np.arange(4, dtype=np.int64) << 30
-                out.add(Kind.DMA_MAP, ts, id=iova & 0xFFFFFFFF, aux2=iova >> 32, aux=3 | 8,
-                        arg=1 << 30, obj=vm.kvm_obj + 0x100, pid=vm.pid, layer=Layer.VFIO)
+                self._vfio_setup(out, t, vm)
             if vm.noncoherent:
                 # kvm_arch_register_noncoherent_dma: the IOMMU cannot enforce
                 # snoop, so guest memory types are honoured (seed 003).
                 out.add(Kind.NONCOHERENT_DMA_REGISTER, [t + 300_000], obj=vm.kvm_obj, pid=vm.pid,
                         layer=Layer.KVM)
+
+    # QEMU's vfio-pci realize for the VF (hw/vfio/common.c, pci.c): container
+    # and group, the device fd, its regions and irqs, a look at config space,
+    # BARs mapped; then guest RAM pinned and mapped for DMA, 4 x 1 GiB.
+    _VFIO_SETUP = ((vfio.FD_CONTAINER, "GET_API_VERSION", 0), (vfio.FD_CONTAINER, "CHECK_EXTENSION", 1),
+                   (vfio.FD_GROUP, "GROUP_GET_STATUS", 0), (vfio.FD_GROUP, "GROUP_SET_CONTAINER", 0),
+                   (vfio.FD_CONTAINER, "SET_IOMMU", 0), (vfio.FD_GROUP, "GROUP_GET_DEVICE_FD", 23),
+                   (vfio.FD_DEVICE, "DEVICE_GET_INFO", 0)) + \
+        ((vfio.FD_DEVICE, "DEVICE_GET_REGION_INFO", 0),) * 9 + ((vfio.FD_DEVICE, "DEVICE_GET_IRQ_INFO", 0),) * 5
+
+    def _vfio_setup(self, out: _Out, t: int, vm) -> None:
+        c = dict(obj=vm.kvm_obj + 0x100, pid=vm.pid, layer=Layer.VFIO)
+        by_name = {fd: {n: cmd for cmd, n in names.items()} for fd, names in vfio.IOCTLS.items()}
+        n = len(self._VFIO_SETUP)
+        ts = t + 100 + np.arange(n) * 2_000
+        out.add(Kind.VFIO_IOCTL, ts, id=[by_name[fd][name] for fd, name, _r in self._VFIO_SETUP],
+                aux=[fd for fd, _n, _r in self._VFIO_SETUP], arg=[r for _f, _n, r in self._VFIO_SETUP],
+                aux2=1_500, **c)
+        # config space: the header, 4 bytes at a time, through the config region (7)
+        cfg = np.arange(16, dtype=np.int64) * 4
+        out.add(Kind.VFIO_REGION_RW, ts[-1] + 1_000 + cfg * 500, id=7, len=4, arg=cfg, **c)
+        out.add(Kind.VFIO_MMAP, [ts[-1] + 50_000], id=0, arg=1 << 20, **c)
+        ts = t + 100_000 + np.arange(4) * 50_000
+        iova = np.arange(4, dtype=np.int64) << 30
+        out.add(Kind.VFIO_IOCTL, ts - 1, id=by_name[vfio.FD_CONTAINER]["IOMMU_MAP_DMA"], aux=vfio.FD_CONTAINER,
+                aux2=45_000, **c)
+        out.add(Kind.DMA_MAP, ts, id=iova & 0xFFFFFFFF, aux2=iova >> 32, aux=3 | 8, arg=1 << 30, **c)
 
     def _lifecycle(self, out: _Out, t0: int) -> None:
         cfg = self.cfg

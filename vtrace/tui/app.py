@@ -176,7 +176,8 @@ class TopApp(App):
         for tid, cols in (("#admint", ("OPCODE", "STATUS", "COUNT", "P50", "P99", "MAX", "QUALIFIERS")),
                           ("#kvmt", ("VM", "PID", "EXITS", "TOP EXIT REASONS", "PIO", "MMIO", "IOEVENTFD",
                                      "IRQFD", "SET_IRQ", "MSI", "NON-COHERENT DMA")),
-                          ("#dmat", ("VM", "MAPS", "MAPPED", "UNMAPS", "UNMAPPED", "MIGRATION")),
+                          ("#dmat", ("VM", "MAPS", "MAPPED", "UNMAPS", "UNMAPPED", "MIGRATION", "VFIO IOCTLS",
+                                     "FAILED", "REGION R/W", "MMAPS")),
                           ("#divt", ("RULE", "SEVERITY", "COUNT", "LAST EVIDENCE", "SPEC"))):
             self.query_one(tid, DataTable).add_columns(*cols)
         self._layout_columns(self.size.width)
@@ -298,7 +299,9 @@ class TopApp(App):
             self._fill("#kvmt", rows)
         elif tab == "dma":
             rows = [(m.vm, si(m.dma_map_total), bytes_(m.dma_map_bytes_total), si(m.dma_unmap_total),
-                     bytes_(m.dma_unmap_bytes_total), "-" if m.migration_state is None else str(m.migration_state))
+                     bytes_(m.dma_unmap_bytes_total), "-" if m.migration_state is None else str(m.migration_state),
+                     si(sum(r[2] for r in m.vfio_ioctls)), si(sum(r[3] for r in m.vfio_ioctls)),
+                     f"{si(m.vfio_region_reads_total)}/{si(m.vfio_region_writes_total)}", si(m.vfio_mmaps_total))
                     for m in snap.vms]
             self._fill("#dmat", rows)
         elif tab == "divergences":

@@ -1,0 +1,172 @@
+"""vtrace live on real VFIO and a real (emulated) IOMMU, in Debian's stock kernel under QEMU.
+
+The lab guest gets QEMU's Intel IOMMU and its `edu` PCI device; the test
+binds edu to vfio-pci and tests/vmlab/vfio_edu.py drives it from user space
+the way a VMM drives an assigned device: container, group, device fd,
+region info, config space, BAR reads/writes, a BAR mmap, a DMA mapping, and
+a DMA round trip by the device through the IOMMU. The driver writes down
+every ioctl and region access it made; vtrace's capture must hold exactly
+those, in order, with the DMA mapping's size both at vfio (type1) and at the
+IOMMU (iommu:map/unmap tracepoints).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.vmlab import lab
+from tests.vmlab.test_vhost_live import _events
+from vtrace import vfio
+from vtrace.events import Kind, Layer
+
+pytestmark = pytest.mark.vmlab
+
+ROOT = Path(__file__).resolve().parents[2]
+EDU = "0x1234:0x11e8"  # QEMU's educational device (vendor:device)
+POINTS = {"container_ioctl": "vfio_fops_unl_ioctl", "group_ioctl": "vfio_group_fops_unl_ioctl",
+          "device_ioctl": "vfio_device_fops_unl_ioctl", "region_read": "vfio_device_fops_read",
+          "region_write": "vfio_device_fops_write", "mmap": "vfio_device_fops_mmap", "dma": "vfio_iommu_type1_ioctl"}
+BIND = f"""
+for d in /sys/bus/pci/devices/*; do [ "$(cat $d/vendor):$(cat $d/device)" = "{EDU}" ] && BDF=$(basename $d); done
+echo vfio-pci > /sys/bus/pci/devices/$BDF/driver_override && echo $BDF > /sys/bus/pci/drivers_probe
+echo VTRACE-EDU-BOUND $(basename $(readlink /sys/bus/pci/devices/$BDF/driver))
+"""
+SCRIPT = BIND + lab.capture_phases(sys.executable, f"{sys.executable} tests/vmlab/vfio_edu.py /out/$1.edu.json $BDF")
+FD = {"container": vfio.FD_CONTAINER, "group": vfio.FD_GROUP, "device": vfio.FD_DEVICE}
+
+
+@pytest.fixture(scope="module")
+def lab_out(tmp_path_factory):
+    d = tmp_path_factory.mktemp("vfio-lab")
+    k = lab.stock_kernel()
+    lab.host_root_initramfs(k, ["vfio", "vfio_iommu_type1", "vfio-pci"], str(ROOT), d / "initrd.gz")
+    out = d / "out"
+    run = lab.boot_host_root(k, d / "initrd.gz", out, SCRIPT,
+                             ["-device", "intel-iommu,intremap=on", "-device", "edu"], append="intel_iommu=on")
+    assert run.marker("VTRACE-EDU-BOUND") == "vfio-pci", run.console[-1500:]
+    return out, run
+
+
+@pytest.fixture(scope="module", params=list(lab.STRATEGY_PHASES))
+def lab_run(request, lab_out):
+    out, run = lab_out
+    ph = request.param
+    lab.check_phase(run, out, ph, "the edu driver")
+    edu = json.loads((out / f"{ph}.edu.json").read_text())
+    ev, objs = _events(out / f"{ph}.vtrace")
+    return {"phase": ph, "edu": edu, "ev": ev[ev["pid"] == edu["pid"]], "objs": objs,
+            "capture": out / f"{ph}.vtrace",
+            "probes": {p["point"]: p for p in map(json.loads, (out / f"{ph}.probes.jsonl").read_text().splitlines())}}
+
+
+def _kind(lab_run, kind: Kind) -> np.ndarray:
+    ev = lab_run["ev"]
+    return ev[ev["kind"] == kind]
+
+
+def test_vfio_points_attach(lab_run):
+    pts, how = lab_run["probes"], lab_run["phase"]
+    failed = {n: pts[n].get("error") for n in POINTS if not pts[n]["attached"]}
+    assert not failed, failed
+    assert {n: pts[n]["strategy"] for n in POINTS} == {n: f"{how}:{fn}" for n, fn in POINTS.items()}
+    assert pts["map"]["attached"] and pts["unmap"]["attached"]  # iommu tracepoints
+
+
+def test_every_ioctl_in_order_with_its_fd_and_result(lab_run):
+    io = _kind(lab_run, Kind.VFIO_IOCTL)
+    want = [(FD[x["file"]], x["cmd"], x["ret"]) for x in lab_run["edu"]["ioctls"]]
+    got = list(zip(io["aux"].tolist(), io["id"].tolist(), io["arg"].tolist()))
+    assert got == want, [(vfio.ioctl_name(f, c), r) for f, c, r in got]
+    assert set(io["len"].tolist()) == {0}  # no errno
+    assert (io["aux2"] > 0).all()  # each has a latency
+    names = [vfio.ioctl_name(f, c) for f, c, _r in got]
+    assert names[:6] == ["GET_API_VERSION", "CHECK_EXTENSION", "GROUP_GET_STATUS", "GROUP_SET_CONTAINER",
+                         "SET_IOMMU", "GROUP_GET_DEVICE_FD"]
+    assert "IOMMU_MAP_DMA" in names and "IOMMU_UNMAP_DMA" in names and "DEVICE_GET_REGION_INFO" in names
+
+
+def test_every_region_access_in_order(lab_run):
+    rw = _kind(lab_run, Kind.VFIO_REGION_RW)
+    want = [(a["region"], a["offset"], a["size"], a["write"]) for a in lab_run["edu"]["accesses"]]
+    got = list(zip(rw["id"].tolist(), rw["arg"].tolist(), rw["len"].tolist(), rw["aux"].tolist()))
+    assert got == want
+    assert set(rw["aux2"].tolist()) == {0}
+    # config space (region 7) was read and written: vendor/device, command
+    assert (vfio.REGIONS[7], 0, 4, 0) == (vfio.region_name(got[0][0]), *got[0][1:])
+
+
+def test_the_bar_mmap(lab_run):
+    mm = _kind(lab_run, Kind.VFIO_MMAP)
+    want = lab_run["edu"]["mmaps"]
+    assert [(int(m["id"]), int(m["arg"]), int(m["aux"]), int(m["len"])) for m in mm] == \
+        [(x["region"], x["size"], 0, 0) for x in want]
+
+
+def _during(lab_run, name: str) -> np.ndarray:
+    """The IOMMU's events while the driver's one ``name`` ioctl ran (its
+    return timestamp minus its latency, to its return)."""
+    io = _kind(lab_run, Kind.VFIO_IOCTL)
+    hit = [i for i, (f, c) in enumerate(zip(io["aux"].tolist(), io["id"].tolist())) if vfio.ioctl_name(f, c) == name]
+    assert len(hit) == 1, name
+    end = int(io["ts"][hit[0]])
+    ev = lab_run["ev"]
+    return ev[(ev["layer"] == Layer.IOMMU) & (ev["ts"] >= end - int(io["aux2"][hit[0]])) & (ev["ts"] <= end)]
+
+
+def test_dma_mapping_sizes_at_vfio_and_at_the_iommu(lab_run):
+    dma = lab_run["edu"]["dma"]
+    assert dma["copied"]  # edu's DMA went through the IOMMU mapping and came back
+    for kind, ioctl in ((Kind.DMA_MAP, "IOMMU_MAP_DMA"), (Kind.DMA_UNMAP, "IOMMU_UNMAP_DMA")):
+        at_vfio = _kind(lab_run, kind)
+        at_vfio = at_vfio[at_vfio["layer"] == Layer.VFIO]
+        assert len(at_vfio) == 1
+        assert ((int(at_vfio["aux2"][0]) << 32) | int(at_vfio["id"][0]), int(at_vfio["arg"][0])) == \
+            (dma["iova"], dma["size"])
+        # inside that ioctl the IOMMU maps what type1 pinned: one or more
+        # physically contiguous runs, together exactly the mapping, inside it
+        at_iommu = _during(lab_run, ioctl)
+        assert set(at_iommu["kind"].tolist()) == {kind}
+        assert int(at_iommu["arg"].sum()) == dma["size"], at_iommu
+        iova = (at_iommu["aux2"].astype(np.int64) << 32) | at_iommu["id"]
+        assert ((iova >= dma["iova"]) & (iova < dma["iova"] + dma["size"])).all()
+    m = _kind(lab_run, Kind.DMA_MAP)
+    assert int(m[m["layer"] == Layer.VFIO]["aux"][0]) == 3  # VFIO_DMA_MAP_FLAG_READ | WRITE
+
+
+def test_iommu_traffic_the_vmm_did_not_ask_for(lab_run):
+    """SET_IOMMU attaches the group to a new domain, and type1 then probes it
+    for fine-grained superpages (vfio_test_domain_fgsp, 6.1): two pages mapped
+    and unmapped again inside the ioctl. vtrace sees it at the IOMMU."""
+    ev = _during(lab_run, "SET_IOMMU")
+    mapped = int(ev[ev["kind"] == Kind.DMA_MAP]["arg"].sum())
+    assert mapped > 0 and int(ev[ev["kind"] == Kind.DMA_UNMAP]["arg"].sum()) == mapped, ev
+    # everything else the IOMMU did for the driver happened inside these ioctls
+    io = lab_run["ev"]
+    assert int((io["layer"] == Layer.IOMMU).sum()) == len(ev) + len(_during(lab_run, "IOMMU_MAP_DMA")) + \
+        len(_during(lab_run, "IOMMU_UNMAP_DMA"))
+
+
+def test_vfio_and_iommu_events_belong_to_the_driver(lab_run):
+    objs, ev = lab_run["objs"], lab_run["ev"]
+    mine = ev[np.isin(ev["layer"], [Layer.VFIO, Layer.IOMMU])]  # (its 9p reads are guest virtio)
+    assert set(mine["obj"].tolist()) <= set(objs)
+    vms = {objs[o].vm for o in set(mine["obj"].tolist())}
+    assert vms == {f"python-{lab_run['edu']['pid']}"}, vms
+
+
+def test_report_names_the_ioctls(lab_run):
+    p = subprocess.run([sys.executable, "-m", "vtrace.cli", "report", str(lab_run["capture"])],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    line = next(ln for ln in p.stdout.splitlines() if f"python-{lab_run['edu']['pid']} vfio:" in ln)
+    n = len(lab_run["edu"]["accesses"])
+    writes = sum(a["write"] for a in lab_run["edu"]["accesses"])
+    assert f"{n - writes} region reads, {writes} writes" in line and "1 mmaps" in line, line
+    for name in ("GROUP_GET_DEVICE_FD 1", "DEVICE_GET_REGION_INFO 2", "IOMMU_MAP_DMA 1"):
+        assert name in line, line
