@@ -4,9 +4,11 @@ Our own machines have no vhost and no kprobes; the lab's kernel has both.
 Inside the guest (this machine's userland over 9p, see lab.boot_host_root)
 `vtrace capture --source live` runs while tests/vmlab/vmm.py plays the VMM:
 vhost-net rings in its own memory with a tap backend, N TX frames, M RX
-frames, then a stop/restart (GET/SET_VRING_BASE) and R more RX frames. The
-VMM writes down what it did; every assertion holds vtrace's capture against
-that record, exactly.
+frames, then a stop/restart (GET/SET_VRING_BASE) and R more RX frames; then
+tests/vmlab/vsock_vmm.py plays a vhost-vsock guest driver against an
+AF_VSOCK socket in the same kernel (connect, data both ways, shutdown, stop).
+Each VMM writes down what it did; every assertion holds vtrace's capture
+against that record, exactly.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ pytestmark = pytest.mark.vmlab
 ROOT = Path(__file__).resolve().parents[2]
 TX, RX, RESTART, BATCH = 64, 32, 8, 8
 BPFTOOL = "bpftool -j prog list > /out/$1.progs-{}.json 2>>/out/$1.bpftool.err"
+TO_GUEST, TO_HOST = 16, 8  # vsock data packets each way
 SCRIPT = f"{sys.executable} -m vtrace.cli doctor > /out/doctor.txt 2>&1\n" + lab.capture_phases(
     sys.executable, f"{sys.executable} tests/vmlab/vmm.py /out/$1.vmm.json --tx {TX} --rx {RX} "
-    f"--restart {RESTART} --batch {BATCH}",
+    f"--restart {RESTART} --batch {BATCH} && {sys.executable} tests/vmlab/vsock_vmm.py /out/$1.vsock.json "
+    f"--to-guest {TO_GUEST} --to-host {TO_HOST}",
     before=BPFTOOL.format("before"), during=BPFTOOL.format("during"), after=BPFTOOL.format("after"))
 
 
@@ -42,7 +46,7 @@ SCRIPT = f"{sys.executable} -m vtrace.cli doctor > /out/doctor.txt 2>&1\n" + lab
 def lab_out(tmp_path_factory):
     d = tmp_path_factory.mktemp("vhost-lab")
     k = lab.stock_kernel()
-    lab.host_root_initramfs(k, ["vhost_net", "tun"], str(ROOT), d / "initrd.gz")
+    lab.host_root_initramfs(k, ["vhost_net", "tun", "vhost_vsock"], str(ROOT), d / "initrd.gz")
     out = d / "out"
     run = lab.boot_host_root(k, d / "initrd.gz", out, SCRIPT)
     return out, run
@@ -54,6 +58,7 @@ def lab_run(request, lab_out):
     ph = request.param
     lab.check_phase(run, out, ph, "the VMM")
     return {"phase": ph, "vmm": json.loads((out / f"{ph}.vmm.json").read_text()), "capture": out / f"{ph}.vtrace",
+            "vsock": json.loads((out / f"{ph}.vsock.json").read_text()),
             "probes": [json.loads(ln) for ln in (out / f"{ph}.probes.jsonl").read_text().splitlines()],
             "doctor": (out / "doctor.txt").read_text(), "seconds": run.seconds,
             "progs": {w: json.loads((out / f"{ph}.progs-{w}.json").read_text()) for w in ("before", "during", "after")}}
@@ -68,12 +73,12 @@ def _events(path: Path) -> tuple[np.ndarray, dict]:
     return ev[np.argsort(ev["ts"], kind="stable")], objs
 
 
-def _queues(lab_run) -> dict[str, np.ndarray]:
-    """The VMM's two vhost queues' events, by queue name (rx0/tx0)."""
+def _queues(lab_run, vmm: str = "vmm", names=("rx0", "tx0")) -> dict[str, np.ndarray]:
+    """A VMM's two vhost queues' events, by queue name (net: rx0/tx0, vsock: rx/tx)."""
     ev, objs = _events(lab_run["capture"])
-    vm = f"python-{lab_run['vmm']['pid']}"
+    vm = f"python-{lab_run[vmm]['pid']}"
     mine = {o.obj: o.name for o in objs.values() if o.layer == Layer.VHOST and o.vm == vm}
-    assert sorted(mine.values()) == ["rx0", "tx0"], (vm, [(o.vm, o.device, o.name) for o in objs.values()])
+    assert sorted(mine.values()) == sorted(names), (vm, [(o.vm, o.device, o.name) for o in objs.values()])
     return {name: ev[ev["obj"] == obj] for obj, name in mine.items()}
 
 
@@ -162,3 +167,37 @@ def test_checker_finds_the_healthy_run_conformant_and_nothing_in_flight(lab_run)
     # the VMM left nothing fetched and unused: vhost-net returns each buffer as it goes
     assert sorted(x.name for x in mine) == ["rx0", "tx0"] and all(x.in_flight == 0 for x in mine)
     assert {x.name: x.used_total for x in mine} == {"tx0": TX, "rx0": RX + RESTART}
+
+
+def test_vsock_rings_match_the_vmm_exactly(lab_run):
+    """vhost-vsock, with an AF_VSOCK socket in the same kernel as the peer:
+    host-to-guest packets land in RX buffers (used.len = 44-byte header +
+    payload), guest-to-host ones are taken from TX (used.len 0: vhost writes
+    nothing back into them, drivers/vhost/vsock.c vhost_vsock_handle_tx_kick)."""
+    q, vs = _queues(lab_run, "vsock", ("rx", "tx")), lab_run["vsock"]
+    assert vs["host"]["received"] and len(vs["rx"]["packets"]) >= TO_GUEST + 2
+    for name in ("rx", "tx"):
+        ev = q[name]
+        used = ev[ev["kind"] == Kind.USED]
+        assert [[int(i), int(n)] for i, n in zip(used["id"], used["len"])] == vs[name]["used"], name
+        # each buffer fetched once, in ring order, before its used entry
+        assert ev[ev["kind"] == Kind.FETCH]["id"].tolist() == [h for h, _n in vs[name]["used"]], name
+        kinds = Counter(Kind(k).name for k in ev["kind"].tolist())
+        assert (kinds["KICK"], kinds["SIGNAL"]) == (vs["kicks"][name], vs["calls"][name]), (name, kinds)
+        # stopped: GET_VRING_BASE = where vhost stopped taking buffers, the RX
+        # spares (available, never needed) not among them
+        assert ev[ev["kind"] == Kind.VRING_BASE_GET]["id"].tolist() == [vs["bases"][name]] == [len(vs[name]["used"])]
+    assert {p["len"] + 44 for p in vs["rx"]["packets"]} == {n for _h, n in vs["rx"]["used"]}
+    assert vs["avail_idx"]["rx"] > vs["bases"]["rx"]
+    assert set(q["tx"][q["tx"]["kind"] == Kind.USED]["len"].tolist()) == {0}
+
+
+def test_vsock_queues_are_named_and_nothing_left_in_flight(lab_run):
+    agg = Aggregator()
+    Pipeline(ReplaySource(str(lab_run["capture"])), aggregator=agg).run()
+    snap = agg.snapshot(close_interval=False)
+    vs = lab_run["vsock"]
+    mine = [x for x in snap.queues if x.vm == f"python-{vs['pid']}"]
+    assert {(x.dev_type, x.name, x.size) for x in mine} == {("vsock", "rx", vs["num"]), ("vsock", "tx", vs["num"])}
+    assert all(x.in_flight == 0 for x in mine)
+    assert {x.name: x.used_total for x in mine} == {n: len(vs[n]["used"]) for n in ("rx", "tx")}
