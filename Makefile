@@ -52,7 +52,8 @@ test-vmlab: setup
 	$(PY) -m pytest tests/vmlab $(PYTEST_ARGS)
 
 # The lab: Debian's stock kernel under QEMU, running vtrace live against real
-# vhost-net (a user-space VMM) and the guest's own virtio-blk (tests/vmlab; the
+# vhost-net and vhost-vsock (user-space VMMs), vfio-pci with QEMU's edu device
+# behind its Intel IOMMU, and the guest's own virtio-blk (tests/vmlab; the
 # kernel is cached in /var/tmp/vtrace-lab).
 vmlab: test-vmlab
 
@@ -67,6 +68,7 @@ bench: setup
 	$(PY) bench/ringbuf.py
 	$(PY) bench/export.py
 	$(PY) bench/top.py
+	$(PY) bench/vhost_pps.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info bench/results
