@@ -513,16 +513,22 @@ class Aggregator:
         mig = np.flatnonzero(kind == Kind.MIGRATION_STATE)
         for i in mig:
             self.migration[int(slot[i])] = int(ev["id"][i])
-        for i in np.flatnonzero((kind == Kind.VFIO_IOCTL) | (kind == Kind.VFIO_REGION_RW)).tolist():
-            acc = self.vfio.setdefault(int(slot[i]), _VfioAcc())
-            e = ev[i]
-            if e["kind"] == Kind.VFIO_IOCTL:
-                n = acc.ioctls.setdefault((int(e["aux"]), int(e["id"])), [0, 0])
-                n[0] += 1
-                n[1] += int(e["len"] != 0)
-            else:
-                acc.region_bytes += int(e["len"])
-                acc.writes += int(e["aux"] != 0)
+        io = np.flatnonzero(kind == Kind.VFIO_IOCTL)
+        for s_, fd, cmd, err in zip(slot[io].tolist(), ev["aux"][io].tolist(), ev["id"][io].tolist(),
+                                    (ev["len"][io] != 0).tolist()):
+            n = self.vfio.setdefault(s_, _VfioAcc()).ioctls.setdefault((fd, cmd), [0, 0])
+            n[0] += 1
+            n[1] += err
+        # region accesses can be many (a VMM trapping BAR accesses): summed per object
+        rw = np.flatnonzero(kind == Kind.VFIO_REGION_RW)
+        if rw.size:
+            us, inv = np.unique(slot[rw], return_inverse=True)
+            nbytes = np.bincount(inv, weights=ev["len"][rw])
+            writes = np.bincount(inv, weights=ev["aux"][rw] != 0)
+            for s_, b, w in zip(us.tolist(), nbytes.tolist(), writes.tolist()):
+                acc = self.vfio.setdefault(s_, _VfioAcc())
+                acc.region_bytes += int(b)
+                acc.writes += int(w)
 
     def _data(self, ev: np.ndarray, slot: np.ndarray) -> None:
         kind = ev["kind"]
