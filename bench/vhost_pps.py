@@ -64,9 +64,8 @@ def main() -> int:
     k = lab.stock_kernel()
     with tempfile.TemporaryDirectory(prefix="vtrace-bench-") as d:
         d = Path(d)
-        lab.host_root_initramfs(k, ["vhost_net", "tun"], ROOT, d / "initrd.gz")
-        run = lab.boot_host_root(k, d / "initrd.gz", d / "out", guest_script(a.rounds, a.seconds),
-                                 timeout=int(120 + a.rounds * len(MODES) * (a.seconds + 30)))
+        _out, run = lab.run_host_root(d, ["vhost_net", "tun"], guest_script(a.rounds, a.seconds), kernel=k,
+                                      timeout=int(120 + a.rounds * len(MODES) * (a.seconds + 30)))
         bad = [ln for ln in run.console.splitlines() if "VTRACE-BENCH-FAIL" in ln]
         if bad:
             errs = {f.name: f.read_text()[-300:] for f in (d / "out").glob("*.err") if f.stat().st_size}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 import shutil
 import stat
@@ -262,6 +263,25 @@ def boot_host_root(kernel: Kernel, initrd: Path, out: Path, script: str, extra: 
         raise LabError(f"the host-root guest did not come up ({'; '.join(bad) or 'no root'}); "
                        f"console tail: {' | '.join(run.console.strip().splitlines()[-5:])}")
     return run
+
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def run_host_root(workdir: Path, modules: list[str], script: str, extra: list[str] = (), *,
+                  append: str = "", timeout: int = 300, kernel: Kernel | None = None) -> tuple[Path, Run]:
+    """The whole lab run: the stock kernel, an initramfs loading ``modules``
+    in ``workdir``, ``script`` run from the project root; returns (/out, run)."""
+    k = kernel or stock_kernel()
+    host_root_initramfs(k, modules, str(PROJECT), workdir / "initrd.gz")
+    out = workdir / "out"
+    return out, boot_host_root(k, workdir / "initrd.gz", out, script, extra, append=append, timeout=timeout)
+
+
+def probe_table(out: Path, phase: str) -> dict[str, dict]:
+    """A phase's `vtrace probes -j` (capture_phases), by point name."""
+    rows = map(json.loads, (out / f"{phase}.probes.jsonl").read_text().splitlines())
+    return {p["point"]: p for p in rows}
 
 
 # Both ways a function point attaches, each proven on the same traffic in one

@@ -11,7 +11,6 @@ against the guest kernel's own counters (/proc/interrupts), exactly.
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -51,12 +50,9 @@ def lab_out(tmp_path_factory):
     d = tmp_path_factory.mktemp("guest-virtio-lab")
     disk = d / "disk.img"
     disk.write_bytes(np.random.default_rng(7).integers(0, 256, 8 << 20, dtype=np.uint8).tobytes())
-    k = lab.stock_kernel()
-    lab.host_root_initramfs(k, ["virtio_blk"], str(ROOT), d / "initrd.gz")
-    out = d / "out"
-    run = lab.boot_host_root(k, d / "initrd.gz", out, SCRIPT,
-                             ["-drive", f"file={disk},if=none,id=vd0,format=raw",
-                              "-device", "virtio-blk-pci,drive=vd0"])
+    out, run = lab.run_host_root(d, ["virtio_blk"], SCRIPT,
+                                 ["-drive", f"file={disk},if=none,id=vd0,format=raw",
+                                  "-device", "virtio-blk-pci,drive=vd0"])
     return out, run
 
 
@@ -70,7 +66,7 @@ def lab_run(request, lab_out):
     vda = {o.obj: o for o in objs.values() if o.layer == Layer.VIRTIO_GUEST and o.dev_type == "blk"}
     blk = {o.obj for o in objs.values() if o.dev_type == "blk-mq" and o.device == "vda"}
     return {"phase": ph, "ev": ev, "vda": vda, "blk": blk, "capture": out / f"{ph}.vtrace",
-            "probes": {p["point"]: p for p in map(json.loads, (out / f"{ph}.probes.jsonl").read_text().splitlines())},
+            "probes": lab.probe_table(out, ph),
             "irq": {k: _irqs((out / f"{ph}.irq-{k}.txt").read_text()) for k in ("before", "after")}}
 
 

@@ -44,11 +44,8 @@ FD = {"container": vfio.FD_CONTAINER, "group": vfio.FD_GROUP, "device": vfio.FD_
 @pytest.fixture(scope="module")
 def lab_out(tmp_path_factory):
     d = tmp_path_factory.mktemp("vfio-lab")
-    k = lab.stock_kernel()
-    lab.host_root_initramfs(k, ["vfio", "vfio_iommu_type1", "vfio-pci"], str(ROOT), d / "initrd.gz")
-    out = d / "out"
-    run = lab.boot_host_root(k, d / "initrd.gz", out, SCRIPT,
-                             ["-device", "intel-iommu,intremap=on", "-device", "edu"], append="intel_iommu=on")
+    out, run = lab.run_host_root(d, ["vfio", "vfio_iommu_type1", "vfio-pci"], SCRIPT,
+                                 ["-device", "intel-iommu,intremap=on", "-device", "edu"], append="intel_iommu=on")
     assert run.marker("VTRACE-EDU-BOUND") == "vfio-pci", run.console[-1500:]
     return out, run
 
@@ -62,7 +59,7 @@ def lab_run(request, lab_out):
     ev, objs = _events(out / f"{ph}.vtrace")
     return {"phase": ph, "edu": edu, "ev": ev[ev["pid"] == edu["pid"]], "objs": objs,
             "capture": out / f"{ph}.vtrace",
-            "probes": {p["point"]: p for p in map(json.loads, (out / f"{ph}.probes.jsonl").read_text().splitlines())}}
+            "probes": lab.probe_table(out, ph)}
 
 
 def _kind(lab_run, kind: Kind) -> np.ndarray:

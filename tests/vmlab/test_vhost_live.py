@@ -45,11 +45,7 @@ SCRIPT = f"{sys.executable} -m vtrace.cli doctor > /out/doctor.txt 2>&1\n" + lab
 @pytest.fixture(scope="module")
 def lab_out(tmp_path_factory):
     d = tmp_path_factory.mktemp("vhost-lab")
-    k = lab.stock_kernel()
-    lab.host_root_initramfs(k, ["vhost_net", "tun", "vhost_vsock"], str(ROOT), d / "initrd.gz")
-    out = d / "out"
-    run = lab.boot_host_root(k, d / "initrd.gz", out, SCRIPT)
-    return out, run
+    return lab.run_host_root(d, ["vhost_net", "tun", "vhost_vsock"], SCRIPT)
 
 
 @pytest.fixture(scope="module", params=list(lab.STRATEGY_PHASES))
@@ -59,7 +55,7 @@ def lab_run(request, lab_out):
     lab.check_phase(run, out, ph, "the VMM")
     return {"phase": ph, "vmm": json.loads((out / f"{ph}.vmm.json").read_text()), "capture": out / f"{ph}.vtrace",
             "vsock": json.loads((out / f"{ph}.vsock.json").read_text()),
-            "probes": [json.loads(ln) for ln in (out / f"{ph}.probes.jsonl").read_text().splitlines()],
+            "probes": lab.probe_table(out, ph),
             "doctor": (out / "doctor.txt").read_text(), "seconds": run.seconds,
             "progs": {w: json.loads((out / f"{ph}.progs-{w}.json").read_text()) for w in ("before", "during", "after")}}
 
@@ -83,7 +79,7 @@ def _queues(lab_run, vmm: str = "vmm", names=("rx0", "tx0")) -> dict[str, np.nda
 
 
 def test_every_vhost_point_attaches_on_the_stock_kernel(lab_run):
-    pts = {p["point"]: p for p in lab_run["probes"] if p["layer"] == "vhost"}
+    pts = {n: p for n, p in lab_run["probes"].items() if p["layer"] == "vhost"}
     assert set(pts) == {"fetch", "used", "signal", "notify_enable", "notify_disable", "kick", "vring_ioctl",
                         "reset_owner"}
     failed = {n: p["error"] for n, p in pts.items() if not p["attached"]}

@@ -141,25 +141,31 @@ class SplitRing:
         return out
 
 
-class VhostNet:
-    def __init__(self, mem: Memory, tap_fd: int):
-        self.fd = os.open("/dev/vhost-net", os.O_RDWR)
+class VhostDevice:
+    """What every vhost device needs from its VMM (QEMU's vhost_dev_start):
+    owner, features, the memory table, and per queue its size, base, ring
+    addresses and kick/call eventfds; then kicks and waiting for used buffers."""
+
+    NAME = "vhost"
+    WAIT_S = 20.0  # how long wait_used waits for the device
+
+    def __init__(self, path: str, mem: Memory, features: int, nqueues: int = 2):
+        self.fd = os.open(path, os.O_RDWR)
         self.mem = mem
-        self.tap = tap_fd
         fcntl.ioctl(self.fd, SET_OWNER)
         feat = bytearray(8)
         fcntl.ioctl(self.fd, GET_FEATURES, feat)
         self.offered = struct.unpack("<Q", feat)[0]
-        if self.offered & FEATURES != FEATURES:
-            raise RuntimeError(f"vhost-net offers {self.offered:#x}, without some of {FEATURES:#x}")
-        fcntl.ioctl(self.fd, SET_FEATURES, struct.pack("<Q", FEATURES))
+        if self.offered & features != features:
+            raise RuntimeError(f"{path} offers {self.offered:#x}, without some of {features:#x}")
+        fcntl.ioctl(self.fd, SET_FEATURES, struct.pack("<Q", features))
         fcntl.ioctl(self.fd, SET_MEM_TABLE,
                     struct.pack("<II", 1, 0) + struct.pack("<QQQQ", mem.addr(0), mem.size, mem.addr(0), 0))
-        self.rings = [SplitRing(mem, NUM), SplitRing(mem, NUM)]
-        self.kick = [eventfd(), eventfd()]
-        self.call = [eventfd(), eventfd()]
-        self.kicks = [0, 0]
-        self.calls = [0, 0]
+        self.rings = [SplitRing(mem, NUM) for _ in range(nqueues)]
+        self.kick = [eventfd() for _ in range(nqueues)]
+        self.call = [eventfd() for _ in range(nqueues)]
+        self.kicks = [0] * nqueues
+        self.calls = [0] * nqueues
         for q, r in enumerate(self.rings):
             fcntl.ioctl(self.fd, SET_VRING_NUM, struct.pack("<II", q, NUM))
             fcntl.ioctl(self.fd, SET_VRING_BASE, struct.pack("<II", q, 0))
@@ -167,15 +173,6 @@ class VhostNet:
                                                              mem.addr(r.avail), 0))
             fcntl.ioctl(self.fd, SET_VRING_KICK, struct.pack("<Ii", q, self.kick[q]))
             fcntl.ioctl(self.fd, SET_VRING_CALL, struct.pack("<Ii", q, self.call[q]))
-        self.attach()
-
-    def attach(self) -> None:
-        for q in (RX, TX):
-            fcntl.ioctl(self.fd, NET_SET_BACKEND, struct.pack("<Ii", q, self.tap))
-
-    def detach(self) -> None:
-        for q in (RX, TX):
-            fcntl.ioctl(self.fd, NET_SET_BACKEND, struct.pack("<Ii", q, -1))
 
     def notify(self, q: int) -> None:
         os.write(self.kick[q], struct.pack("<Q", 1))
@@ -189,25 +186,42 @@ class VhostNet:
     def set_base(self, q: int, base: int) -> None:
         fcntl.ioctl(self.fd, SET_VRING_BASE, struct.pack("<II", q, base))
 
-    def wait_used(self, q: int, n: int, timeout: float = 20.0) -> list[tuple[int, int]]:
+    def wait_used(self, q: int, n: int) -> list[tuple[int, int]]:
+        """At least n used entries of queue q, counting the signals on its call eventfd."""
         got: list[tuple[int, int]] = []
-        end = time.monotonic() + timeout
-        while len(got) < n:
+        end = time.monotonic() + self.WAIT_S
+        while True:
             got += self.rings[q].take_used()
             if len(got) >= n:
-                break
+                return got
             left = end - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"queue {q}: {len(got)} of {n} buffers used after {timeout} s")
+                raise TimeoutError(f"{self.NAME} queue {q}: {len(got)} of {n} buffers used after {self.WAIT_S} s")
             select.select([self.call[q]], [], [], min(left, 0.2))
             self.calls[q] += drain(self.call[q])
-        return got
 
     def settle(self) -> None:
-        """Collect the signals still pending on both call eventfds."""
+        """Collect the signals still pending on every call eventfd."""
         time.sleep(0.2)
+        for q, fd in enumerate(self.call):
+            self.calls[q] += drain(fd)
+
+
+class VhostNet(VhostDevice):
+    NAME = "vhost-net"
+
+    def __init__(self, mem: Memory, tap_fd: int):
+        super().__init__("/dev/vhost-net", mem, FEATURES)
+        self.tap = tap_fd
+        self.attach()
+
+    def attach(self) -> None:
         for q in (RX, TX):
-            self.calls[q] += drain(self.call[q])
+            fcntl.ioctl(self.fd, NET_SET_BACKEND, struct.pack("<Ii", q, self.tap))
+
+    def detach(self) -> None:
+        for q in (RX, TX):
+            fcntl.ioctl(self.fd, NET_SET_BACKEND, struct.pack("<Ii", q, -1))
 
 
 def open_tap(name: str) -> int:

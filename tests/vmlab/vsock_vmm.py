@@ -22,14 +22,12 @@ import argparse
 import fcntl
 import json
 import os
-import select
 import socket
 import struct
 import threading
 import time
 
-from vmm import GET_VRING_BASE, NUM, SET_FEATURES, SET_MEM_TABLE, SET_OWNER, SET_VRING_ADDR, SET_VRING_BASE, SET_VRING_CALL, \
-    SET_VRING_KICK, SET_VRING_NUM, VIRTIO_F_VERSION_1, Memory, SplitRing, _ioc, drain, eventfd
+from vmm import NUM, VIRTIO_F_VERSION_1, Memory, VhostDevice, _ioc
 
 VSOCK_SET_GUEST_CID = _ioc(1, 0x60, 8)   # VHOST_VSOCK_SET_GUEST_CID, __u64
 VSOCK_SET_RUNNING = _ioc(1, 0x61, 4)     # VHOST_VSOCK_SET_RUNNING, int
@@ -42,46 +40,16 @@ RX_BUF = HDR.size + 4096
 BUF_ALLOC = 1 << 20                      # our receive buffer, advertised as credit
 
 
-class VhostVsock:
+class VhostVsock(VhostDevice):
+    NAME = "vhost-vsock"
+    WAIT_S = 30.0
+
     def __init__(self, mem: Memory, cid: int):
-        self.fd = os.open("/dev/vhost-vsock", os.O_RDWR)
-        self.mem = mem
-        fcntl.ioctl(self.fd, SET_OWNER)
-        fcntl.ioctl(self.fd, SET_FEATURES, struct.pack("<Q", VIRTIO_F_VERSION_1))
-        fcntl.ioctl(self.fd, SET_MEM_TABLE,
-                    struct.pack("<II", 1, 0) + struct.pack("<QQQQ", mem.addr(0), mem.size, mem.addr(0), 0))
-        self.rings = [SplitRing(mem, NUM), SplitRing(mem, NUM)]
-        self.kick = [eventfd(), eventfd()]
-        self.call = [eventfd(), eventfd()]
-        self.kicks, self.calls = [0, 0], [0, 0]
-        for q, r in enumerate(self.rings):
-            fcntl.ioctl(self.fd, SET_VRING_NUM, struct.pack("<II", q, NUM))
-            fcntl.ioctl(self.fd, SET_VRING_BASE, struct.pack("<II", q, 0))
-            fcntl.ioctl(self.fd, SET_VRING_ADDR, struct.pack("<IIQQQQ", q, 0, mem.addr(r.desc), mem.addr(r.used),
-                                                             mem.addr(r.avail), 0))
-            fcntl.ioctl(self.fd, SET_VRING_KICK, struct.pack("<Ii", q, self.kick[q]))
-            fcntl.ioctl(self.fd, SET_VRING_CALL, struct.pack("<Ii", q, self.call[q]))
+        super().__init__("/dev/vhost-vsock", mem, VIRTIO_F_VERSION_1)
         fcntl.ioctl(self.fd, VSOCK_SET_GUEST_CID, struct.pack("<Q", cid))
 
     def run(self, on: bool) -> None:
         fcntl.ioctl(self.fd, VSOCK_SET_RUNNING, struct.pack("<i", int(on)))
-
-    def notify(self, q: int) -> None:
-        os.write(self.kick[q], struct.pack("<Q", 1))
-        self.kicks[q] += 1
-
-    def wait_used(self, q: int, n: int, timeout: float = 30.0) -> list[tuple[int, int]]:
-        got: list[tuple[int, int]] = []
-        end = time.monotonic() + timeout
-        while True:
-            got += self.rings[q].take_used()
-            if len(got) >= n:
-                return got
-            left = end - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"vsock queue {q}: {len(got)} of {n} buffers used after {timeout} s")
-            select.select([self.call[q]], [], [], min(left, 0.2))
-            self.calls[q] += drain(self.call[q])
 
 
 def main() -> int:
@@ -174,17 +142,11 @@ def main() -> int:
     send(OP_RST, req["src_port"])
     tx_used += dev.wait_used(TX, 1)
     peer.join(30)
-    time.sleep(0.2)
-    for q in (RX, TX):
-        dev.calls[q] += drain(dev.call[q])
+    dev.settle()
     # stop the device (VHOST_VSOCK_SET_RUNNING 0) and read where each queue
     # stopped: RX with its spare buffers still available, never fetched
     dev.run(False)
-    bases = {}
-    for name, q in (("rx", RX), ("tx", TX)):
-        buf = bytearray(struct.pack("<II", q, 0))
-        fcntl.ioctl(dev.fd, GET_VRING_BASE, buf)
-        bases[name] = struct.unpack("<II", buf)[1]
+    bases = {"rx": dev.get_base(RX), "tx": dev.get_base(TX)}
     rec = {"bases": bases, "avail_idx": {"rx": rx.avail_idx, "tx": tx.avail_idx},"pid": os.getpid(), "cid": a.cid, "port": a.port, "host": host, "num": NUM,
            "rx": {"posted": [[i, RX_BUF] for i in range(nrx)], "used": rx_used, "packets": packets_in},
            "tx": {"posted": tx_posted, "used": tx_used},
