@@ -28,6 +28,9 @@ IOCTLS: dict[int, dict[int, str]] = {
     fd: {VFIO_BASE + n: name for n, name in names.items()}
     for fd, names in ((FD_CONTAINER, _CONTAINER), (FD_GROUP, _GROUP), (FD_DEVICE, _DEVICE))}
 
+# the other way round: {fd kind: {name: cmd}}
+CMDS: dict[int, dict[str, int]] = {fd: {name: cmd for cmd, name in names.items()} for fd, names in IOCTLS.items()}
+
 # vfio-pci's region indexes (VFIO_PCI_*_REGION_INDEX)
 REGIONS = {0: "BAR0", 1: "BAR1", 2: "BAR2", 3: "BAR3", 4: "BAR4", 5: "BAR5", 6: "ROM", 7: "CONFIG", 8: "VGA"}
 

@@ -277,10 +277,10 @@ VM_COUNTERS = (
     ("vtrace_vfio_region_bytes", "Bytes read from and written to VFIO device regions.", "vfio_region_bytes_total"),
     ("vtrace_vfio_mmaps", "VFIO device regions mapped into the VMM.", "vfio_mmaps_total"),
 )
-# (metric, help, which number of a VmStats.vfio_ioctls row)
+# (metric, help, which number of a vfio_ioctl_rows row)
 VM_VFIO_IOCTLS = (
-    ("vtrace_vfio_ioctls", "VFIO ioctls by the VMM, by fd kind and ioctl (other: not in vtrace/vfio.py).", 2),
-    ("vtrace_vfio_ioctl_errors", "VFIO ioctls that returned an error.", 3),
+    ("vtrace_vfio_ioctls", "VFIO ioctls by the VMM, by fd kind and ioctl (other: not in vtrace/vfio.py).", 0),
+    ("vtrace_vfio_ioctl_errors", "VFIO ioctls that returned an error.", 1),
 )
 
 
@@ -289,9 +289,9 @@ def vfio_ioctl_rows(v) -> dict[tuple[str, str], list[int]]:
     (unknown cmds of one fd kind add up under ``other``)."""
     out: dict[tuple[str, str], list[int]] = {}
     for fd, cmd, n, err in v.vfio_ioctls:
-        row = out.setdefault((FD_NAMES.get(fd, "other"), ioctl_label(fd, cmd)), [0, 0, 0, 0])
-        row[2] += n
-        row[3] += err
+        row = out.setdefault((FD_NAMES.get(fd, "other"), ioctl_label(fd, cmd)), [0, 0])
+        row[0] += n
+        row[1] += err
     return out
 VM_NONCOHERENT = ("vtrace_kvm_noncoherent_dma", "1 while the VM has non-coherent DMA registered.")
 

@@ -884,10 +884,9 @@ class SimHost:
 
     def _vfio_setup(self, out: _Out, t: int, vm) -> None:
         c = dict(obj=vm.kvm_obj + 0x100, pid=vm.pid, layer=Layer.VFIO)
-        by_name = {fd: {n: cmd for cmd, n in names.items()} for fd, names in vfio.IOCTLS.items()}
         n = len(self._VFIO_SETUP)
         ts = t + 100 + np.arange(n) * 2_000
-        out.add(Kind.VFIO_IOCTL, ts, id=[by_name[fd][name] for fd, name, _r in self._VFIO_SETUP],
+        out.add(Kind.VFIO_IOCTL, ts, id=[vfio.CMDS[fd][name] for fd, name, _r in self._VFIO_SETUP],
                 aux=[fd for fd, _n, _r in self._VFIO_SETUP], arg=[r for _f, _n, r in self._VFIO_SETUP],
                 aux2=1_500, **c)
         # config space: the header, 4 bytes at a time, through the config region (7)
@@ -896,7 +895,7 @@ class SimHost:
         out.add(Kind.VFIO_MMAP, [ts[-1] + 50_000], id=0, arg=1 << 20, **c)
         ts = t + 100_000 + np.arange(4) * 50_000
         iova = np.arange(4, dtype=np.int64) << 30
-        out.add(Kind.VFIO_IOCTL, ts - 1, id=by_name[vfio.FD_CONTAINER]["IOMMU_MAP_DMA"], aux=vfio.FD_CONTAINER,
+        out.add(Kind.VFIO_IOCTL, ts - 1, id=vfio.CMDS[vfio.FD_CONTAINER]["IOMMU_MAP_DMA"], aux=vfio.FD_CONTAINER,
                 aux2=45_000, **c)
         out.add(Kind.DMA_MAP, ts, id=iova & 0xFFFFFFFF, aux2=iova >> 32, aux=3 | 8, arg=1 << 30, **c)
 
