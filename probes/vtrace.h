@@ -119,10 +119,17 @@ static __always_inline void event_head(struct vtrace_event *e, u8 kind, u8 layer
 	e->queue = queue;
 }
 
-/* Key of an entry probe's saved state for its return probe: (thread, point). */
+/* Key of an entry probe's saved state for its return probe: (thread, point).
+ * An interrupt that lands on an idle CPU runs as that CPU's idle task, and
+ * every idle task has pid 0: there the CPU is the thread (an interrupt does
+ * not migrate), or two CPUs' completions at once would share one entry (the
+ * guest-virtio lab lost a used buffer that way). pid_max is far below 2^31. */
 static __always_inline u64 call_key(u32 point)
 {
-	return (bpf_get_current_pid_tgid() & 0xffffffffULL) | ((u64)point << 32);
+	u64 tid = bpf_get_current_pid_tgid() & 0xffffffffULL;
+	if (!tid)
+		tid = 0x80000000ULL | bpf_get_smp_processor_id();
+	return tid | ((u64)point << 32);
 }
 
 /*
