@@ -214,7 +214,8 @@ def export(listen, web_config, source_spec, check, stream):
       curl -s localhost:9464/metrics | grep vtrace_queue_in_flight
     """
     from vtrace import export as ex
-    from vtrace.pipeline import Pipeline, Stop, stoppable
+    from vtrace.pipeline import Pipeline
+    from vtrace.stop import Stop, stoppable
     try:
         web = ex.WebConfig.load(web_config) if web_config else None
         addr = ex.parse_listen(listen)
@@ -446,7 +447,7 @@ def _probe_stats(duration_ns: int, as_json: bool, stream: bool) -> int:
         except LiveError as e:
             raise VtraceError(str(e)) from None
         click.echo(f"Counting for {duration_ns / 1e9:g} s with BPF statistics on... Hit Ctrl-C to end.", err=True)
-        from vtrace.pipeline import Stop, stoppable
+        from vtrace.stop import Stop, stoppable
         try:
             with stoppable():
                 time.sleep(duration_ns / 1e9)

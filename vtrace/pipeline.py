@@ -6,14 +6,13 @@ replay of a capture prints the same per-second rows however fast it is read.
 
 from __future__ import annotations
 
-import contextlib
-import signal
 from typing import Callable
 
 import numpy as np
 
 from vtrace.aggregate import Aggregator, Snapshot
 from vtrace.events import Batch
+from vtrace.stop import Stop, held, stoppable
 
 
 def feed_final(source, writer, feed: Callable[[Batch], None]) -> None:
@@ -25,50 +24,6 @@ def feed_final(source, writer, feed: Callable[[Batch], None]) -> None:
         if writer is not None:
             writer.write_batch(batch)
         feed(batch)
-
-
-class Stop(Exception):
-    """Raised by the SIGTERM handler: finish cleanly, like Ctrl-C."""
-
-
-def _sigterm(_signo, _frame):
-    raise Stop()
-
-
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-
-
-@contextlib.contextmanager
-def _signals_deferred():
-    """Hold Ctrl-C/SIGTERM until the block ends (the handler then runs at once)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-
-
-@contextlib.contextmanager
-def stoppable():
-    """Ctrl-C and SIGTERM end the block (as KeyboardInterrupt / Stop).
-
-    "Hit Ctrl-C to end" must hold even when a supervisor or CI runner started
-    us with SIGINT/SIGTERM blocked: a blocked mask survives exec and the
-    signal would stay pending forever. An *ignored* SIGINT (a shell's
-    `cmd &`) is deliberate and stays ignored.
-    """
-    old = None
-    try:
-        old = signal.signal(signal.SIGTERM, _sigterm)
-    except ValueError:  # not the main thread
-        pass
-    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 class Pipeline:
@@ -100,7 +55,7 @@ class Pipeline:
                 for batch in it:
                     # A batch is written and fed as one: Ctrl-C/SIGTERM wait until both
                     # are done, so the file and the final snapshot hold the same events.
-                    with _signals_deferred():
+                    with held():
                         if self.writer is not None:
                             self.writer.write_batch(batch)
                         ev = batch.events
@@ -144,7 +99,8 @@ class Pipeline:
                 close = getattr(it, "close", None)
                 if close is not None:
                     close()  # a live source detaches its probes here, on every exit path
-            feed_final(self.source, self.writer, self.agg.feed)
+            with held(deliver=False):  # the stop is under way: the rest is written whole
+                feed_final(self.source, self.writer, self.agg.feed)
         dmg = getattr(self.source, "damage", None)
         if callable(dmg):
             self.agg.damage = dmg()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import signal
 import socket
 import time
 from dataclasses import dataclass, field
@@ -36,12 +35,12 @@ from vtrace.kernel.bccerr import captured_stderr, reason
 from vtrace.kernel.symbols import Kallsyms, SymbolError
 from vtrace.model.devtypes import DEVICE_IDS
 from vtrace.sources.ringbuf import RingReader
+from vtrace.stop import held
 
 KVM_TAG = 0x4B564D0000000000    # "KVM" + tgid (probes/kvm.bpf.c)
 IOMMU_TAG = 0x494F4D0000000000  # "IOM" + tgid (probes/iommu.bpf.c)
 VFIO_TAG = 0x5646490000000000   # "VFI" + tgid (probes/vfio.bpf.c)
 TAG_MASK = 0xFFFFFF0000000000
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 # Struct offsets each program needs: {MACRO: (struct, member path)}, read from
 # vmlinux BTF or, for a program in MODULES, from that module's BTF.
@@ -656,17 +655,13 @@ class LiveSource:
                 if now < next_batch and not end:
                     continue
                 next_batch = max(next_batch + self.batch_ns, now)  # no drift: reads stay on the period
-                # Ctrl-C/SIGTERM are held from the read until the consumer has the
-                # batch: a stop landing in between lost a whole batch (the lab's
-                # guest test, where the stop came while the first one was built).
-                # The pipeline releases them once the batch is written and fed.
-                signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-                try:
+                # Ctrl-C/SIGTERM are held from the read until the consumer has
+                # written and fed the batch (vtrace/stop.py): a stop landing in
+                # between lost a whole batch (the lab's guest test).
+                with held():
                     self._pending = self._collect(now, first)
                     batch, self._pending = self._pending, None
                     yield batch
-                finally:
-                    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
                 first = False
                 if end:
                     return
@@ -675,10 +670,11 @@ class LiveSource:
             # still hold since the last batch is read before the probes go
             # (final() hands it over), so a stop loses nothing.
             try:
-                self._tail = [self._pending] if self._pending is not None else []  # built, never handed over
-                tail = self._collect(time.monotonic_ns(), first and self._pending is None)
-                if tail.events.size or tail.counts is not None:
-                    self._tail.append(tail)
+                with held(deliver=False):  # a second Ctrl-C must not lose the tail
+                    self._tail = [self._pending] if self._pending is not None else []  # built, never handed over
+                    tail = self._collect(time.monotonic_ns(), first and self._pending is None)
+                    if tail.events.size or tail.counts is not None:
+                        self._tail.append(tail)
             finally:
                 self.close()
 
