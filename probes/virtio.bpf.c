@@ -27,7 +27,10 @@
  * descriptors, a get gives them back, a failure leaves num_free alone. The
  * change is the buffer's descriptor count. A call nested in another of the
  * same point (virtqueue_get_buf -> virtqueue_get_buf_ctx, where not inlined)
- * is recorded once: the entry state is inserted only if none is pending.
+ * is recorded once: the inner entry overwrites the outer's state, the inner
+ * return takes it, and the outer return finds none. Overwriting, not
+ * inserting only when none is pending: a call whose return was never seen
+ * (it entered while vtrace attached) must not pair with the next call.
  *
  * Struct offsets come from BTF as -D macros (vtrace/sources/live.py), never
  * from headers:
@@ -137,7 +140,7 @@ int vq_add_entry(FN_CTX *ctx)
 	c.head = rd_u32(vq + OFF_VVQ_FREE_HEAD);
 	c.num_free = rd_u32(vq + OFF_VQ_NUM_FREE);
 	u64 k = call_key(1);
-	calls.insert(&k, &c);
+	calls.update(&k, &c);
 	return 0;
 }
 
@@ -175,7 +178,7 @@ int vq_get_buf_entry(FN_CTX *ctx)
 	struct call c = {.vq = (u64)vq};
 	c.num_free = rd_u32(vq + OFF_VQ_NUM_FREE);
 	u64 k = call_key(2);
-	calls.insert(&k, &c);
+	calls.update(&k, &c);
 	return 0;
 }
 

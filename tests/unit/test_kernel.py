@@ -267,3 +267,35 @@ def test_fentry_target_from_btf(tmp_path):
     with pytest.raises(fentry.FentryError, match=r"only vfs_read.isra.0"):
         attach.fentry_target(attach.Strategy("fentry", "vfs_read"),
                              _syms(tmp_path, "ffffffff81000000 t vfs_read.isra.0\n"))
+
+
+def test_return_probes_attach_before_entry_probes(tmp_path, monkeypatch):
+    """A call that enters between its entry probe and its return probe leaves
+    its saved state behind, and the thread's next call pairs with it (an
+    avail lost, a false used-twice): every return first."""
+    from types import SimpleNamespace
+
+    from vtrace.kernel import fentry
+    from vtrace.sources import live
+    order = []
+    bpf = SimpleNamespace(attach_kprobe=lambda event, fn_name: order.append(("kprobe", event.decode())),
+                          attach_kretprobe=lambda event, fn_name: order.append(("kretprobe", event.decode())),
+                          dump_func=lambda fn: fn)
+    syms = _syms(tmp_path, "".join(f"ffffffff8100{i:04x} T {f}\n" for i, f in enumerate(
+        ["virtqueue_add_sgs", "virtqueue_add_outbuf", "virtqueue_add_inbuf"])))
+    vq_add = next(p for p in attach.CATALOGUE if p.name == "vq_add")
+    kp = next(s for s in vq_add.strategies if s.kind == "kprobe")
+    live.LiveSource._attach(SimpleNamespace(syms=syms), SimpleNamespace(bpf=bpf), vq_add, kp)
+    kinds = [k for k, _fn in order]
+    assert len(order) == 6 and kinds == ["kretprobe"] * 3 + ["kprobe"] * 3, order
+    # fentry: the fexit programs are loaded and linked first
+    monkeypatch.setattr(fentry, "load", lambda insns, how, tid, obj, fn: order.append((how, fn)) or len(order))
+    monkeypatch.setattr(fentry, "attach", lambda fd: -fd)
+    order.clear()
+    prog = SimpleNamespace(bpf=bpf, fds={}, fentry={"vq_add": [
+        ("fentry", "vq_add_entry", "virtqueue_add_sgs", (1, 0)), ("fexit", "vq_add_return", "virtqueue_add_sgs", (1, 0)),
+        ("fentry", "vq_add_entry", "virtqueue_add_inbuf", (2, 0)),
+        ("fexit", "vq_add_return", "virtqueue_add_inbuf", (2, 0))]})
+    fe = next(s for s in vq_add.strategies if s.kind == "fentry")
+    live.LiveSource._attach(SimpleNamespace(syms=syms), prog, vq_add, fe)
+    assert [k for k, _fn in order] == ["fexit", "fexit", "fentry", "fentry"], order
