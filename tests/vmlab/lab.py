@@ -293,7 +293,9 @@ def capture_phases(python: str, workload: str, *, before: str = "", during: str 
     """sh for boot_host_root: per STRATEGY_PHASES entry ($1 its name), `vtrace probes -j`
     to /out/$1.probes.jsonl, ``before``, a live capture to /out/$1.vtrace around
     ``workload`` (stderr /out/$1.work.err, marker VTRACE-WORK-$1), ``during``, the
-    capture's SIGTERM (marker VTRACE-CAPTURE-$1), ``after``."""
+    capture's SIGTERM (marker VTRACE-CAPTURE-$1), ``after``. The workload starts
+    once the capture says it is tracing (marker VTRACE-READY-$1: how long that
+    took, in ms), and not at all if it never does."""
     return f"""
 phase() {{
   export VTRACE_STRATEGIES=$2
@@ -301,9 +303,13 @@ phase() {{
   {before}
   {python} -m vtrace.cli capture --source live -f -o /out/$1.vtrace 2>/out/$1.capture.err &
   cap=$!
-  i=0; while ! grep -q "Hit Ctrl-C" /out/$1.capture.err && [ $i -lt 900 ]; do sleep 0.1; i=$((i+1)); done
-  {workload} 2>/out/$1.work.err; echo VTRACE-WORK-$1 $?
-  {during}
+  t0=$(date +%s%N)
+  while ! grep -q "Hit Ctrl-C" /out/$1.capture.err && kill -0 $cap 2>/dev/null; do sleep 0.1; done
+  echo VTRACE-READY-$1 $(( ($(date +%s%N) - t0) / 1000000 ))
+  if grep -q "Hit Ctrl-C" /out/$1.capture.err; then
+    {workload} 2>/out/$1.work.err; echo VTRACE-WORK-$1 $?
+    {during}
+  fi
   kill -TERM $cap; wait $cap; echo VTRACE-CAPTURE-$1 $?
   {after}
 }}
@@ -315,6 +321,8 @@ def check_phase(run: Run, out: Path, phase: str, work: str) -> None:
     def tail(f: str) -> str:
         p = out / f"{phase}.{f}"
         return p.read_text().strip()[-800:] if p.exists() else "(missing)"
+    assert run.marker(f"VTRACE-READY-{phase}") is not None and run.marker(f"VTRACE-WORK-{phase}") is not None, \
+        f"the capture never announced it was tracing: {tail('capture.err')}"
     assert run.marker(f"VTRACE-WORK-{phase}") == "0", \
         f"{work} failed: {tail('work.err')}; console: {run.console[-800:]}"
     assert run.marker(f"VTRACE-CAPTURE-{phase}") == "0", f"capture failed: {tail('capture.err')}"
