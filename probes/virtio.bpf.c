@@ -61,6 +61,9 @@ struct call {			/* entry state for the return probe */
 	u32 num_free;
 };
 
+#define KICK_PREPARED 1	/* struct call head, in virtqueue_kick: kick_prepare said yes */
+#define KICK_NOTIFIED 2	/* ... and virtqueue_notify was seen */
+
 BPF_HASH(vq_info, u64, struct vq_info, 4096);
 BPF_HASH(calls, u64, struct call, 4096);	/* (tid, point) -> entry state */
 #include "vtrace_emit.inc"	/* lost, events, emit(): pasted in by the loader */
@@ -221,16 +224,50 @@ int vq_get_buf_return(FN_CTX *ctx)
 #undef FN_POINT
 #define FN_POINT FENTRY_vq_kick
 #include "vtrace_fn.h"
-int vq_kick_entry(FN_CTX *ctx)
+static __always_inline void kick(const void *vq)
 {
-	const void *vq = (const void *)ARG(1);
 	struct vq_info *vi = vq_seen(vq);
 	if (!vi)
-		return 0;
+		return;
 	struct vtrace_event e = {};
 	head(&e, VTRACE_KICK, vq, vi);
 	e.arg = vi->packed ? UNOBSERVED : rd_u16(vq + OFF_VVQ_AVAIL_SHADOW);
 	emit(&e);
+}
+
+int vq_kick_entry(FN_CTX *ctx)
+{
+	const void *vq = (const void *)ARG(1);
+	kick(vq);
+	/* inside virtqueue_kick: this notify was seen, its return must not add one */
+	u64 k = call_key(4);
+	struct call *outer = calls.lookup(&k);
+	if (outer && outer->vq == (u64)vq)
+		outer->head |= KICK_NOTIFIED;
+	return 0;
+}
+
+/* virtqueue_kick(vq) = virtqueue_kick_prepare(vq) ? virtqueue_notify(vq) : true,
+ * with virtqueue_notify inlined (Debian 6.1's virtio_ring calls vq->notify
+ * straight from virtqueue_kick), so the kicks of every driver that uses it
+ * (9p, vsock, console, virtio-net's RX refill) never reach vq_kick_entry. The
+ * kick_prepare return inside marks the call KICK_PREPARED; the return here
+ * records the kick that followed, unless virtqueue_notify was seen itself. */
+int vq_kick_outer_entry(FN_CTX *ctx)
+{
+	struct call c = {.vq = ARG(1)};
+	u64 k = call_key(4);
+	calls.update(&k, &c);
+	return 0;
+}
+
+int vq_kick_outer_return(FN_CTX *ctx)
+{
+	struct call a;
+	if (take_call(4, &a))
+		return 0;
+	if ((a.head & (KICK_PREPARED | KICK_NOTIFIED)) == KICK_PREPARED)
+		kick((const void *)a.vq);
 	return 0;
 }
 #endif
@@ -253,8 +290,14 @@ int kick_prepare_return(FN_CTX *ctx)
 	if (take_call(3, &a))
 		return 0;
 	const void *vq = (const void *)a.vq;
-	if (RETVAL & 0xff)
-		return 0;	/* a kick follows: virtqueue_notify records it */
+	if (RETVAL & 0xff) {
+		/* a kick follows: virtqueue_notify records it, or virtqueue_kick's return */
+		u64 k = call_key(4);
+		struct call *outer = calls.lookup(&k);
+		if (outer && outer->vq == (u64)vq)
+			outer->head |= KICK_PREPARED;
+		return 0;
+	}
 	struct vq_info *vi = vq_seen(vq);
 	if (!vi)
 		return 0;

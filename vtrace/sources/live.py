@@ -137,6 +137,9 @@ EXTRA_ATTACH = {
                     for how, fn in (("kprobe", "vq_add_entry"), ("kretprobe", "vq_add_return"))),
     "vq_get_buf": (("kprobe", "virtqueue_get_buf", "vq_get_buf_entry"),
                    ("kretprobe", "virtqueue_get_buf", "vq_get_buf_return")),
+    # virtqueue_kick, where virtqueue_notify is inlined (probes/virtio.bpf.c)
+    "vq_kick": (("kprobe", "virtqueue_kick", "vq_kick_outer_entry"),
+                ("kretprobe", "virtqueue_kick", "vq_kick_outer_return")),
 }
 PROGRAMS = tuple(OFFSETS)
 
