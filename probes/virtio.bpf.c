@@ -22,6 +22,7 @@
  *            (split) consumed used->ring[last_used_idx - 1]
  *   bool virtqueue_kick_prepare(vq)   false: no kick needed
  *   bool virtqueue_notify(vq)         the kick itself
+ *   bool virtqueue_kick(vq)           the kick, where it inlines virtqueue_notify
  * Success is read from vq->num_free, not the return value (whose place in an
  * fexit context depends on each function's argument count): an add takes
  * descriptors, a get gives them back, a failure leaves num_free alone. The
