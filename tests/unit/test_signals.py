@@ -96,3 +96,41 @@ def test_a_stop_while_a_batch_is_written_keeps_the_batch(tmp_path, sig, hold):
     assert pipe.interrupted and w.n == 2
     assert snap.events_total == 2000
     assert sum(b.events.size for b in CaptureReader(str(tmp_path / "s.vtrace")).batches()) == 2000
+
+
+class _Ring:
+    """Hands out 100 records per read; on read 5 it sends ``sig`` after taking
+    them off the ring and before returning them, as a stop can land."""
+    def __init__(self, sig):
+        self.sig, self.reads, self.ts = sig, 0, 0
+
+    def read(self):
+        self.reads += 1
+        ev = np.zeros(100, dtype=RECORD_DTYPE)
+        ev["ts"] = np.arange(100) + self.ts + 1
+        self.ts += 100
+        if self.reads == 5:
+            os.kill(os.getpid(), self.sig)
+            for _ in range(40):  # as above: let the handler run
+                time.sleep(0.005)
+        return ev
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_during_a_ring_read_keeps_what_was_read(tmp_path, sig):
+    from vtrace.sources import live
+    src = live.LiveSource.__new__(live.LiveSource)
+    src.stream, src.duration_ns, src.drain_s, src.batch_ns = True, None, 0.001, 10**12  # one batch: the tail
+    src.status, src.known, src.vhost_devs, src._pending, src._tail, src.demoted = [], set(), {}, None, [], {}
+    src.info, src.host = {"source": "live"}, "test"
+    ring = _Ring(sig)
+    bpf = type("Bpf", (), {"funcs": {}, "cleanup": lambda self: None,
+                           "__getitem__": lambda self, k: type("M", (), {"getvalue": lambda s, i: [0]})()})()
+    src.programs = [live._Program("test", "", [], [], [], {}, bpf=bpf, ring=ring)]
+    pipe = Pipeline(src)
+    snap = pipe.run()
+    assert pipe.interrupted and ring.reads >= 5
+    assert snap.events_total == 100 * ring.reads, (snap.events_total, ring.reads)

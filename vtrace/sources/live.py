@@ -659,7 +659,8 @@ class LiveSource:
         try:
             while True:
                 time.sleep(self.drain_s)
-                self._drain()
+                with held():  # a read's records are only ours once in prog.chunks
+                    self._drain()
                 now = time.monotonic_ns()
                 end = self.duration_ns is not None and now - t0 >= self.duration_ns
                 if now < next_batch and not end:
