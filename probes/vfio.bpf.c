@@ -48,13 +48,12 @@ BPF_HASH(reqs, u32, struct req, 1024);
 BPF_HASH(calls, u64, struct call, 1024);	/* (tid, point) -> entry state for the return probe */
 #include "vtrace_emit.inc"	/* lost, events, emit(): pasted in by the loader */
 
-#include "vtrace_calls.inc"	/* take_call(): pasted in by the loader */
+#include "vtrace_calls.inc"	/* put_call(), take_call(): pasted in by the loader */
 
 static __always_inline void save(u32 point, u64 a, u64 b)
 {
 	struct call c = {.ts = bpf_ktime_get_ns(), .a = a, .b = b};
-	u64 k = call_key(point);
-	calls.update(&k, &c);
+	put_call(point, &c);
 }
 
 static __always_inline void vfio_head(struct vtrace_event *e, u8 kind)

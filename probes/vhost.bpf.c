@@ -48,7 +48,7 @@ BPF_HASH(vq_info, u64, struct vq_info, 4096);
 BPF_HASH(calls, u64, struct call, 4096);	/* (tid, point) -> entry args for the return probe */
 #include "vtrace_emit.inc"	/* lost, events, emit(): pasted in by the loader */
 
-#include "vtrace_calls.inc"	/* take_call(): pasted in by the loader */
+#include "vtrace_calls.inc"	/* put_call(), take_call(): pasted in by the loader */
 
 /* dev->vqs[0..MAX_VQS) in one read; returns dev->nvqs. Slots past nvqs are
  * the caller's to ignore: the array is a kmalloc of nvqs pointers, reading on
@@ -107,8 +107,7 @@ int fetch_entry(FN_CTX *ctx)
 	c.a0 = ARG(1);	/* vq */
 	c.a3 = ARG(4);	/* out_num */
 	c.a4 = ARG(5);	/* in_num */
-	u64 k = call_key(1);
-	calls.update(&k, &c);
+	put_call(1, &c);
 	return 0;
 }
 
@@ -189,8 +188,7 @@ int signal_entry(FN_CTX *ctx)
 	/* vhost_notify replaces signalled_used: keep the old value and validity */
 	c.a2 = rd_u16(vq + OFF_VQ_SIGNALLED_USED);
 	c.a3 = rd_u64(vq + OFF_VQ_SIGNALLED_VALID) & 0xff;
-	u64 k = call_key(2);
-	calls.update(&k, &c);
+	put_call(2, &c);
 	return 0;
 }
 
@@ -294,8 +292,7 @@ int vring_ioctl_entry(FN_CTX *ctx)
 	c.a0 = ARG(1);
 	c.a1 = ioctl;
 	c.a2 = ARG(3);
-	u64 k = call_key(3);
-	calls.update(&k, &c);
+	put_call(3, &c);
 	return 0;
 }
 

@@ -62,6 +62,7 @@ struct call {			/* entry state for the return probe */
 	u32 num_free;
 };
 
+enum { P_ADD = 1, P_GET_BUF, P_KICK_PREPARE, P_KICK };	/* call_key() points */
 #define KICK_PREPARED 1	/* struct call head, in virtqueue_kick: kick_prepare said yes */
 #define KICK_NOTIFIED 2	/* ... and virtqueue_notify was seen */
 
@@ -69,7 +70,7 @@ BPF_HASH(vq_info, u64, struct vq_info, 4096);
 BPF_HASH(calls, u64, struct call, 4096);	/* (tid, point) -> entry state */
 #include "vtrace_emit.inc"	/* lost, events, emit(): pasted in by the loader */
 
-#include "vtrace_calls.inc"	/* take_call(): pasted in by the loader */
+#include "vtrace_calls.inc"	/* put_call(), take_call(): pasted in by the loader */
 
 /* Who a virtqueue is, once: its device, index, size, name. */
 static __always_inline struct vq_info *vq_seen(const void *vq)
@@ -88,6 +89,14 @@ static __always_inline struct vq_info *vq_seen(const void *vq)
 	bpf_probe_read_kernel_str(z.name, sizeof(z.name), (const void *)rd_u64(vq + OFF_VQ_NAME));
 	vq_info.insert(&key, &z);
 	return vq_info.lookup(&key);
+}
+
+/* Mark this thread's enclosing virtqueue_kick call on vq, if any (vq_kick_outer_return). */
+static __always_inline void mark_kick(const void *vq, u32 flag)
+{
+	struct call *outer = pending_call(P_KICK);
+	if (outer && outer->vq == (u64)vq)
+		outer->head |= flag;
 }
 
 static __always_inline void head(struct vtrace_event *e, u8 kind, const void *vq, struct vq_info *vi)
@@ -143,15 +152,14 @@ int vq_add_entry(FN_CTX *ctx)
 	struct call c = {.vq = (u64)vq};
 	c.head = rd_u32(vq + OFF_VVQ_FREE_HEAD);
 	c.num_free = rd_u32(vq + OFF_VQ_NUM_FREE);
-	u64 k = call_key(1);
-	calls.update(&k, &c);
+	put_call(P_ADD, &c);
 	return 0;
 }
 
 int vq_add_return(FN_CTX *ctx)
 {
 	struct call a;
-	if (take_call(1, &a))
+	if (take_call(P_ADD, &a))
 		return 0;
 	const void *vq = (const void *)a.vq;
 	u32 nf = rd_u32(vq + OFF_VQ_NUM_FREE);
@@ -181,15 +189,14 @@ int vq_get_buf_entry(FN_CTX *ctx)
 	const void *vq = (const void *)ARG(1);
 	struct call c = {.vq = (u64)vq};
 	c.num_free = rd_u32(vq + OFF_VQ_NUM_FREE);
-	u64 k = call_key(2);
-	calls.update(&k, &c);
+	put_call(P_GET_BUF, &c);
 	return 0;
 }
 
 int vq_get_buf_return(FN_CTX *ctx)
 {
 	struct call a;
-	if (take_call(2, &a))
+	if (take_call(P_GET_BUF, &a))
 		return 0;
 	const void *vq = (const void *)a.vq;
 	u32 nf = rd_u32(vq + OFF_VQ_NUM_FREE);
@@ -241,10 +248,7 @@ int vq_kick_entry(FN_CTX *ctx)
 	const void *vq = (const void *)ARG(1);
 	kick(vq);
 	/* inside virtqueue_kick: this notify was seen, its return must not add one */
-	u64 k = call_key(4);
-	struct call *outer = calls.lookup(&k);
-	if (outer && outer->vq == (u64)vq)
-		outer->head |= KICK_NOTIFIED;
+	mark_kick(vq, KICK_NOTIFIED);
 	return 0;
 }
 
@@ -257,15 +261,14 @@ int vq_kick_entry(FN_CTX *ctx)
 int vq_kick_outer_entry(FN_CTX *ctx)
 {
 	struct call c = {.vq = ARG(1)};
-	u64 k = call_key(4);
-	calls.update(&k, &c);
+	put_call(P_KICK, &c);
 	return 0;
 }
 
 int vq_kick_outer_return(FN_CTX *ctx)
 {
 	struct call a;
-	if (take_call(4, &a))
+	if (take_call(P_KICK, &a))
 		return 0;
 	if ((a.head & (KICK_PREPARED | KICK_NOTIFIED)) == KICK_PREPARED)
 		kick((const void *)a.vq);
@@ -280,23 +283,19 @@ int vq_kick_outer_return(FN_CTX *ctx)
 int kick_prepare_entry(FN_CTX *ctx)
 {
 	struct call c = {.vq = ARG(1)};
-	u64 k = call_key(3);
-	calls.update(&k, &c);
+	put_call(P_KICK_PREPARE, &c);
 	return 0;
 }
 
 int kick_prepare_return(FN_CTX *ctx)
 {
 	struct call a;
-	if (take_call(3, &a))
+	if (take_call(P_KICK_PREPARE, &a))
 		return 0;
 	const void *vq = (const void *)a.vq;
 	if (RETVAL & 0xff) {
 		/* a kick follows: virtqueue_notify records it, or virtqueue_kick's return */
-		u64 k = call_key(4);
-		struct call *outer = calls.lookup(&k);
-		if (outer && outer->vq == (u64)vq)
-			outer->head |= KICK_PREPARED;
+		mark_kick(vq, KICK_PREPARED);
 		return 0;
 	}
 	struct vq_info *vi = vq_seen(vq);
