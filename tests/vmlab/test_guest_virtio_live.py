@@ -65,14 +65,14 @@ def lab_run(request, lab_out):
     # vda's request queues: the only device the test touches (the root is on 9p)
     vda = {o.obj: o for o in objs.values() if o.layer == Layer.VIRTIO_GUEST and o.dev_type == "blk"}
     blk = {o.obj for o in objs.values() if o.dev_type == "blk-mq" and o.device == "vda"}
-    return {"phase": ph, "ev": ev, "vda": vda, "blk": blk, "capture": out / f"{ph}.vtrace",
+    return {"phase": ph, "ev": ev, "objs": objs, "vda": vda, "blk": blk, "capture": out / f"{ph}.vtrace",
             "probes": lab.probe_table(out, ph),
             "irq": {k: _irqs((out / f"{ph}.irq-{k}.txt").read_text()) for k in ("before", "after")}}
 
 
 def _seen(lab_run) -> str:
     """What the capture holds, for a failure message: its objects and events per object."""
-    ev, objs = _events(lab_run["capture"])
+    ev, objs = lab_run["ev"], lab_run["objs"]
     per = Counter(ev["obj"].tolist())
     return "; ".join(f"{o.device}/{o.name} {o.dev_type} layer {o.layer}: {per.pop(o.obj, 0)} events"
                      for o in objs.values()) + f"; events of unnamed objects: {dict(per)}"
@@ -142,7 +142,7 @@ def test_kicks_through_virtqueue_kick_are_seen(lab_run):
     avails and kick decisions alternate exactly (a kick, or none needed), once the
     kick points are attached (the first decision) and up to the last avail (its
     kick may come after the capture)."""
-    ev, objs = lab_run["ev"], _events(lab_run["capture"])[1]
+    ev, objs = lab_run["ev"], lab_run["objs"]
     p9 = [o.obj for o in objs.values() if o.layer == Layer.VIRTIO_GUEST and o.dev_type == "9p"]
     assert p9, _seen(lab_run)
     decided = (Kind.KICK, Kind.KICK_SUPPRESSED)
