@@ -64,12 +64,7 @@ int admin_return(FN_CTX *ctx)
 	if (!s)
 		return 0;
 	struct vtrace_event e = {};
-	e.ts = bpf_ktime_get_ns();
-	e.obj = s->vdev;
-	e.pid = bpf_get_current_pid_tgid() >> 32;
-	e.kind = VTRACE_ADMIN_COMPLETE;
-	e.layer = VTRACE_LAYER_VFIO;
-	e.queue = VTRACE_NO_QUEUE;
+	event_head(&e, VTRACE_ADMIN_COMPLETE, VTRACE_LAYER_VFIO, s->vdev, VTRACE_NO_QUEUE);
 	e.id = s->opcode;
 	e.aux = s->group;
 	int ret = RETVAL;

@@ -59,12 +59,7 @@ static __always_inline int rq_event(const void *rq, struct vtrace_event *e, u8 k
 	u32 qn;
 	if (tag < 0 || req_obj(rq, &obj, &qn))
 		return -1;
-	e->ts = bpf_ktime_get_ns();
-	e->obj = obj;
-	e->pid = bpf_get_current_pid_tgid() >> 32;
-	e->kind = kind;
-	e->layer = VTRACE_LAYER_VIRTIO_GUEST;
-	e->queue = qn;
+	event_head(e, kind, VTRACE_LAYER_VIRTIO_GUEST, obj, qn);
 	e->id = tag;
 	e->aux2 = UNOBSERVED;
 	e->arg = UNOBSERVED;

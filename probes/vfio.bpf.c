@@ -159,12 +159,8 @@ int dma_return(FN_CTX *ctx)
 		return 0;
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct vtrace_event e = {};
-	e.ts = bpf_ktime_get_ns();
-	e.obj = VFIO_OBJ(tgid);
-	e.pid = tgid;
-	e.kind = q.cmd == VFIO_IOMMU_MAP_DMA ? VTRACE_DMA_MAP : VTRACE_DMA_UNMAP;
-	e.layer = VTRACE_LAYER_VFIO;
-	e.queue = VTRACE_NO_QUEUE;
+	event_head(&e, q.cmd == VFIO_IOMMU_MAP_DMA ? VTRACE_DMA_MAP : VTRACE_DMA_UNMAP, VTRACE_LAYER_VFIO,
+		   VFIO_OBJ(tgid), VTRACE_NO_QUEUE);
 	e.id = (u32)q.iova;
 	e.aux2 = q.iova >> 32;
 	if (q.cmd == VFIO_IOMMU_MAP_DMA)
@@ -182,12 +178,8 @@ int dma_return(FN_CTX *ctx)
 int migration_entry(FN_CTX *ctx)
 {
 	struct vtrace_event e = {};
-	e.ts = bpf_ktime_get_ns();
-	e.obj = ARG(1);	/* struct vfio_device * */
-	e.pid = bpf_get_current_pid_tgid() >> 32;
-	e.kind = VTRACE_MIGRATION_STATE;
-	e.layer = VTRACE_LAYER_VFIO;
-	e.queue = VTRACE_NO_QUEUE;
+	/* the object: the struct vfio_device * */
+	event_head(&e, VTRACE_MIGRATION_STATE, VTRACE_LAYER_VFIO, ARG(1), VTRACE_NO_QUEUE);
 	e.id = ARG(3);	/* new */
 	e.aux = ARG(2);	/* cur */
 	emit(&e);
