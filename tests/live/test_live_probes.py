@@ -158,7 +158,9 @@ def test_block_requests_match_diskstats_and_fill_latency_histograms():
     delta = after - before
     print(f"vda requests completed in window: vtrace {done.size}, /proc/diskstats {delta}")
     tol = max(2, delta // 100)  # the tracepoint can miss a few under load: see the counting test
-    assert delta >= 4000 and abs(done.size - delta) <= tol
+    lost = int(ev[ev["kind"] == Kind.LOST]["arg"].sum())
+    assert delta >= 4000 and abs(done.size - delta) <= tol, \
+        f"vtrace {done.size}, /proc/diskstats {delta}, {lost} lost, window {(t2 - t1) / 1e9:.2f} s"
     # used_len is what the device wrote into memory: the 2000 reads' 4 KiB each, nothing for writes
     assert (done["len"] == 4096).sum() >= 2000 - tol and (done["len"] == 0).sum() >= 2000 - tol
     snap = agg.snapshot(close_interval=False)
