@@ -1,16 +1,20 @@
-"""vtrace live inside a guest, on the guest's own virtio-blk disk (Debian's 6.1).
+"""vtrace live inside a guest, on the guest's own virtio-blk disk and virtio-net NIC (Debian's 6.1).
 
 Our own machines refuse function probes, so the virtio driver's ring
 operations (virtqueue_add_sgs and the other adds, virtqueue_get_buf[_ctx],
 virtqueue_kick_prepare, virtqueue_notify) can only be proven here. The lab guest gets a virtio-blk
 disk that nothing but the test touches; `dd` reads N blocks from it with
 O_DIRECT, one request at a time, while `vtrace capture --source live` runs.
-Every assertion is held against what was issued (N requests of 4 KiB) or
-against the guest kernel's own counters (/proc/interrupts), exactly.
+Then net_arp.py sends NET ARP requests, one at a time, on a virtio-net NIC
+whose other end is QEMU's user-mode network (which answers each one, and
+sends nothing else). Every assertion is held against what was issued (N
+requests of 4 KiB, NET frames out and their answers) or against the guest
+kernel's own counters (/proc/interrupts, the NIC's packet counters), exactly.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -28,8 +32,10 @@ pytestmark = pytest.mark.vmlab
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 200
-SCRIPT = lab.capture_phases(sys.executable, f"dd if=/dev/vda of=/dev/null bs=4096 count={N} iflag=direct",
-                            before="cat /proc/interrupts > /out/$1.irq-before.txt",
+NET = 100
+SCRIPT = lab.capture_phases(sys.executable, f"dd if=/dev/vda of=/dev/null bs=4096 count={N} iflag=direct && "
+                            f"{sys.executable} tests/vmlab/net_arp.py eth0 {NET} /out/$1.net.json",
+                            before="ip link set eth0 up; cat /proc/interrupts > /out/$1.irq-before.txt",
                             during="cat /proc/interrupts > /out/$1.irq-after.txt")
 
 
@@ -50,9 +56,11 @@ def lab_out(tmp_path_factory):
     d = tmp_path_factory.mktemp("guest-virtio-lab")
     disk = d / "disk.img"
     disk.write_bytes(np.random.default_rng(7).integers(0, 256, 8 << 20, dtype=np.uint8).tobytes())
-    out, run = lab.run_host_root(d, ["virtio_blk"], SCRIPT,
+    # restrict=on: the user-mode network reaches nothing outside QEMU
+    out, run = lab.run_host_root(d, ["virtio_blk", "virtio_net"], SCRIPT,
                                  ["-drive", f"file={disk},if=none,id=vd0,format=raw",
-                                  "-device", "virtio-blk-pci,drive=vd0"])
+                                  "-device", "virtio-blk-pci,drive=vd0",
+                                  "-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0,romfile="])
     return out, run
 
 
@@ -65,7 +73,9 @@ def lab_run(request, lab_out):
     # vda's request queues: the only device the test touches (the root is on 9p)
     vda = {o.obj: o for o in objs.values() if o.layer == Layer.VIRTIO_GUEST and o.dev_type == "blk"}
     blk = {o.obj for o in objs.values() if o.dev_type == "blk-mq" and o.device == "vda"}
-    return {"phase": ph, "ev": ev, "objs": objs, "vda": vda, "blk": blk, "capture": out / f"{ph}.vtrace",
+    net = {o.name: o.obj for o in objs.values() if o.layer == Layer.VIRTIO_GUEST and o.dev_type == "net"}
+    return {"phase": ph, "ev": ev, "objs": objs, "vda": vda, "blk": blk, "net": net, "capture": out / f"{ph}.vtrace",
+            "nic": json.loads((out / f"{ph}.net.json").read_text()),
             "probes": lab.probe_table(out, ph),
             "irq": {k: _irqs((out / f"{ph}.irq-{k}.txt").read_text()) for k in ("before", "after")}}
 
@@ -115,15 +125,17 @@ def test_every_request_is_one_buffer_made_available_and_used(lab_run):
 def test_kicks_and_interrupts_match_the_kernel(lab_run):
     ev, vda = lab_run["ev"], lab_run["vda"]
     mine = ev[np.isin(ev["obj"], list(vda))]
+    per_queue = dict(vda) | {obj: lab_run["objs"][obj] for obj in lab_run["net"].values()}
     kinds = Counter(Kind(k).name for k in mine["kind"].tolist())
     # one virtqueue_kick_prepare per request at QD1: a kick, or none needed
     assert kinds["KICK"] + kinds["KICK_SUPPRESSED"] == N and kinds["KICK"] >= 1, (kinds, _seen(lab_run))
     # interrupts: vring_interrupt per queue = the guest kernel's own count for
-    # that queue's vector (/proc/interrupts, e.g. virtio2-req.0)
+    # that queue's vector (/proc/interrupts, e.g. virtio2-req.0, virtio3-output.0),
+    # for the disk's queues and the NIC's
     before, after = lab_run["irq"]["before"], lab_run["irq"]["after"]
-    for obj, o in vda.items():
+    for obj, o in per_queue.items():
         name = f"{o.device}-{o.name}"
-        got = int(((mine["obj"] == obj) & (mine["kind"] == Kind.SIGNAL)).sum())
+        got = int(((ev["obj"] == obj) & (ev["kind"] == Kind.SIGNAL)).sum())
         assert got == after.get(name, 0) - before.get(name, 0), (name, got, before.get(name), after.get(name))
     assert kinds["SIGNAL"] >= 1
 
@@ -160,3 +172,26 @@ def test_kicks_through_virtqueue_kick_are_seen(lab_run):
             pairs += len(seq) // 2
         kicks += int((q["kind"] == Kind.KICK).sum())
     assert pairs >= 50 and kicks >= 50, (pairs, kicks)
+
+
+def test_nic_buffers_match_the_frames_sent_and_received(lab_run):
+    """virtio-net (drivers/net/virtio_net.c, 6.1): start_xmit adds one buffer
+    per frame with virtqueue_add_outbuf and, with no more frames queued
+    (xmit_more false), decides on a kick with virtqueue_kick_prepare;
+    free_old_xmit_skbs takes each back with virtqueue_get_buf and counts
+    tx_packets; receive_buf takes one mergeable RX buffer per small frame
+    (rx_packets), whose used length is the 12-byte virtio_net_hdr_mrg_rxbuf
+    plus the frame (VIRTIO 1.2 §5.1.6)."""
+    ev, net, nic = lab_run["ev"], lab_run["net"], lab_run["nic"]
+    assert {"input.0", "output.0"} <= set(net), _seen(lab_run)
+    assert nic["replies"] == nic["sent"] == NET and nic["tx_packets"] == NET, nic
+    tx = ev[ev["obj"] == net["output.0"]]
+    avail, used = tx[tx["kind"] == Kind.AVAIL], tx[tx["kind"] == Kind.USED]
+    assert len(avail) == NET and len(used) == NET, (len(avail), len(used), _seen(lab_run))
+    assert Counter(avail["id"].tolist()) == Counter(used["id"].tolist())
+    kinds = Counter(Kind(k).name for k in tx["kind"].tolist())
+    assert kinds["KICK"] + kinds["KICK_SUPPRESSED"] == NET and kinds["KICK"] >= 1, kinds
+    rx = ev[ev["obj"] == net["input.0"]]
+    got = rx[rx["kind"] == Kind.USED]
+    assert len(got) == nic["rx_packets"] >= NET, (len(got), nic)
+    assert set(got["len"].tolist()) == {12 + b for b in nic["reply_bytes"]}, (Counter(got["len"].tolist()), nic)
