@@ -299,3 +299,30 @@ def test_return_probes_attach_before_entry_probes(tmp_path, monkeypatch):
     fe = next(s for s in vq_add.strategies if s.kind == "fentry")
     live.LiveSource._attach(SimpleNamespace(syms=syms), prog, vq_add, fe)
     assert [k for k, _fn in order] == ["fexit", "fexit", "fentry", "fentry"], order
+
+
+def test_an_extra_function_fentry_cannot_take_is_named_in_the_points_status(tmp_path, monkeypatch):
+    """vq_kick attaches virtqueue_notify and, as an extra, virtqueue_kick; if
+    the extra has no BTF the point still attaches, but says what it lacks
+    (its kicks through virtqueue_kick() would otherwise vanish silently)."""
+    from types import SimpleNamespace
+
+    from vtrace.kernel import btf
+    from vtrace.sources import live
+    syms = _syms(tmp_path, "ffffffff81000000 T virtqueue_notify\nffffffff81000010 T virtqueue_kick\n")
+
+    def target(s, _syms):
+        if s.target == "virtqueue_kick":
+            raise btf.BtfError("virtqueue_kick has no BTF id")
+        return 7, 0, 1
+    monkeypatch.setattr(attach, "fentry_target", target)
+    vq_kick = next(p for p in attach.CATALOGUE if p.name == "vq_kick")
+    fe = next(s for s in vq_kick.strategies if s.kind == "fentry")
+    src = SimpleNamespace(syms=syms, partial={})
+    fns, nargs = live.LiveSource._fentry_targets(src, vq_kick, fe)
+    assert nargs == 1 and {t for _h, _f, t, _id in fns} == {"virtqueue_notify"}
+    assert src.partial == {"vq_kick": "without virtqueue_kick (virtqueue_kick has no BTF id)"}
+    # with BTF for both, nothing is missing (and a stale note goes)
+    monkeypatch.setattr(attach, "fentry_target", lambda s, _syms: (7, 0, 1))
+    fns, _n = live.LiveSource._fentry_targets(src, vq_kick, fe)
+    assert {t for _h, _f, t, _id in fns} == {"virtqueue_notify", "virtqueue_kick"} and src.partial == {}

@@ -250,6 +250,7 @@ class LiveSource:
         self._pending: Batch | None = None  # a batch built and not yet handed over
         self._tail: list[Batch] = []        # what the last read at the end found (final())
         self.demoted: dict[str, str] = {}    # points fentry was refused for at attach: why
+        self.partial: dict[str, str] = {}    # fentry points attached without one of their extra functions
         self.host = socket.gethostname()
         try:
             self.syms = Kallsyms()
@@ -313,13 +314,19 @@ class LiveSource:
         function a fentry point attaches, and the main function's argument count."""
         tid, obj, nargs = attach.fentry_target(s, self.syms)
         out = [(how, fn, s.target, (tid, obj)) for how, fn in s.attach]
+        missed = {}
         for how, target, fn in EXTRA_ATTACH.get(p.name, ()):
-            if self.syms.lookup(target):
+            if self.syms.lookup(target):  # absent from this kernel: nothing to miss
                 try:
                     tid, obj, _n = attach.fentry_target(attach.Strategy("fentry", target), self.syms)
-                except (fentry.FentryError, btf.BtfError):
-                    continue  # the point's main function still attaches
+                except (fentry.FentryError, btf.BtfError) as e:
+                    missed[target] = str(e)  # the point's main function still attaches: say what it lacks
+                    continue
                 out.append(("fentry" if how == "kprobe" else "fexit", fn, target, (tid, obj)))
+        if missed:
+            self.partial[p.name] = "without " + "; ".join(f"{t} ({why})" for t, why in missed.items())
+        else:
+            self.partial.pop(p.name, None)
         return out, nargs
 
     def ebpf(self) -> str:
@@ -383,7 +390,9 @@ class LiveSource:
                     self._attach(prog, p, s)
                 if s.kind == "kprobe":
                     label = f"kprobe:{self.syms.lookup(s.target)[0].name}"
-                note = f"fentry refused: {self.demoted[p.name]}" if p.name in self.demoted else ""
+                notes = [f"fentry refused: {self.demoted[p.name]}" if p.name in self.demoted else "",
+                         self.partial.get(p.name, "") if s.kind == "fentry" else ""]
+                note = "; ".join(n for n in notes if n)
                 self.status.append(ProbeStatus(p.layer, p.name, label, True, note))
             except fentry.FentryError as e:
                 self._detach_fentry(prog, p)
