@@ -12,6 +12,7 @@
 #define IOMMU_OBJ(tgid) (0x494f4d0000000000ULL | (u64)(tgid))
 
 #include "vtrace_emit.inc"	/* lost, events, emit(): pasted in by the loader */
+/* TRACEPOINT_PROBE names its context `args`: those bodies call emit_to(args, ...) */
 
 static __always_inline void head(struct vtrace_event *e, u8 kind, u64 iova)
 {
@@ -28,7 +29,7 @@ TRACEPOINT_PROBE(iommu, map)
 	head(&e, VTRACE_DMA_MAP, args->iova);
 	e.aux = UNOBSERVED;	/* prot */
 	e.arg = args->size;
-	emit(&e);
+	emit_to(args, &e);
 	return 0;
 }
 #endif
@@ -39,7 +40,7 @@ TRACEPOINT_PROBE(iommu, unmap)
 	struct vtrace_event e = {};
 	head(&e, VTRACE_DMA_UNMAP, args->iova);
 	e.arg = args->unmapped_size;
-	emit(&e);
+	emit_to(args, &e);
 	return 0;
 }
 #endif

@@ -16,6 +16,7 @@
 #define KVM_OBJ(tgid) (0x4b564d0000000000ULL | (u64)(tgid))	/* "KVM" + tgid */
 
 #include "vtrace_emit.inc"	/* lost, events, emit(): pasted in by the loader */
+/* TRACEPOINT_PROBE names its context `args`: those bodies call emit_to(args, ...) */
 
 static __always_inline void head(struct vtrace_event *e, u8 kind)
 {
@@ -29,7 +30,7 @@ TRACEPOINT_PROBE(kvm, kvm_exit)
 	struct vtrace_event e = {};
 	head(&e, VTRACE_KVM_EXIT);
 	e.id = args->exit_reason;
-	emit(&e);
+	emit_to(args, &e);
 	return 0;
 }
 #endif
@@ -43,7 +44,7 @@ TRACEPOINT_PROBE(kvm, kvm_pio)
 	e.len = args->size;
 	e.aux = args->rw;	/* KVM_PIO_OUT = 1 */
 	e.arg = args->val;
-	emit(&e);
+	emit_to(args, &e);
 	return 0;
 }
 #endif
@@ -56,7 +57,7 @@ TRACEPOINT_PROBE(kvm, kvm_mmio)
 	e.len = args->len;
 	e.aux = args->type == 2;	/* KVM_TRACE_MMIO_WRITE */
 	e.arg = args->gpa;
-	emit(&e);
+	emit_to(args, &e);
 	return 0;
 }
 #endif
@@ -67,7 +68,7 @@ TRACEPOINT_PROBE(kvm, kvm_userspace_exit)
 	struct vtrace_event e = {};
 	head(&e, VTRACE_KVM_USERSPACE_EXIT);
 	e.id = args->reason;
-	emit(&e);
+	emit_to(args, &e);
 	return 0;
 }
 #endif
@@ -79,7 +80,7 @@ TRACEPOINT_PROBE(kvm, kvm_set_irq)
 	head(&e, VTRACE_KVM_SET_IRQ);
 	e.id = args->gsi;
 	e.aux = args->level;
-	emit(&e);
+	emit_to(args, &e);
 	return 0;
 }
 #endif
@@ -91,7 +92,7 @@ TRACEPOINT_PROBE(kvm, kvm_msi_set_irq)
 	head(&e, VTRACE_KVM_MSI);
 	e.id = args->data;
 	e.arg = args->address;
-	emit(&e);
+	emit_to(args, &e);
 	return 0;
 }
 #endif

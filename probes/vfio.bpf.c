@@ -64,7 +64,7 @@ static __always_inline void vfio_head(struct vtrace_event *e, u8 kind)
 
 /* An ioctl returned: its cmd, which fd, errno (0 = success), the return
  * value when not an error (GET_DEVICE_FD: the new fd), latency. */
-static __always_inline int ioctl_done(u32 point, u32 fd_kind, long ret)
+static __always_inline int ioctl_done(void *ctx, u32 point, u32 fd_kind, long ret)
 {
 	struct call c;
 	if (take_call(point, &c))
@@ -82,7 +82,7 @@ static __always_inline int ioctl_done(u32 point, u32 fd_kind, long ret)
 }
 
 /* A region read or write returned: region index, offset in it, bytes done, errno. */
-static __always_inline int rw_done(u32 point, long ret)
+static __always_inline int rw_done(void *ctx, u32 point, long ret)
 {
 	struct call c;
 	if (take_call(point, &c))
@@ -106,7 +106,7 @@ int name##_entry(FN_CTX *ctx)							\
 }										\
 int name##_return(FN_CTX *ctx)							\
 {										\
-	return ioctl_done(point, fd_kind, RETVAL);				\
+	return ioctl_done(ctx, point, fd_kind, RETVAL);				\
 }
 
 #define RW_POINT(name, point)							\
@@ -119,7 +119,7 @@ int name##_entry(FN_CTX *ctx)							\
 }										\
 int name##_return(FN_CTX *ctx)							\
 {										\
-	return rw_done(point, RETVAL);						\
+	return rw_done(ctx, point, RETVAL);					\
 }
 
 #ifdef HAVE_dma

@@ -232,7 +232,7 @@ int vq_get_buf_return(FN_CTX *ctx)
 #undef FN_POINT
 #define FN_POINT FENTRY_vq_kick
 #include "vtrace_fn.h"
-static __always_inline void kick(const void *vq)
+static __always_inline void kick(void *ctx, const void *vq)
 {
 	struct vq_info *vi = vq_seen(vq);
 	if (!vi)
@@ -246,7 +246,7 @@ static __always_inline void kick(const void *vq)
 int vq_kick_entry(FN_CTX *ctx)
 {
 	const void *vq = (const void *)ARG(1);
-	kick(vq);
+	kick(ctx, vq);
 	/* inside virtqueue_kick: this notify was seen, its return must not add one */
 	mark_kick(vq, KICK_NOTIFIED);
 	return 0;
@@ -271,7 +271,7 @@ int vq_kick_outer_return(FN_CTX *ctx)
 	if (take_call(P_KICK, &a))
 		return 0;
 	if ((a.head & (KICK_PREPARED | KICK_NOTIFIED)) == KICK_PREPARED)
-		kick((const void *)a.vq);
+		kick(ctx, (const void *)a.vq);
 	return 0;
 }
 #endif

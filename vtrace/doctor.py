@@ -120,10 +120,23 @@ def fentry() -> Check:
     return Check("fentry", True, "fentry/fexit programs load and attach (module functions too)", required=False)
 
 
+def events_transport() -> Check:
+    """Which way records reach vtrace (vtrace/kernel/transport.py): the BPF ring
+    buffer, or per-CPU perf buffers on kernels before 5.8."""
+    from vtrace.kernel import transport
+    try:
+        how, why = transport.choose()
+    except ValueError as e:
+        return Check("events", False, str(e), "unset VTRACE_EVENTS, or set it to ringbuf or perf")
+    if how == "ringbuf":
+        return Check("events", True, "BPF ring buffer" + (" (VTRACE_EVENTS)" if why else ""), required=False)
+    return Check("events", True, f"perf buffers ({why}): read through bcc, one callback per record", required=False)
+
+
 def run_all() -> list[Check]:
     checks = [privileges(), bcc_importable(), btf_present(), tracefs_mounted()]
     if checks[0].ok and checks[1].ok:
-        checks += [kernel_headers(), kprobes(), fentry()]
+        checks += [kernel_headers(), kprobes(), fentry(), events_transport()]
     else:
         checks += [kprobes()]
     return checks

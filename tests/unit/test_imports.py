@@ -9,7 +9,8 @@ HEADLESS = ["vtrace.events", "vtrace.aggregate", "vtrace.capture", "vtrace.jsonl
             "vtrace.admin", "vtrace.doctor", "vtrace.kernel.btf", "vtrace.kernel.headers",
             "vtrace.kernel.symbols", "vtrace.kernel.attach", "vtrace.check", "vtrace.model", "vtrace.export",
             "vtrace.export.metrics", "vtrace.export.web", "vtrace.export.text", "vtrace.queuetable",
-            "vtrace.tui", "vtrace.tui.feed", "vtrace.tui.view"]
+            "vtrace.tui", "vtrace.tui.feed", "vtrace.tui.view", "vtrace.kernel.transport", "vtrace.kernel.fentry",
+            "vtrace.sources.perfbuf", "vtrace.sources.ringbuf", "vtrace.stop"]
 OUTPUTS = ["vtrace.report", "vtrace.perfetto", "vtrace.jsonl", "vtrace.export", "vtrace.tui.app"]
 
 

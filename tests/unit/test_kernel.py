@@ -112,19 +112,24 @@ FUNCTION_PROGRAMS = sorted({p.program for p in attach.CATALOGUE
                             if any(s.kind == "fentry" for s in p.strategies)})
 
 
+MODES = ("stream", "count", "stream+perf", "count+perf")  # +perf: the perf-buffer fallback
+
+
 @pytest.mark.parametrize("program,mode,fn", [(p, m, "kprobe") for p in sorted({p.program for p in attach.CATALOGUE})
-                                             for m in ("stream", "count")]
-                         + [(p, m, "fentry") for p in FUNCTION_PROGRAMS for m in ("stream", "count")])
+                                             for m in MODES]
+                         + [(p, m, "fentry") for p in FUNCTION_PROGRAMS for m in MODES])
 def test_every_probe_program_compiles_against_the_minimal_tree(program, mode, fn, tmp_path, monkeypatch):
     """Compile only (no root, no load): every point's code with every HAVE_ macro on,
     offsets as the loader would pass them (any value compiles). Function points
-    compile both ways: as kprobes and as fentry/fexit (probes/vtrace_fn.h)."""
+    compile both ways: as kprobes and as fentry/fexit (probes/vtrace_fn.h); every
+    program with the ring buffer and with the perf-buffer fallback."""
     _need_config()
     lib = _libbcc()
     tree = headers.tree(cache_dir=str(tmp_path))
     monkeypatch.setenv("BCC_KERNEL_SOURCE", tree)
     from vtrace.sources.live import EXTRA_ATTACH, OFFSETS, POINT_OFFSETS, have_macro
-    flags = [f"-I{attach.PROBES_DIR}", "-DVTRACE_RB_PAGES=64"] + (["-DVTRACE_AGG"] if mode == "count" else [])
+    flags = [f"-I{attach.PROBES_DIR}", "-DVTRACE_RB_PAGES=64"] + (["-DVTRACE_AGG"] if "count" in mode else [])
+    flags += ["-DVTRACE_PERFBUF"] if "perf" in mode else []
     flags += [f"-D{m}=8" for m in OFFSETS[program]]
     flags += [f"-D{m}=8" for p in attach.CATALOGUE if p.program == program for m in POINT_OFFSETS.get(p.name, {})]
     for p in attach.CATALOGUE:

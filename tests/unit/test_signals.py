@@ -103,6 +103,7 @@ class _Ring:
     them off the ring and before returning them, as a stop can land."""
     def __init__(self, sig):
         self.sig, self.reads, self.ts = sig, 0, 0
+        self.lost = 0  # what a perf buffer reports it dropped (RingReader: always 0)
 
     def read(self):
         self.reads += 1

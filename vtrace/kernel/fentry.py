@@ -59,6 +59,9 @@ def _bpf(cmd: int, attr: ctypes.Array) -> int:
     return r
 
 
+bpf = _bpf  # for the other raw bpf() users (vtrace/kernel/transport.py)
+
+
 def _addr(buf) -> int:
     return ctypes.addressof(buf) if buf is not None else 0
 

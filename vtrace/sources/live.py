@@ -30,10 +30,11 @@ import numpy as np
 
 from vtrace.events import (COUNT_DTYPE, FLIGHT_DTYPE, LATENCY_DTYPE, RECORD_DTYPE, Batch, Kind, KernelCounts,
                            Layer, ObjectInfo, ProbeStatus)
-from vtrace.kernel import attach, btf, fentry, headers
+from vtrace.kernel import attach, btf, fentry, headers, transport
 from vtrace.kernel.bccerr import captured_stderr, reason
 from vtrace.kernel.symbols import Kallsyms, SymbolError
 from vtrace.model.devtypes import DEVICE_IDS
+from vtrace.sources.perfbuf import PerfReader
 from vtrace.sources.ringbuf import RingReader
 from vtrace.stop import held
 
@@ -255,6 +256,8 @@ class LiveSource:
         try:
             self.syms = Kallsyms()
             attach.allowed()
+            # the ring buffer, or per-CPU perf buffers where the kernel has none (vtrace/kernel/transport.py)
+            self.transport, self.transport_why = transport.choose()
         except (SymbolError, ValueError) as e:
             raise LiveError(str(e)) from None
         for name in programs:
@@ -262,7 +265,8 @@ class LiveSource:
             if prog is not None:
                 self.programs.append(prog)
         self.info = {"source": "live", "host": self.host, "kernel": os.uname().release, "simulated": False,
-                     "ts_start": time.monotonic_ns(), "mode": "stream" if stream else "count"}
+                     "ts_start": time.monotonic_ns(), "mode": "stream" if stream else "count",
+                     "events": self.transport}
 
     # building ---------------------------------------------------------------------
     def _prepare(self, name: str) -> _Program | None:
@@ -270,6 +274,8 @@ class LiveSource:
         chosen = []
         fentry_fns: dict[str, list] = {}
         cflags = [f"-I{attach.PROBES_DIR}", f"-DVTRACE_RB_PAGES={self.ring_pages}"]
+        if self.transport == "perf":
+            cflags.append("-DVTRACE_PERFBUF")
         if not self.stream:
             cflags.append("-DVTRACE_AGG")
         for p in points:
@@ -375,7 +381,10 @@ class LiveSource:
         try:
             with captured_stderr() as log:
                 prog.bpf = BPF(text=prog.text.encode(), cflags=prog.cflags)
-            prog.ring = RingReader(prog.bpf[b"events"].map_fd, self.ring_pages * mmap.PAGESIZE)
+            if self.transport == "perf":  # ring_pages per CPU: as much room per CPU as the ring has in all
+                prog.ring = PerfReader(prog.bpf, self.ring_pages)
+            else:
+                prog.ring = RingReader(prog.bpf[b"events"].map_fd, self.ring_pages * mmap.PAGESIZE)
         except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
             msg = reason(log[0] if log else "", e)
             for p, s in prog.chosen:
@@ -629,6 +638,7 @@ class LiveSource:
             # (bpf_prog_inc_misses_counter, shown as recursion_misses in fdinfo).
             total = sum(int(x) for x in prog.bpf[b"lost"].getvalue(0))
             total += sum(_fdinfo(fd).get("recursion_misses", 0) for _fn, fd in self._prog_fds(prog))
+            total += prog.ring.lost if prog.ring is not None else 0  # perf buffers report their own
             if total > prog.lost_seen:
                 rec = np.zeros(1, dtype=RECORD_DTYPE)
                 rec["ts"], rec["kind"], rec["layer"] = now, Kind.LOST, Layer.VTRACE

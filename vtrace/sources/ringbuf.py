@@ -41,6 +41,7 @@ class RingReader:
         self._buf = np.frombuffer(self._data, dtype=np.uint8)
         self.discarded = 0
         self.foreign = 0  # records of another size: not ours, skipped and counted
+        self.lost = 0     # a full ring is counted by the programs themselves (`lost` map)
 
     def close(self) -> None:
         self._buf = None
