@@ -64,12 +64,21 @@ def main() -> int:
     k = lab.stock_kernel()
     with tempfile.TemporaryDirectory(prefix="vtrace-bench-") as d:
         d = Path(d)
-        _out, run = lab.run_host_root(d, ["vhost_net", "tun"], guest_script(a.rounds, a.seconds), kernel=k,
-                                      timeout=int(120 + a.rounds * len(MODES) * (a.seconds + 30)))
+        # a traced round waits for vtrace to start: about 20 s under TCG, more on a busy host
+        try:
+            _out, run = lab.run_host_root(d, ["vhost_net", "tun"], guest_script(a.rounds, a.seconds), kernel=k,
+                                          timeout=int(300 + a.rounds * len(MODES) * (a.seconds + 60)))
+        except lab.LabError as e:
+            done = sorted(f.name for f in (d / "out").glob("*.json"))
+            raise SystemExit(f"vhost_pps: {e} (rounds finished: {', '.join(done) or 'none'})") from None
         bad = [ln for ln in run.console.splitlines() if "VTRACE-BENCH-FAIL" in ln]
         if bad:
             errs = {f.name: f.read_text()[-300:] for f in (d / "out").glob("*.err") if f.stat().st_size}
             raise SystemExit(f"vhost_pps: {bad[0].split('VTRACE-BENCH-FAIL', 1)[1].strip()} failed; {errs}")
+        missing = [f"{m}.{r}" for m in MODES for r in range(a.rounds) if not (d / "out" / f"{m}.{r}.json").exists()]
+        if missing:
+            raise SystemExit(f"vhost_pps: no result for {', '.join(missing)}; console tail: "
+                             f"{' | '.join(run.console.strip().splitlines()[-5:])}")
         pps = {m: [json.loads((d / "out" / f"{m}.{r}.json").read_text())["pps"] for r in range(a.rounds)]
                for m in MODES}
     med = {m: statistics.median(v) for m, v in pps.items()}
