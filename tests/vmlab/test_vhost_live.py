@@ -6,7 +6,8 @@ Inside the guest (this machine's userland over 9p, see lab.boot_host_root)
 vhost-net rings in its own memory with a tap backend, N TX frames, M RX
 frames, then a stop/restart (GET/SET_VRING_BASE) and R more RX frames; then
 tests/vmlab/vsock_vmm.py plays a vhost-vsock guest driver against an
-AF_VSOCK socket in the same kernel (connect, data both ways, shutdown, stop).
+AF_VSOCK socket in the same kernel (connect, data both ways, shutdown, stop,
+restart from the vring bases, one more exchange, stop).
 Each VMM writes down what it did; every assertion holds vtrace's capture
 against that record, exactly.
 """
@@ -180,9 +181,17 @@ def test_vsock_rings_match_the_vmm_exactly(lab_run):
         assert ev[ev["kind"] == Kind.FETCH]["id"].tolist() == [h for h, _n in vs[name]["used"]], name
         kinds = Counter(Kind(k).name for k in ev["kind"].tolist())
         assert (kinds["KICK"], kinds["SIGNAL"]) == (vs["kicks"][name], vs["calls"][name]), (name, kinds)
-        # stopped: GET_VRING_BASE = where vhost stopped taking buffers, the RX
-        # spares (available, never needed) not among them
-        assert ev[ev["kind"] == Kind.VRING_BASE_GET]["id"].tolist() == [vs["bases"][name]] == [len(vs[name]["used"])]
+        # stopped twice: GET_VRING_BASE = where vhost stopped taking buffers, the
+        # RX spares (available, never needed) not among them; restarted in
+        # between from there (SET_VRING_BASE; 0 at setup), one buffer each way
+        got = ev[ev["kind"] == Kind.VRING_BASE_GET]["id"].tolist()
+        assert got == [vs["bases"][name], vs["bases_after_restart"][name]], (name, got)
+        assert got == [vs["used_before_restart"][name], len(vs[name]["used"])] and got[1] == got[0] + 1, got
+        put = ev[ev["kind"] == Kind.VRING_BASE_SET]
+        assert put["id"].tolist() == [0, vs["bases"][name]], (name, put["id"].tolist())
+        # the restart's buffer: fetched and used after its SET_VRING_BASE
+        after = ev[(ev["ts"] > put["ts"][-1]) & np.isin(ev["kind"], [Kind.FETCH, Kind.USED])]
+        assert after["id"].tolist() == [vs[name]["used"][-1][0]] * 2, (name, after["id"].tolist())
     assert {p["len"] + 44 for p in vs["rx"]["packets"]} == {n for _h, n in vs["rx"]["used"]}
     assert vs["avail_idx"]["rx"] > vs["bases"]["rx"]
     assert set(q["tx"][q["tx"]["kind"] == Kind.USED]["len"].tolist()) == {0}
