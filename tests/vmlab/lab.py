@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import os
 import shutil
 import stat
@@ -279,9 +278,15 @@ def run_host_root(workdir: Path, modules: list[str], script: str, extra: list[st
 
 
 def probe_table(out: Path, phase: str) -> dict[str, dict]:
-    """A phase's `vtrace probes -j` (capture_phases), by point name."""
-    rows = map(json.loads, (out / f"{phase}.probes.jsonl").read_text().splitlines())
-    return {p["point"]: p for p in rows}
+    """The points as the phase's capture attached them (what `vtrace probes -j`
+    prints: layer, point, strategy, attached, error), by point name. The capture
+    records them with its first batch; a second `vtrace probes` run per phase
+    cost the lab about 20 s of TCG each time for the same table."""
+    from vtrace.capture import CaptureReader
+    for b in CaptureReader(str(out / f"{phase}.vtrace")).batches():
+        if b.probes is not None:
+            return {p.point: dict(p.__dict__) for p in b.probes}
+    raise AssertionError(f"the {phase} capture holds no probe table")
 
 
 # Both ways a function point attaches, each proven on the same traffic in one
@@ -290,8 +295,8 @@ STRATEGY_PHASES = {"fentry": "", "kprobe": "kprobe,tracepoint,raw_tracepoint"}
 
 
 def capture_phases(python: str, workload: str, *, before: str = "", during: str = "", after: str = "") -> str:
-    """sh for boot_host_root: per STRATEGY_PHASES entry ($1 its name), `vtrace probes -j`
-    to /out/$1.probes.jsonl, ``before``, a live capture to /out/$1.vtrace around
+    """sh for boot_host_root: per STRATEGY_PHASES entry ($1 its name), ``before``,
+    a live capture to /out/$1.vtrace (its probe table: probe_table) around
     ``workload`` (stderr /out/$1.work.err, marker VTRACE-WORK-$1), ``during``, the
     capture's SIGTERM (marker VTRACE-CAPTURE-$1), ``after``. The workload starts
     once the capture says it is tracing (marker VTRACE-READY-$1: how long that
@@ -299,7 +304,6 @@ def capture_phases(python: str, workload: str, *, before: str = "", during: str 
     return f"""
 phase() {{
   export VTRACE_STRATEGIES=$2
-  {python} -m vtrace.cli probes -j > /out/$1.probes.jsonl 2>/out/$1.probes.err
   {before}
   {python} -m vtrace.cli capture --source live -f -o /out/$1.vtrace 2>/out/$1.capture.err &
   cap=$!
