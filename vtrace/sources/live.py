@@ -11,7 +11,9 @@ with BPF_RB_NO_WAKEUP and drained on a timer by reading its memory mapping a
 batch at a time (vtrace.sources.ringbuf), not one Python callback per record: a wakeup per event slows the
 traced path (../shared/KERNEL-NOTES.md: -21% IOPS at QD1 with per-event
 wakeups, -7% drained every 50 ms). A record the ring cannot take is
-counted in a per-CPU ``lost`` array and surfaces as a LOST event.
+counted in a per-CPU ``lost`` array and surfaces as a LOST event. A kernel
+without BPF ring buffers (before 5.8) gets per-CPU perf buffers instead
+(vtrace.kernel.transport, vtrace.sources.perfbuf), whose own losses count too.
 
 bcc is imported only when a LiveSource is built (headless modules never
 import it at import time).
