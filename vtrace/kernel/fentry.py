@@ -48,7 +48,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 
-def _bpf(cmd: int, attr: ctypes.Array) -> int:
+def bpf(cmd: int, attr: ctypes.Array) -> int:
+    """The raw bpf() syscall (vtrace/kernel/transport.py uses it too)."""
     nr = _NR_BPF.get(platform.machine())
     if nr is None:
         raise FentryError(f"bpf() syscall number unknown on {platform.machine()}")
@@ -57,9 +58,6 @@ def _bpf(cmd: int, attr: ctypes.Array) -> int:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
     return r
-
-
-bpf = _bpf  # for the other raw bpf() users (vtrace/kernel/transport.py)
 
 
 def _addr(buf) -> int:
@@ -73,21 +71,21 @@ def btf_obj_fd(module: str) -> int:
     while True:
         attr = ctypes.create_string_buffer(struct.pack("<III", next_id, 0, 0), 16)
         try:
-            _bpf(BPF_BTF_GET_NEXT_ID, attr)
+            bpf(BPF_BTF_GET_NEXT_ID, attr)
         except OSError as e:
             if e.errno == errno.ENOENT:
                 raise FentryError(f"module {module} has no BTF object loaded") from None
             raise FentryError(f"listing kernel BTF objects: {e.strerror}") from None
         next_id = struct.unpack_from("<I", attr, 4)[0]
         try:
-            fd = _bpf(BPF_BTF_GET_FD_BY_ID, ctypes.create_string_buffer(struct.pack("<I", next_id), 16))
+            fd = bpf(BPF_BTF_GET_FD_BY_ID, ctypes.create_string_buffer(struct.pack("<I", next_id), 16))
         except OSError:
             continue  # gone meanwhile (a module unloaded)
         name = ctypes.create_string_buffer(64)
         info = ctypes.create_string_buffer(struct.pack("<QIIQII", 0, 0, 0, _addr(name), 64, 0), 32)
         attr = ctypes.create_string_buffer(struct.pack("<IIQ", fd, len(info), _addr(info)), 16)
         try:
-            _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+            bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
         except OSError:
             os.close(fd)
             continue
@@ -124,14 +122,14 @@ def load(insns: bytes, kind: str, btf_id: int, obj_fd: int = 0, name: str = "") 
         return ctypes.create_string_buffer(bytes(a), len(a))
 
     try:
-        return _bpf(BPF_PROG_LOAD, attr(0, None))
+        return bpf(BPF_PROG_LOAD, attr(0, None))
     except OSError as e:
         first = e
     if first.errno in (errno.EPERM, errno.EACCES) and os.geteuid() == 0:
         raise FentryError("the kernel refuses fentry programs even for root (bpf() EPERM)")
     log = ctypes.create_string_buffer(LOG_SIZE)
     try:
-        return _bpf(BPF_PROG_LOAD, attr(1, log))  # loaded with the log on after all: keep it
+        return bpf(BPF_PROG_LOAD, attr(1, log))  # loaded with the log on after all: keep it
     except OSError as e:
         text = log.value.decode(errors="replace")
         raise FentryError(f"{kind} program refused: {e.strerror}", text) from None
@@ -141,7 +139,7 @@ def attach(prog_fd: int) -> int:
     """Attach a loaded fentry/fexit program to its function; returns the link fd."""
     attr = ctypes.create_string_buffer(struct.pack("<QI", 0, prog_fd), 16)
     try:
-        return _bpf(BPF_RAW_TRACEPOINT_OPEN, attr)
+        return bpf(BPF_RAW_TRACEPOINT_OPEN, attr)
     except OSError as e:
         if e.errno == ENOTSUPP:
             raise FentryError("attach refused: ENOTSUPP (the BPF trampoline cannot take this function: "

@@ -259,7 +259,7 @@ class LiveSource:
             self.syms = Kallsyms()
             attach.allowed()
             # the ring buffer, or per-CPU perf buffers where the kernel has none (vtrace/kernel/transport.py)
-            self.transport, self.transport_why = transport.choose()
+            self.transport, _why = transport.choose()
         except (SymbolError, ValueError) as e:
             raise LiveError(str(e)) from None
         for name in programs:
