@@ -118,7 +118,7 @@ def panels() -> list[dict]:
         ], {"unit": "s", "desc": "Available -> used. Bucket bounds are powers of 4 ns (1 us .. 17 s)."}))
     pair(("Lifecycle state", [
         (f"vtrace_queue_state{{{Q}}} == 1", "{{vm}}/{{device}}/{{queue}} {{vtrace_queue_state}}"),
-    ], {"kind": "table", "desc": "running, suspended, stopped (GET_VRING_BASE) or reset."}),
+    ], {"kind": "table", "desc": "running, suspended, stopped (GET_VRING_BASE), disabled (SET_VRING_ENABLE 0) or reset."}),
         ("In flight at the last suspend", [
             (f"vtrace_queue_in_flight_at_last_suspend_buffers{{{Q}}}", "{{vm}}/{{device}}/{{queue}}"),
         ], {"kind": "table", "desc": "Buffers the device held when it was suspended: what migration must carry."}))

@@ -18,6 +18,10 @@
  *            or in a device (socket polls): told apart by vq->dev == poll->dev
  *   long vhost_vring_ioctl(struct vhost_dev *d, unsigned int ioctl, void __user *argp)
  *   void vhost_dev_reset_owner(struct vhost_dev *dev, struct vhost_iotlb *umem)
+ *   long vhost_dev_set_owner(struct vhost_dev *dev)    every device's VHOST_SET_OWNER
+ *   long vhost_vdpa_unlocked_ioctl(struct file *filep, unsigned int cmd, unsigned long arg)
+ *            (drivers/vhost/vdpa.c, module vhost_vdpa) SET_VRING_ENABLE, SUSPEND
+ *            (6.3+), RESUME (6.5+); filep->private_data is the struct vhost_vdpa
  * Offsets come from the vhost module's BTF (-D OFF_*), the ioctl numbers
  * from include/uapi/linux/vhost.h.
  */
@@ -28,6 +32,9 @@
 #define MAX_USED 64		/* vring_used_elem per vhost_add_used_n call, beyond that: lost */
 #define VHOST_SET_VRING_BASE 0x4008af12U	/* _IOW(0xAF, 0x12, struct vhost_vring_state) */
 #define VHOST_GET_VRING_BASE 0xc008af12U	/* _IOWR(0xAF, 0x12, ...) */
+#define VHOST_VDPA_SET_VRING_ENABLE 0x4008af75U	/* _IOW(0xAF, 0x75, struct vhost_vring_state) */
+#define VHOST_VDPA_SUSPEND 0xaf7dU		/* _IO(0xAF, 0x7D) */
+#define VHOST_VDPA_RESUME 0xaf7eU		/* _IO(0xAF, 0x7E) */
 
 struct vq_info {
 	u64 dev;
@@ -319,15 +326,11 @@ int vring_ioctl_return(FN_CTX *ctx)
 }
 #endif
 
-#ifdef HAVE_reset_owner
-#undef FN_POINT
-#define FN_POINT FENTRY_reset_owner
-#include "vtrace_fn.h"
-int reset_owner_entry(FN_CTX *ctx)
+/* One event per queue of a device (lifecycle that is the whole device's):
+ * dev->vqs[i] is queue i, so no vq_seen() (eight of them inlined here are
+ * too much for the verifier). */
+static __always_inline void each_queue(void *ctx, const void *dev, u8 kind, u32 id)
 {
-	/* Every queue of the device: dev->vqs[i] is queue i, so no vq_seen()
-	 * (eight of them inlined here are too much for the verifier). */
-	const void *dev = (const void *)ARG(1);
 	u64 slot[MAX_VQS] = {};
 	u32 nvqs = read_vqs(dev, slot);
 #pragma clang loop unroll(full)
@@ -335,10 +338,86 @@ int reset_owner_entry(FN_CTX *ctx)
 		if (i >= nvqs)
 			continue;	/* not break: see used_entry */
 		struct vtrace_event e = {};
-		head(&e, VTRACE_RESET, (const void *)slot[i], 0);
+		head(&e, kind, (const void *)slot[i], 0);
 		e.queue = i;
-		emit(&e);
+		e.id = id;
+		emit_to(ctx, &e);
 	}
+}
+
+#ifdef HAVE_reset_owner
+#undef FN_POINT
+#define FN_POINT FENTRY_reset_owner
+#include "vtrace_fn.h"
+int reset_owner_entry(FN_CTX *ctx)
+{
+	each_queue(ctx, (const void *)ARG(1), VTRACE_RESET, 0);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_set_owner
+#undef FN_POINT
+#define FN_POINT FENTRY_set_owner
+#include "vtrace_fn.h"
+int set_owner_entry(FN_CTX *ctx)
+{
+	struct call c = {};
+	c.a0 = ARG(1);
+	put_call(4, &c);
+	return 0;
+}
+
+int set_owner_return(FN_CTX *ctx)
+{
+	struct call a;
+	if (take_call(4, &a))
+		return 0;
+	if (RETVAL != 0)
+		return 0;	/* -EBUSY: it already had an owner, nothing changed */
+	each_queue(ctx, (const void *)a.a0, VTRACE_SET_OWNER, 0);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_vdpa_ioctl
+#undef FN_POINT
+#define FN_POINT FENTRY_vdpa_ioctl
+#include "vtrace_fn.h"
+int vdpa_ioctl_entry(FN_CTX *ctx)
+{
+	u32 cmd = ARG(2);
+	if (cmd != VHOST_VDPA_SET_VRING_ENABLE && cmd != VHOST_VDPA_SUSPEND && cmd != VHOST_VDPA_RESUME)
+		return 0;
+	struct call c = {};
+	c.a0 = rd_u64((const void *)ARG(1) + OFF_FILE_PRIVATE) + OFF_VDPA_VDEV;	/* &v->vdev */
+	c.a1 = cmd;
+	c.a2 = ARG(3);
+	put_call(5, &c);
+	return 0;
+}
+
+int vdpa_ioctl_return(FN_CTX *ctx)
+{
+	struct call a;
+	if (take_call(5, &a))
+		return 0;
+	if (RETVAL != 0)
+		return 0;	/* refused (a kernel or parent without suspend: -EOPNOTSUPP) */
+	const void *dev = (const void *)a.a0;
+	if (a.a1 == VHOST_VDPA_SUSPEND || a.a1 == VHOST_VDPA_RESUME) {
+		each_queue(ctx, dev, a.a1 == VHOST_VDPA_SUSPEND ? VTRACE_SUSPEND : VTRACE_RESUME, 0);
+		return 0;
+	}
+	u32 st[2] = {};		/* struct vhost_vring_state {index, num} in the VMM's memory */
+	if (bpf_probe_read_user(st, sizeof(st), (const void *)a.a2) || st[0] >= MAX_VQS)
+		return 0;
+	const void *vqs = (const void *)rd_u64(dev + OFF_DEV_VQS);
+	const void *vq = (const void *)rd_u64(vqs + 8 * st[0]);
+	struct vtrace_event e = {};
+	head(&e, VTRACE_VRING_ENABLE, vq, vq_seen(vq));
+	e.id = st[1] != 0;	/* set_vq_ready(vdpa, idx, s.num): a bool */
+	emit(&e);
 	return 0;
 }
 #endif

@@ -44,6 +44,8 @@ enum vtrace_kind {
 	VTRACE_RESUME = 19,
 	VTRACE_RESET = 20,
 	VTRACE_QUEUE_RESET = 21,
+	VTRACE_VRING_ENABLE = 22,	/* vhost-vdpa SET_VRING_ENABLE, id = 0/1 */
+	VTRACE_SET_OWNER = 23,		/* VHOST_SET_OWNER, per queue */
 	/* virtio admin commands */
 	VTRACE_ADMIN_SUBMIT = 32,
 	VTRACE_ADMIN_COMPLETE = 33,

@@ -40,7 +40,8 @@ KI = {Kind(k): i for i, k in enumerate(_KINDS)}
 
 NBUCKETS = 64  # log2(ns) buckets: bucket b holds [2^b, 2^(b+1)) ns; bucket 0 also holds 0
 LIFECYCLE_KINDS = np.array([Kind.SUSPEND, Kind.RESUME, Kind.RESET, Kind.QUEUE_RESET,
-                            Kind.VRING_BASE_GET, Kind.VRING_BASE_SET], dtype=np.uint8)
+                            Kind.VRING_BASE_GET, Kind.VRING_BASE_SET, Kind.VRING_ENABLE, Kind.SET_OWNER],
+                           dtype=np.uint8)
 _IS_LIFECYCLE = np.zeros(256, dtype=bool)
 _IS_LIFECYCLE[LIFECYCLE_KINDS] = True
 
@@ -683,6 +684,19 @@ class Aggregator:
             for s in qs:
                 self._set_state(s, "running")
                 self._note(s, ts, "resume")
+        elif k == Kind.VRING_ENABLE:
+            # vhost-vdpa set_vq_ready(): a queue not ready is not processed,
+            # whatever its buffers; ready again, it runs from where it was.
+            on = bool(e["id"])
+            for s in qs:
+                if not on:
+                    self._set_state(s, "disabled")
+                elif self.state.get(s) == "disabled":
+                    self._set_state(s, "running")
+                self._note(s, ts, "vring_enable", "on" if on else "off")
+        elif k == Kind.SET_OWNER:
+            for s in qs:
+                self._note(s, ts, "set_owner", f"pid {int(e['pid'])}")
         elif k in (Kind.RESET, Kind.QUEUE_RESET):
             self._drop_inflight(qs)
             what = "reset" if k == Kind.RESET else "queue_reset"

@@ -51,6 +51,8 @@ class Kind(enum.IntEnum):
     RESUME = 19
     RESET = 20
     QUEUE_RESET = 21
+    VRING_ENABLE = 22
+    SET_OWNER = 23
     ADMIN_SUBMIT = 32
     ADMIN_COMPLETE = 33
     KVM_EXIT = 48
@@ -103,6 +105,10 @@ KIND_FIELDS: dict[Kind, dict[str, str]] = {
     Kind.RESUME: {},
     Kind.RESET: {},
     Kind.QUEUE_RESET: {},
+    # vhost-vdpa SET_VRING_ENABLE: 1 the queue is ready (the device may process it), 0 not.
+    Kind.VRING_ENABLE: {"id": "enable"},
+    # VHOST_SET_OWNER: the caller (pid) owns the device from here; one event per queue.
+    Kind.SET_OWNER: {},
     # cmd_data: the command-specific word (DEV_MODE_SET: flags, bit 0 = stopped).
     Kind.ADMIN_SUBMIT: {"id": "opcode", "len": "cmd_data", "aux": "group_type", "aux2": "member_id"},
     Kind.ADMIN_COMPLETE: {"id": "opcode", "len": "status", "aux": "group_type",

@@ -17,7 +17,8 @@ from vtrace.events import NO_QUEUE, Kind, ObjectInfo
 _INSTANT = {Kind.KICK: "kick", Kind.KICK_SUPPRESSED: "kick suppressed", Kind.SIGNAL: "signal",
             Kind.SIGNAL_SUPPRESSED: "signal suppressed", Kind.NOTIFY_ENABLE: "notify enable",
             Kind.NOTIFY_DISABLE: "notify disable", Kind.SUSPEND: "suspend", Kind.RESUME: "resume",
-            Kind.RESET: "reset", Kind.QUEUE_RESET: "queue reset",
+            Kind.RESET: "reset", Kind.QUEUE_RESET: "queue reset", Kind.VRING_ENABLE: "vring enable",
+            Kind.SET_OWNER: "set owner",
             Kind.VRING_BASE_GET: "get_vring_base", Kind.VRING_BASE_SET: "set_vring_base",
             Kind.KVM_IOEVENTFD: "ioeventfd", Kind.KVM_IRQFD: "irqfd", Kind.LOST: "events lost"}
 _STARTS = (Kind.AVAIL, Kind.FETCH)

@@ -116,6 +116,23 @@ def test_stop_without_suspend_and_state_while_suspended():
     assert q(a.snapshot(), "rx0").state == "suspended"
 
 
+def test_vring_enable_and_set_owner_on_the_timeline():
+    """vhost-vdpa SET_VRING_ENABLE 0 leaves the queue disabled until it is enabled
+    again; SET_OWNER is noted with the owner's pid and changes no state."""
+    a = Aggregator()
+    a.feed(batch([
+        ev(Kind.SET_OWNER, 50, pid=4321), ev(Kind.VRING_ENABLE, 60, id=1), ev(Kind.FETCH, 100, id=1),
+        ev(Kind.VRING_ENABLE, 200, id=0),
+    ]))
+    r = q(a.snapshot(), "rx0")
+    assert r.state == "disabled" and r.in_flight == 1
+    assert [(e.what, e.detail) for e in r.timeline] == [("set_owner", "pid 4321"), ("vring_enable", "on"),
+                                                       ("vring_enable", "off")]
+    a.feed(batch([ev(Kind.VRING_ENABLE, 300, id=1), ev(Kind.USED, 400, id=1)], objects=()))
+    r = q(a.snapshot(), "rx0")
+    assert r.state == "running" and r.in_flight == 0 and r.latency_sum_ns == 300
+
+
 def test_reset_drops_in_flight():
     a = Aggregator()
     a.feed(batch([

@@ -153,6 +153,11 @@ class VhostDevice:
         self.fd = os.open(path, os.O_RDWR)
         self.mem = mem
         fcntl.ioctl(self.fd, SET_OWNER)
+        try:  # a second SET_OWNER is refused (-EBUSY, drivers/vhost/vhost.c vhost_dev_set_owner)
+            fcntl.ioctl(self.fd, SET_OWNER)
+            self.owner_again = 0
+        except OSError as e:
+            self.owner_again = e.errno
         feat = bytearray(8)
         fcntl.ioctl(self.fd, GET_FEATURES, feat)
         self.offered = struct.unpack("<Q", feat)[0]
@@ -295,7 +300,7 @@ def main() -> int:
     mem = Memory(8 << 20)
     dev = VhostNet(mem, tap)
     tx_ring, rx_ring = dev.rings[TX], dev.rings[RX]
-    rec: dict = {"pid": os.getpid(), "features": FEATURES, "num": NUM}
+    rec: dict = {"pid": os.getpid(), "features": FEATURES, "num": NUM, "owner_again_errno": dev.owner_again}
 
     # TX: N frames of varying size, kicked every `batch` buffers.
     tx_sizes = [60 + 7 * i for i in range(a.tx)]

@@ -25,7 +25,7 @@ from vtrace.vfio import FD_NAMES, ioctl_label
 
 QUEUE_LABELS = ("vm", "device", "queue", "layer")
 # The lifecycle states the aggregator gives a queue (vtrace/aggregate.py _set_state).
-QUEUE_STATES = ("running", "suspended", "stopped", "reset")
+QUEUE_STATES = ("running", "suspended", "stopped", "disabled", "reset")
 
 # Latency buckets. The aggregator keeps log2 buckets: bucket b holds
 # [2^b, 2^(b+1)) ns. Every second power of two is exported as an upper bound

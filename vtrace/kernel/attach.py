@@ -93,6 +93,14 @@ CATALOGUE: tuple[Point, ...] = (
           "GET/SET_VRING_BASE"),
     Point("vhost", "reset_owner", "vhost", _kp("vhost_dev_reset_owner", ("kprobe", "reset_owner_entry")),
           "RESET_OWNER: every queue of the device reset"),
+    Point("vhost", "set_owner", "vhost", _kp("vhost_dev_set_owner", ("kprobe", "set_owner_entry"),
+                                             ("kretprobe", "set_owner_return")),
+          "SET_OWNER: the caller owns the device (every queue)"),
+    # vhost-vdpa's own ioctls (module vhost_vdpa): SET_VRING_ENABLE per queue,
+    # SUSPEND/RESUME for the whole device; its GET/SET_VRING_BASE reach vring_ioctl.
+    Point("vhost", "vdpa_ioctl", "vhost", _kp("vhost_vdpa_unlocked_ioctl", ("kprobe", "vdpa_ioctl_entry"),
+                                              ("kretprobe", "vdpa_ioctl_return")),
+          "vhost-vdpa SET_VRING_ENABLE, SUSPEND, RESUME"),
     # guest
     Point("virtio-guest", "vring_interrupt", "virtio",
           (Strategy("raw_tracepoint", "irq_handler_entry", ("vring_interrupt",)),),

@@ -124,12 +124,18 @@ POINT_OFFSETS: dict[str, dict[str, tuple[str, str]]] = {
         "OFF_IRQFD_GSI": ("kvm_kernel_irqfd", "gsi"),
         "OFF_KVM_USERSPACE_PID": ("kvm", "userspace_pid"),
     },
+    "vdpa_ioctl": {
+        "OFF_FILE_PRIVATE": ("file", "private_data"),
+        "OFF_VDPA_VDEV": ("vhost_vdpa", "vdev"),
+    },
     "mmap": {
         "OFF_VMA_START": ("vm_area_struct", "vm_start"),
         "OFF_VMA_END": ("vm_area_struct", "vm_end"),
         "OFF_VMA_PGOFF": ("vm_area_struct", "vm_pgoff"),
     },
 }
+# A point whose offsets are in another module's BTF than its program's.
+POINT_BTF = {"vdpa_ioctl": "vhost_vdpa"}
 # More functions of a point (same program code block), those the kernel has. As
 # fexit, they share the main function's FENTRY_<point> argument count, so a
 # point with extras of another arity must not read RETVAL (probes/vtrace_fn.h).
@@ -288,7 +294,7 @@ class LiveSource:
                 self.status.append(ProbeStatus(p.layer, p.name, "-", False, why))
                 continue
             try:
-                for macro, off in btf.offsets(POINT_OFFSETS.get(p.name, {}), btf_module(name)).items():
+                for macro, off in btf.offsets(POINT_OFFSETS.get(p.name, {}), POINT_BTF.get(p.name) or btf_module(name)).items():
                     cflags.append(f"-D{macro}={off}")
             except btf.BtfError as e:
                 self.status.append(ProbeStatus(p.layer, p.name, f"{s.kind}:{s.target}", False, str(e)))
