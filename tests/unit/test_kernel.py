@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
+import time
 
 import pytest
 
@@ -331,3 +332,23 @@ def test_an_extra_function_fentry_cannot_take_is_named_in_the_points_status(tmp_
     monkeypatch.setattr(attach, "fentry_target", lambda s, _syms: (7, 0, 1))
     fns, _n = live.LiveSource._fentry_targets(src, vq_kick, fe)
     assert {t for _h, _f, t, _id in fns} == {"virtqueue_notify", "virtqueue_kick"} and src.partial == {}
+
+
+def test_vm_name_from_the_command_line_or_the_recorded_comm():
+    """QEMU's -name guest=..., and for a VMM that exited before vtrace read its
+    identity, the comm the probe recorded (else pid<N>)."""
+    import subprocess
+    import sys
+
+    from vtrace.sources.live import vm_name
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-name", "guest=web1,debug-threads=on"])
+    try:
+        for _ in range(100):  # until the exec is done
+            if vm_name(p.pid) == "web1":
+                break
+            time.sleep(0.02)
+        assert vm_name(p.pid) == "web1"
+    finally:
+        p.kill()
+        p.wait()
+    assert vm_name(p.pid, "qemu-kvm") == f"qemu-kvm-{p.pid}" and vm_name(p.pid) == f"pid{p.pid}"

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import gzip
 import io
+import lzma
 import os
 import shutil
 import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 CACHE = Path(os.environ.get("VTRACE_LAB_CACHE", "/var/tmp/vtrace-lab"))
 QEMU = "qemu-system-x86_64"
@@ -57,15 +60,28 @@ class Kernel:
     def modules(self) -> Path:
         return self.root / "lib" / "modules" / self.release / "kernel"
 
+    def builtin(self, name: str) -> bool:
+        """Built into this kernel (modules.builtin): nothing to load (6.12: virtio_pci)."""
+        f = self.modules.parent / "modules.builtin"
+        want = name.replace("-", "_")
+        return f.exists() and any(ln.rsplit("/", 1)[-1].split(".ko")[0].replace("-", "_") == want
+                                  for ln in f.read_text().split())
+
     def module(self, name: str) -> Path:
-        hits = [p for p in self.modules.rglob("*.ko") if p.stem.replace("-", "_") == name.replace("-", "_")]
+        want = name.replace("-", "_")
+        hits = [p for p in self.modules.rglob("*.ko*") if p.name.split(".ko")[0].replace("-", "_") == want]
         if not hits:
             raise LabError(f"module {name} is not in {self.root.name}")
         return hits[0]
 
+    def module_bytes(self, name: str) -> bytes:
+        """The module as insmod takes it: Debian compresses them with xz from 6.x on."""
+        p = self.module(name)
+        return lzma.decompress(p.read_bytes()) if p.name.endswith(".xz") else p.read_bytes()
+
     def depends(self, name: str) -> list[str]:
         """The module's `depends=` from its .modinfo (no kmod needed)."""
-        data = self.module(name).read_bytes()
+        data = self.module_bytes(name)
         i = data.find(b"\0depends=")
         if i < 0:
             return []
@@ -77,7 +93,7 @@ class Kernel:
         order: list[str] = []
 
         def visit(n: str) -> None:
-            if n in order:
+            if n in order or self.builtin(n):
                 return
             for d in self.depends(n):
                 visit(d)
@@ -87,21 +103,42 @@ class Kernel:
         return order
 
 
-def stock_kernel() -> Kernel:
-    """The current Debian stock kernel, resolved through linux-image-amd64."""
+def _suite_apt(suite: str) -> list[str]:
+    """apt options for one more suite of the machine's Debian mirror, with its
+    own package lists under CACHE: the machine's sources stay as they are, and
+    apt still checks the suite's signature against the system's keyring."""
+    d = CACHE / f"apt-{suite}"
+    (d / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+    (d / "sources.list").write_text(f"deb {MIRROR} {suite} main\n")
+    return ["-o", f"Dir::Etc::SourceList={d / 'sources.list'}", "-o", "Dir::Etc::SourceParts=/dev/null",
+            "-o", f"Dir::State::Lists={d / 'lists'}", "-o", "Dir::Cache::pkgcache=", "-o", "Dir::Cache::srcpkgcache="]
+
+
+MIRROR = os.environ.get("VTRACE_LAB_MIRROR", "http://deb.debian.org/debian")
+# Debian 12's newer kernel (6.12 when this was written): vDPA (vhost_vdpa, VDUSE),
+# virtio admin commands, 6.x vhost workers; 6.1 is built without vDPA.
+BACKPORTS = "bookworm-backports"
+
+
+def stock_kernel(suite: str | None = None) -> Kernel:
+    """The Debian stock kernel, resolved through linux-image-amd64: the
+    machine's own suites', or ``suite``'s (e.g. BACKPORTS)."""
+    opts = _suite_apt(suite) if suite else []
+
     def resolve() -> list[str]:
         try:
-            out = _run(["apt-cache", "depends", "linux-image-amd64"])
+            out = _run(["apt-cache", *opts, "depends", "linux-image-amd64"])
         except LabError:
             return []
         pkgs = [ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.strip().startswith("Depends:")]
         return [p for p in pkgs if p.startswith("linux-image-")]
     pkgs = resolve()
     if not pkgs:
-        _run(["apt-get", "update", "-qq"])  # a fresh machine may have no package index yet
+        _run(["apt-get", *opts, "update", "-qq"])  # a fresh machine may have no package index yet
         pkgs = resolve()
     if not pkgs:
-        raise LabError("apt-cache cannot resolve linux-image-amd64 even after apt-get update")
+        raise LabError(f"apt-cache cannot resolve linux-image-amd64{f' in {suite}' if suite else ''} "
+                       "even after apt-get update")
     pkg = pkgs[0]
     release = pkg[len("linux-image-"):]
     root = CACHE / pkg
@@ -112,10 +149,10 @@ def stock_kernel() -> Kernel:
     shutil.rmtree(dl, ignore_errors=True)
     dl.mkdir()
     try:
-        _run(["apt-get", "download", pkg], cwd=dl)
+        _run(["apt-get", *opts, "download", pkg], cwd=dl)
     except LabError:
-        _run(["apt-get", "update", "-qq"])  # a stale index names a version the mirror dropped
-        _run(["apt-get", "download", pkg], cwd=dl)
+        _run(["apt-get", *opts, "update", "-qq"])  # a stale index names a version the mirror dropped
+        _run(["apt-get", *opts, "download", pkg], cwd=dl)
     debs = list(dl.glob(f"{pkg}_*.deb"))
     if not debs:
         raise LabError(f"apt-get download {pkg} left no .deb")
@@ -159,7 +196,7 @@ def initramfs(kernel: Kernel, modules: list[str], init: str, dest: Path) -> list
     entries.append(("bin/sh", stat.S_IFLNK | 0o777, b"busybox"))
     order = kernel.closure(modules)
     for m in order:
-        entries.append((f"lib/modules/{m}.ko", f, kernel.module(m).read_bytes()))
+        entries.append((f"lib/modules/{m}.ko", f, kernel.module_bytes(m)))
     entries.append(("init", x, init.encode()))
     dest.write_bytes(gzip.compress(_cpio_newc(entries), compresslevel=1))
     return order
@@ -287,6 +324,27 @@ def probe_table(out: Path, phase: str) -> dict[str, dict]:
         if b.probes is not None:
             return {p.point: dict(p.__dict__) for p in b.probes}
     raise AssertionError(f"the {phase} capture holds no probe table")
+
+
+def capture_events(path: Path) -> tuple[np.ndarray, dict]:
+    """A capture's events in time order, and every object it names, by obj."""
+    from vtrace.capture import CaptureReader
+    evs, objs = [], {}
+    for b in CaptureReader(str(path)).batches():
+        evs.append(b.events)
+        objs.update({o.obj: o for o in b.objects})
+    ev = np.concatenate(evs)
+    return ev[np.argsort(ev["ts"], kind="stable")], objs
+
+
+def vm_queues(capture: Path, pid: int, names) -> dict[str, np.ndarray]:
+    """The vhost queues of the VMM ``pid`` (exactly ``names``): their events, by queue name."""
+    from vtrace.events import Layer
+    ev, objs = capture_events(capture)
+    vm = f"python-{pid}"
+    mine = {o.obj: o.name for o in objs.values() if o.layer == Layer.VHOST and o.vm == vm}
+    assert sorted(mine.values()) == sorted(names), (vm, [(o.vm, o.device, o.name) for o in objs.values()])
+    return {name: ev[ev["obj"] == obj] for obj, name in mine.items()}
 
 
 # Both ways a function point attaches, each proven on the same traffic in one

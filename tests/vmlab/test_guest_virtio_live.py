@@ -25,7 +25,6 @@ import numpy as np
 import pytest
 
 from tests.vmlab import lab
-from tests.vmlab.test_vhost_live import _events
 from vtrace.events import Kind, Layer
 
 pytestmark = pytest.mark.vmlab
@@ -69,7 +68,7 @@ def lab_run(request, lab_out):
     out, run = lab_out
     ph = request.param
     lab.check_phase(run, out, ph, "dd")
-    ev, objs = _events(out / f"{ph}.vtrace")
+    ev, objs = lab.capture_events(out / f"{ph}.vtrace")
     # vda's request queues: the only device the test touches (the root is on 9p)
     vda = {o.obj: o for o in objs.values() if o.layer == Layer.VIRTIO_GUEST and o.dev_type == "blk"}
     blk = {o.obj for o in objs.values() if o.dev_type == "blk-mq" and o.device == "vda"}

@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 from tests.vmlab import lab
-from tests.vmlab.test_vhost_live import _events
 from vtrace import vfio
 from vtrace.events import Kind, Layer
 
@@ -56,7 +55,7 @@ def lab_run(request, lab_out):
     ph = request.param
     lab.check_phase(run, out, ph, "the edu driver")
     edu = json.loads((out / f"{ph}.edu.json").read_text())
-    ev, objs = _events(out / f"{ph}.vtrace")
+    ev, objs = lab.capture_events(out / f"{ph}.vtrace")
     return {"phase": ph, "edu": edu, "ev": ev[ev["pid"] == edu["pid"]], "objs": objs,
             "capture": out / f"{ph}.vtrace",
             "probes": lab.probe_table(out, ph)}

@@ -26,8 +26,7 @@ import pytest
 
 from tests.vmlab import lab
 from vtrace.aggregate import Aggregator
-from vtrace.capture import CaptureReader
-from vtrace.events import Kind, Layer
+from vtrace.events import Kind
 from vtrace.pipeline import Pipeline
 from vtrace.sources.replay import ReplaySource
 
@@ -62,22 +61,9 @@ def lab_run(request, lab_out):
             "progs": {w: json.loads((out / f"{ph}.progs-{w}.json").read_text()) for w in ("before", "during", "after")}}
 
 
-def _events(path: Path) -> tuple[np.ndarray, dict]:
-    evs, objs = [], {}
-    for b in CaptureReader(str(path)).batches():
-        evs.append(b.events)
-        objs.update({o.obj: o for o in b.objects})
-    ev = np.concatenate(evs)
-    return ev[np.argsort(ev["ts"], kind="stable")], objs
-
-
 def _queues(lab_run, vmm: str = "vmm", names=("rx0", "tx0")) -> dict[str, np.ndarray]:
     """A VMM's two vhost queues' events, by queue name (net: rx0/tx0, vsock: rx/tx)."""
-    ev, objs = _events(lab_run["capture"])
-    vm = f"python-{lab_run[vmm]['pid']}"
-    mine = {o.obj: o.name for o in objs.values() if o.layer == Layer.VHOST and o.vm == vm}
-    assert sorted(mine.values()) == sorted(names), (vm, [(o.vm, o.device, o.name) for o in objs.values()])
-    return {name: ev[ev["obj"] == obj] for obj, name in mine.items()}
+    return lab.vm_queues(lab_run["capture"], lab_run[vmm]["pid"], names)
 
 
 def test_every_vhost_point_attaches_on_the_stock_kernel(lab_run):

@@ -199,13 +199,15 @@ class LiveError(Exception):
     """Live tracing cannot start here (one line, with the fix)."""
 
 
-def vm_name(pid: int) -> str:
-    """The VM's name from the VMM's command line (QEMU: -name guest=web1,... or -name web1)."""
+def vm_name(pid: int, comm: str = "") -> str:
+    """The VM's name from the VMM's command line (QEMU: -name guest=web1,... or -name web1).
+    A VMM gone before vtrace read its identity (a short run between two reads) is
+    ``<comm>-<pid>`` when the probe recorded its comm, else ``pid<N>``."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
     except OSError:
-        return f"pid{pid}"
+        return f"{comm}-{pid}" if comm else f"pid{pid}"
     args = [a.decode(errors="replace") for a in argv if a]
     for i, a in enumerate(args[:-1]):
         if a in ("-name", "--name"):
@@ -574,17 +576,22 @@ class LiveSource:
                 continue
             self.known.add(obj)
             comm = v.comm.decode(errors="replace")
-            owner = int(comm[6:]) if comm.startswith("vhost-") and comm[6:].isdigit() else int(v.tgid)
+            worker = comm.startswith("vhost-") and comm[6:].isdigit()
+            owner = int(comm[6:]) if worker else int(v.tgid)
             sym = self.syms.name_at(int(v.handle_kick))
             fn = sym.name if sym else ""
-            dev_type = ("vsock" if "vsock" in fn else "net" if (sym and sym.module == "vhost_net") or "_net" in fn
-                        else "scsi" if "scsi" in fn else "vdpa" if "vdpa" in fn else "unknown")
+            mod = sym.module if sym else ""
+            dev_type = ("vsock" if "vsock" in fn else "net" if mod == "vhost_net" or "_net" in fn
+                        else "scsi" if "scsi" in fn else "vdpa" if mod == "vhost_vdpa" or "vdpa" in fn
+                        else "unknown")
             role = "rx" if "rx" in fn else "tx" if "tx" in fn else ""
             devs = self.vhost_devs.setdefault(int(v.dev), f"{dev_type}{len(self.vhost_devs)}")
             qi = int(v.index)
-            out.append(ObjectInfo(obj=obj, vm=vm_name(owner), device=devs, dev_type=dev_type,
+            out.append(ObjectInfo(obj=obj, vm=vm_name(owner, "" if worker else comm), device=devs, dev_type=dev_type,
                                   queue=qi if qi != 0xFFFF else 0xFFFF,
-                                  name=f"{role}{qi // 2}" if dev_type == "net" and role else role,
+                                  # net: rx0/tx0 per pair; vsock rx/tx; else (vdpa: any device type) q<index>
+                                  name=(f"{role}{qi // 2}" if dev_type == "net" and role else role
+                                        or (f"q{qi}" if qi != 0xFFFF else "")),
                                   size=int(v.num), layer=int(Layer.VHOST), pid=owner, features=int(v.features)))
         return out
 
