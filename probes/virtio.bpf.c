@@ -41,7 +41,10 @@
  *   OFF_VDEV_INDEX, OFF_VDEV_ID                        struct virtio_device
  *   OFF_VVQ_PACKED, OFF_VVQ_SPLIT_USED, OFF_VVQ_SPLIT_NUM, OFF_VVQ_FREE_HEAD,
  *   OFF_VVQ_LAST_USED, OFF_VVQ_AVAIL_SHADOW             struct vring_virtqueue
- * and VRING_INTERRUPT, the handler's address from /proc/kallsyms.
+ * and VRING_INTERRUPT, the handler's address from /proc/kallsyms. Where the
+ * kernel has virtio-pci's shared-vector handlers, also VP_VRING_INTERRUPT,
+ * VP_INTERRUPT and OFF_VPDEV_VQS, OFF_VQINFO_VQ, OFF_VQINFO_NODE (struct
+ * virtio_pci_device, virtio_pci_vq_info: virtio_pci's BTF).
  */
 #include <uapi/linux/ptrace.h>
 #include "vtrace.h"
@@ -105,24 +108,12 @@ static __always_inline void head(struct vtrace_event *e, u8 kind, const void *vq
 }
 
 #ifdef HAVE_irq_handler_entry
-RAW_TRACEPOINT_PROBE(irq_handler_entry)
+/* One virtqueue's interrupt, as the driver is about to see it. */
+static __always_inline void vring_irq(void *ctx, const void *vq)
 {
-	const void *action = (const void *)ctx->args[1];
-#if OFF_IRQACTION_DEV_ID == OFF_IRQACTION_HANDLER + 8
-	/* handler and dev_id side by side: one read for both (every IRQ pays it) */
-	u64 hd[2] = {};
-	bpf_probe_read_kernel(hd, sizeof(hd), action + OFF_IRQACTION_HANDLER);
-	if (hd[0] != VRING_INTERRUPT)
-		return 0;
-	const void *vq = (const void *)hd[1];
-#else
-	if (rd_u64(action + OFF_IRQACTION_HANDLER) != VRING_INTERRUPT)
-		return 0;
-	const void *vq = (const void *)rd_u64(action + OFF_IRQACTION_DEV_ID);
-#endif
 	struct vq_info *vi = vq_seen(vq);
 	if (!vi)
-		return 0;
+		return;
 	vi->num_free = rd_u32(vq + OFF_VQ_NUM_FREE);
 	struct vtrace_event e = {};
 	head(&e, VTRACE_SIGNAL, vq, vi);
@@ -137,7 +128,61 @@ RAW_TRACEPOINT_PROBE(irq_handler_entry)
 	if (!vi->packed)
 		e.arg = rd_u16((const void *)rd_u64(vq + OFF_VVQ_SPLIT_USED) + 2);
 #endif
-	emit(&e);
+	emit_to(ctx, &e);
+}
+
+#if defined(VP_VRING_INTERRUPT) && defined(OFF_VPDEV_VQS)
+#define MAX_SHARED 16	/* queues of one device walked per shared interrupt */
+/* One vector for every queue of a virtio-pci device: too few MSI-X vectors
+ * (vp_vring_interrupt) or INTx (vp_interrupt, which then calls it). It calls
+ * vring_interrupt on each queue of vp_dev->virtqueues, and a queue is handled
+ * when the device used buffers the driver has not taken (drivers/virtio/
+ * virtio_pci_common.c; virtio_ring.c more_used_split: last_used_idx !=
+ * used->idx). The same test here, just before. Packed rings are not tested:
+ * their pending check reads descriptor flags, not an index. */
+static __always_inline void shared_vector(void *ctx, const void *vp)
+{
+	const void *list = vp + OFF_VPDEV_VQS;
+	const void *node = (const void *)rd_u64(list);
+	u32 done = 0;
+#pragma clang loop unroll(full)
+	for (int i = 0; i < MAX_SHARED; i++) {
+		if (done || !node || node == list) {
+			done = 1;
+			continue;	/* not break: see probes/vhost.bpf.c used_entry */
+		}
+		const void *vq = (const void *)rd_u64(node - OFF_VQINFO_NODE + OFF_VQINFO_VQ);
+		node = (const void *)rd_u64(node);	/* list_head.next */
+		if (!vq || rd_u64(vq + OFF_VVQ_PACKED) & 0xff)
+			continue;
+		u16 used = rd_u16((const void *)rd_u64(vq + OFF_VVQ_SPLIT_USED) + 2);
+		if (used != rd_u16(vq + OFF_VVQ_LAST_USED))
+			vring_irq(ctx, vq);
+	}
+	if (!done && node != list)
+		count_lost(1);	/* more queues than MAX_SHARED: this interrupt's rest unseen */
+}
+#endif
+
+RAW_TRACEPOINT_PROBE(irq_handler_entry)
+{
+	const void *action = (const void *)ctx->args[1];
+	/* handler and dev_id: one read for both where they sit side by side (every IRQ pays it) */
+	u64 hd[2] = {};
+#if OFF_IRQACTION_DEV_ID == OFF_IRQACTION_HANDLER + 8
+	bpf_probe_read_kernel(hd, sizeof(hd), action + OFF_IRQACTION_HANDLER);
+#else
+	hd[0] = rd_u64(action + OFF_IRQACTION_HANDLER);
+	hd[1] = rd_u64(action + OFF_IRQACTION_DEV_ID);
+#endif
+	if (hd[0] == VRING_INTERRUPT) {		/* a vector of its own: dev_id is the virtqueue */
+		vring_irq(ctx, (const void *)hd[1]);
+		return 0;
+	}
+#if defined(VP_VRING_INTERRUPT) && defined(OFF_VPDEV_VQS)
+	if (hd[0] == VP_VRING_INTERRUPT || hd[0] == VP_INTERRUPT)	/* dev_id: the virtio_pci_device */
+		shared_vector(ctx, (const void *)hd[1]);
+#endif
 	return 0;
 }
 #endif

@@ -68,7 +68,9 @@ def _tracing(src: LiveSource, agg: Aggregator | None = None, settle: float = 0.3
                 agg.feed(b)
             evs.append(b.events)
             objs.update({o.obj: o for o in b.objects})
-            if stop.is_set():
+            # a batch read before the stop (built while the machine was busy)
+            # may miss the workload's last events: end on one read after it
+            if stop.is_set() and b.t_end >= out["stop_ns"]:
                 break
         out.update(ev=np.concatenate(evs) if evs else np.zeros(0, RECORD_DTYPE), objs=objs)
     t = threading.Thread(target=drain)
@@ -78,6 +80,7 @@ def _tracing(src: LiveSource, agg: Aggregator | None = None, settle: float = 0.3
         yield out
         time.sleep(settle)
     finally:
+        out["stop_ns"] = time.monotonic_ns()
         stop.set()
         t.join(30)
 

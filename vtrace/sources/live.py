@@ -136,6 +136,18 @@ POINT_OFFSETS: dict[str, dict[str, tuple[str, str]]] = {
 }
 # A point whose offsets are in another module's BTF than its program's.
 POINT_BTF = {"vdpa_ioctl": "vhost_vdpa"}
+# What a point also does where the kernel has the functions it compares against
+# and the offsets it reads (from that module's BTF when it is a loaded module,
+# else vmlinux): (what, symbols, module, offsets). Where the symbols are absent
+# there is nothing to miss; where they are there but the rest fails, the
+# point attaches without it and says so.
+OPTIONAL_PARTS = {
+    "vring_interrupt": ("shared-vector interrupts", ("vp_vring_interrupt", "vp_interrupt"), "virtio_pci", {
+        "OFF_VPDEV_VQS": ("virtio_pci_device", "virtqueues"),
+        "OFF_VQINFO_VQ": ("virtio_pci_vq_info", "vq"),
+        "OFF_VQINFO_NODE": ("virtio_pci_vq_info", "node"),
+    }),
+}
 # More functions of a point (same program code block), those the kernel has. As
 # fexit, they share the main function's FENTRY_<point> argument count, so a
 # point with extras of another arity must not read RETVAL (probes/vtrace_fn.h).
@@ -262,6 +274,7 @@ class LiveSource:
         self._tail: list[Batch] = []        # what the last read at the end found (final())
         self.demoted: dict[str, str] = {}    # points fentry was refused for at attach: why
         self.partial: dict[str, str] = {}    # fentry points attached without one of their extra functions
+        self.without: dict[str, str] = {}    # points attached without their OPTIONAL_PARTS entry
         self.host = socket.gethostname()
         try:
             self.syms = Kallsyms()
@@ -301,6 +314,7 @@ class LiveSource:
             except btf.BtfError as e:
                 self.status.append(ProbeStatus(p.layer, p.name, f"{s.kind}:{s.target}", False, str(e)))
                 continue
+            cflags += self._optional_part(p)
             if s.kind == "fentry":
                 try:
                     fentry_fns[p.name], nargs = self._fentry_targets(p, s)
@@ -324,6 +338,23 @@ class LiveSource:
                 self.status.append(ProbeStatus(p.layer, p.name, s.kind, False, str(e)))
             return None
         return _Program(name, attach.program_text(name), cflags, [p for p, _ in chosen], chosen, fentry_fns)
+
+    def _optional_part(self, p: attach.Point) -> list[str]:
+        """-D macros for the point's OPTIONAL_PARTS entry, or none (noted in self.without)."""
+        self.without.pop(p.name, None)
+        if p.name not in OPTIONAL_PARTS:
+            return []
+        what, symbols, module, spec = OPTIONAL_PARTS[p.name]
+        if not all(self.syms.lookup(n) for n in symbols):
+            return []  # not in this kernel (virtio-mmio only, virtio_pci not loaded): nothing missed
+        try:
+            flags = [f"-D{n.upper()}={self.syms.address(n):#x}ULL" for n in symbols]
+            mod = module if os.path.exists(os.path.join(btf.BTF_DIR, module)) else None
+            flags += [f"-D{m}={off}" for m, off in btf.offsets(spec, mod).items()]
+        except (SymbolError, btf.BtfError) as e:
+            self.without[p.name] = f"without {what} ({e})"
+            return []
+        return flags
 
     def _fentry_targets(self, p: attach.Point, s: attach.Strategy) -> tuple[list[tuple[str, str, str, tuple]], int]:
         """[(how, program function, kernel function, (BTF id, BTF object fd))] for each
@@ -410,7 +441,7 @@ class LiveSource:
                 if s.kind == "kprobe":
                     label = f"kprobe:{self.syms.lookup(s.target)[0].name}"
                 notes = [f"fentry refused: {self.demoted[p.name]}" if p.name in self.demoted else "",
-                         self.partial.get(p.name, "") if s.kind == "fentry" else ""]
+                         self.partial.get(p.name, "") if s.kind == "fentry" else "", self.without.get(p.name, "")]
                 note = "; ".join(n for n in notes if n)
                 self.status.append(ProbeStatus(p.layer, p.name, label, True, note))
             except fentry.FentryError as e:
