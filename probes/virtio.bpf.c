@@ -19,7 +19,8 @@
  *            descriptor; packed: the buffer id)
  *   void *virtqueue_get_buf_ctx(vq, unsigned *len, void **ctx), and
  *        virtqueue_get_buf(vq, len), which inlines it on 6.1
- *            (split) consumed used->ring[last_used_idx - 1]
+ *            (split) consumed used->ring[last_used_idx - 1]; (packed) the
+ *            descriptor at last_used_idx, read at entry
  *   bool virtqueue_kick_prepare(vq)   false: no kick needed
  *   bool virtqueue_notify(vq)         the kick itself
  *   bool virtqueue_kick(vq)           the kick, where it inlines virtqueue_notify
@@ -40,7 +41,8 @@
  *   OFF_VQ_NUM_MAX, OFF_VQ_VDEV                        struct virtqueue
  *   OFF_VDEV_INDEX, OFF_VDEV_ID                        struct virtio_device
  *   OFF_VVQ_PACKED, OFF_VVQ_SPLIT_USED, OFF_VVQ_SPLIT_NUM, OFF_VVQ_FREE_HEAD,
- *   OFF_VVQ_LAST_USED, OFF_VVQ_AVAIL_SHADOW             struct vring_virtqueue
+ *   OFF_VVQ_LAST_USED, OFF_VVQ_AVAIL_SHADOW,
+ *   OFF_VVQ_PACKED_DESC                                struct vring_virtqueue
  * and VRING_INTERRUPT, the handler's address from /proc/kallsyms. Where the
  * kernel has virtio-pci's shared-vector handlers, also VP_VRING_INTERRUPT,
  * VP_INTERRUPT and OFF_VPDEV_VQS, OFF_VQINFO_VQ, OFF_VQINFO_NODE (struct
@@ -63,6 +65,8 @@ struct call {			/* entry state for the return probe */
 	u64 vq;
 	u32 head;
 	u32 num_free;
+	u32 len;		/* get_buf on a packed ring: the used descriptor's len */
+	u32 pad;
 };
 
 enum { P_ADD = 1, P_GET_BUF, P_KICK_PREPARE, P_KICK };	/* call_key() points */
@@ -234,6 +238,22 @@ int vq_get_buf_entry(FN_CTX *ctx)
 	const void *vq = (const void *)ARG(1);
 	struct call c = {.vq = (u64)vq};
 	c.num_free = rd_u32(vq + OFF_VQ_NUM_FREE);
+	c.head = UNOBSERVED;
+	c.len = UNOBSERVED;
+	if (rd_u64(vq + OFF_VVQ_PACKED) & 0xff) {
+		/* Packed (virtqueue_get_buf_ctx_packed): the next used buffer is the
+		 * descriptor at last_used_idx (bit 15 is the wrap counter from 6.0
+		 * on), struct vring_packed_desc {le64 addr; le32 len; le16 id; le16
+		 * flags}. Read before the driver takes it: once taken, a new add may
+		 * reuse the slot. Whether it was used, num_free says at the return. */
+		u16 last = rd_u16(vq + OFF_VVQ_LAST_USED) & 0x7fff;
+		const void *desc = (const void *)rd_u64(vq + OFF_VVQ_PACKED_DESC);
+		u32 d[4] = {};
+		if (desc && !bpf_probe_read_kernel(d, sizeof(d), desc + 16 * last)) {
+			c.len = d[2];
+			c.head = d[3] & 0xffff;
+		}
+	}
 	put_call(P_GET_BUF, &c);
 	return 0;
 }
@@ -267,6 +287,9 @@ int vq_get_buf_return(FN_CTX *ctx)
 			e.len = el[1];
 		}
 		e.arg = last;
+	} else {
+		e.id = a.head;	/* the buffer id: what vq_add recorded as the head */
+		e.len = a.len;
 	}
 	emit(&e);
 	return 0;

@@ -33,9 +33,11 @@ ROOT = Path(__file__).resolve().parents[2]
 N = 200
 NET = 100
 SHARED = 100  # reads from vdb, whose two queues share one MSI-X vector
-DISKS = "for d in vda vdb; do echo $d $(basename $(readlink /sys/block/$d/device)); done > /out/disks.txt; "
+PACKED = 100  # reads from vdc, a packed virtqueue
+DISKS = "for d in vda vdb vdc; do echo $d $(basename $(readlink /sys/block/$d/device)); done > /out/disks.txt; "
 SCRIPT = lab.capture_phases(sys.executable, f"dd if=/dev/vda of=/dev/null bs=4096 count={N} iflag=direct && "
                             f"dd if=/dev/vdb of=/dev/null bs=4096 count={SHARED} iflag=direct && "
+                            f"dd if=/dev/vdc of=/dev/null bs=4096 count={PACKED} iflag=direct && "
                             f"{sys.executable} tests/vmlab/net_arp.py eth0 {NET} /out/$1.net.json",
                             before=DISKS + "ip link set eth0 up; cat /proc/interrupts > /out/$1.irq-before.txt",
                             during="cat /proc/interrupts > /out/$1.irq-after.txt")
@@ -60,6 +62,8 @@ def lab_out(tmp_path_factory):
     disk.write_bytes(np.random.default_rng(7).integers(0, 256, 8 << 20, dtype=np.uint8).tobytes())
     disk2 = d / "disk2.img"
     disk2.write_bytes(disk.read_bytes()[:1 << 20])
+    disk3 = d / "disk3.img"
+    disk3.write_bytes(disk.read_bytes()[1 << 20:2 << 20])
     # restrict=on: the user-mode network reaches nothing outside QEMU. vdb: two
     # request queues but two MSI-X vectors, so the driver falls back to one for
     # config changes and one for every queue (virtio_pci_common.c vp_find_vqs_msix)
@@ -68,6 +72,8 @@ def lab_out(tmp_path_factory):
                                   "-device", "virtio-blk-pci,drive=vd0",
                                   "-drive", f"file={disk2},if=none,id=vd1,format=raw",
                                   "-device", "virtio-blk-pci,drive=vd1,num-queues=2,vectors=2",
+                                  "-drive", f"file={disk3},if=none,id=vd2,format=raw",
+                                  "-device", "virtio-blk-pci,drive=vd2,packed=on",
                                   "-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-pci,netdev=n0,romfile="])
     return out, run
 
@@ -224,3 +230,19 @@ def test_shared_vector_interrupts_are_seen_per_queue(lab_run):
     assert vector in after and not any(f"{dev}-req." in k for k in after), sorted(after)
     irq = after[vector] - before.get(vector, 0)
     assert used == SHARED and sig == irq == SHARED, (used, sig, irq)
+
+
+def test_packed_ring_buffers_are_paired_by_id(lab_run):
+    """vdc's queue is a packed virtqueue (VIRTIO 1.2 §2.8): the driver's buffer
+    id is vq->free_head when it adds, and the device writes that id and the
+    length into the used descriptor, which vtrace reads at last_used_idx as
+    virtqueue_get_buf_ctx_packed is about to take it."""
+    dev, ev = lab_run["disks"]["vdc"], lab_run["ev"]
+    qs = [o.obj for o in lab_run["objs"].values() if o.layer == Layer.VIRTIO_GUEST and o.device == dev]
+    assert qs, _seen(lab_run)
+    mine = ev[np.isin(ev["obj"], qs)]
+    avail, used = mine[mine["kind"] == Kind.AVAIL], mine[mine["kind"] == Kind.USED]
+    assert len(avail) == len(used) == PACKED, (len(avail), len(used))
+    assert Counter(avail["id"].tolist()) == Counter(used["id"].tolist()), (avail["id"][:8], used["id"][:8])
+    assert set(used["len"].tolist()) == {4097}
+    assert int(avail["aux2"].sum()) == int(used["aux2"].sum())

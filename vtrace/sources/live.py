@@ -96,6 +96,7 @@ OFFSETS: dict[str, dict[str, tuple[str, str]]] = {
         "OFF_VVQ_FREE_HEAD": ("vring_virtqueue", "free_head"),
         "OFF_VVQ_LAST_USED": ("vring_virtqueue", "last_used_idx"),
         "OFF_VVQ_AVAIL_SHADOW": ("vring_virtqueue", "split.avail_idx_shadow"),
+        "OFF_VVQ_PACKED_DESC": ("vring_virtqueue", "packed.vring.desc"),
     },
     "block": {
         "OFF_RQ_Q": ("request", "q"),
