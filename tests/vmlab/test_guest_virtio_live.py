@@ -89,7 +89,8 @@ def lab_run(request, lab_out):
     vda = {o.obj: o for o in objs.values() if o.layer == Layer.VIRTIO_GUEST and o.device == disks["vda"]}
     blk = {o.obj for o in objs.values() if o.dev_type == "blk-mq" and o.device == "vda"}
     net = {o.name: o.obj for o in objs.values() if o.layer == Layer.VIRTIO_GUEST and o.dev_type == "net"}
-    return {"phase": ph, "ev": ev, "objs": objs, "vda": vda, "disks": disks, "blk": blk, "net": net, "capture": out / f"{ph}.vtrace",
+    return {"phase": ph, "ev": ev, "objs": objs, "vda": vda, "disks": disks, "blk": blk, "net": net,
+            "capture": out / f"{ph}.vtrace",
             "nic": json.loads((out / f"{ph}.net.json").read_text()),
             "probes": lab.probe_table(out, ph),
             "irq": {k: _irqs((out / f"{ph}.irq-{k}.txt").read_text()) for k in ("before", "after")}}

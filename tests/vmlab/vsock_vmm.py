@@ -182,7 +182,8 @@ def main() -> int:
     bases_after = {"rx": dev.get_base(RX), "tx": dev.get_base(TX)}
     rec = {"bases": bases, "bases_after_restart": bases_after,
            "used_before_restart": first, "avail_idx": {"rx": rx.avail_idx, "tx": tx.avail_idx},
-           "pid": os.getpid(), "owner_again_errno": dev.owner_again, "cid": a.cid, "port": a.port, "host": host, "num": NUM,
+           "pid": os.getpid(), "owner_again_errno": dev.owner_again, "cid": a.cid, "port": a.port, "host": host,
+           "num": NUM,
            "rx": {"posted": [[i, RX_BUF] for i in range(nrx)], "used": rx_used, "packets": packets_in},
            "tx": {"posted": tx_posted, "used": tx_used},
            "used_idx": {"rx": rx.used_idx(), "tx": tx.used_idx()},

@@ -310,7 +310,8 @@ class LiveSource:
                 self.status.append(ProbeStatus(p.layer, p.name, "-", False, why))
                 continue
             try:
-                for macro, off in btf.offsets(POINT_OFFSETS.get(p.name, {}), POINT_BTF.get(p.name) or btf_module(name)).items():
+                where = POINT_BTF.get(p.name) or btf_module(name)
+                for macro, off in btf.offsets(POINT_OFFSETS.get(p.name, {}), where).items():
                     cflags.append(f"-D{macro}={off}")
             except btf.BtfError as e:
                 self.status.append(ProbeStatus(p.layer, p.name, f"{s.kind}:{s.target}", False, str(e)))
