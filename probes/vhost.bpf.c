@@ -286,6 +286,18 @@ int kick_entry(FN_CTX *ctx)
 }
 #endif
 
+/* The queue a struct vhost_vring_state {index, num} in the VMM's memory names
+ * on dev (dev->vqs[index]), and its num; NULL when unreadable or out of range. */
+static __always_inline const void *vring_state(const void *dev, const void *argp, u32 *num)
+{
+	u32 st[2] = {};
+	if (bpf_probe_read_user(st, sizeof(st), argp) || st[0] >= MAX_VQS)
+		return 0;
+	*num = st[1];
+	const void *vqs = (const void *)rd_u64(dev + OFF_DEV_VQS);
+	return (const void *)rd_u64(vqs + 8 * st[0]);
+}
+
 #ifdef HAVE_vring_ioctl
 #undef FN_POINT
 #define FN_POINT FENTRY_vring_ioctl
@@ -310,17 +322,13 @@ int vring_ioctl_return(FN_CTX *ctx)
 		return 0;
 	if (RETVAL != 0)
 		return 0;
-	u32 st[2] = {};		/* struct vhost_vring_state {index, num} in the VMM's memory */
-	if (bpf_probe_read_user(st, sizeof(st), (const void *)a.a2))
+	u32 num = 0;
+	const void *vq = vring_state((const void *)a.a0, (const void *)a.a2, &num);
+	if (!vq)
 		return 0;
-	if (st[0] >= MAX_VQS)
-		return 0;
-	const void *vqs = (const void *)rd_u64((const void *)a.a0 + OFF_DEV_VQS);
-	const void *vq = (const void *)rd_u64(vqs + 8 * st[0]);
-	struct vq_info *vi = vq_seen(vq);
 	struct vtrace_event e = {};
-	head(&e, a.a1 == VHOST_GET_VRING_BASE ? VTRACE_VRING_BASE_GET : VTRACE_VRING_BASE_SET, vq, vi);
-	e.id = st[1];
+	head(&e, a.a1 == VHOST_GET_VRING_BASE ? VTRACE_VRING_BASE_GET : VTRACE_VRING_BASE_SET, vq, vq_seen(vq));
+	e.id = num;
 	emit(&e);
 	return 0;
 }
@@ -409,14 +417,13 @@ int vdpa_ioctl_return(FN_CTX *ctx)
 		each_queue(ctx, dev, a.a1 == VHOST_VDPA_SUSPEND ? VTRACE_SUSPEND : VTRACE_RESUME, 0);
 		return 0;
 	}
-	u32 st[2] = {};		/* struct vhost_vring_state {index, num} in the VMM's memory */
-	if (bpf_probe_read_user(st, sizeof(st), (const void *)a.a2) || st[0] >= MAX_VQS)
+	u32 num = 0;
+	const void *vq = vring_state(dev, (const void *)a.a2, &num);
+	if (!vq)
 		return 0;
-	const void *vqs = (const void *)rd_u64(dev + OFF_DEV_VQS);
-	const void *vq = (const void *)rd_u64(vqs + 8 * st[0]);
 	struct vtrace_event e = {};
 	head(&e, VTRACE_VRING_ENABLE, vq, vq_seen(vq));
-	e.id = st[1] != 0;	/* set_vq_ready(vdpa, idx, s.num): a bool */
+	e.id = num != 0;	/* set_vq_ready(vdpa, idx, s.num): a bool */
 	emit(&e);
 	return 0;
 }
