@@ -10,6 +10,12 @@ program: the floor this machine charges any BPF program (the statistics'
 own two clock reads included).
 
     sudo python bench/live.py [--rounds 5] [--seconds 5] [--out bench/results]
+    sudo python bench/live.py --per-hit 5 [--baseline DIR]
+
+--per-hit N measures only the per-hit costs, N interleaved rounds, and reports
+each program's median; with --baseline, `vtrace stat` from another checkout
+(e.g. `git worktree add /tmp/base HEAD~3`) runs beside this one's in the same
+rounds ("stat@base").
 
 Needs root, fio and bpftrace (apt-get install fio bpftrace). IOPS here vary
 about ±5% run to run: the per-hit cost is the precise figure.
@@ -46,7 +52,7 @@ def fio(qd: int, seconds: int) -> float:
     return float(json.loads(out)["jobs"][0]["read"]["iops"])
 
 
-def start(cfg: str, tmp: str):
+def start(cfg: str, tmp: str, root: str = ROOT):
     if cfg == "none":
         return None
     if cfg == "empty":  # the floor: a raw tracepoint program that does nothing, on the same points
@@ -74,8 +80,9 @@ def start(cfg: str, tmp: str):
     args = {"stat": ["stat", "-j", "--source", "live", "1"],
             "stat-stream": ["stat", "-j", "--stream", "--source", "live", "1"],
             "capture": ["capture", "--source", "live", "-f", "-o", os.path.join(tmp, "bench.vtrace")]}[cfg]
+    # -m puts the working directory first on sys.path: the vtrace of `root` runs
     p = subprocess.Popen([PY, "-m", "vtrace.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         text=True, cwd=ROOT)
+                         text=True, cwd=root)
     line = p.stderr.readline()  # "Tracing ..." / "Capturing ...": printed once the probes are attached
     if "Hit Ctrl-C" not in line:
         raise RuntimeError(f"vtrace did not start: {line}")
@@ -93,11 +100,11 @@ def stop(p) -> None:
         p.wait()
 
 
-def per_hit(cfg: str, tmp: str, seconds: int) -> dict:
+def per_hit(cfg: str, tmp: str, seconds: int, baseline: str | None = None) -> dict:
     """Mean run time per hit of each tracepoint's programs, BPF's own statistics."""
     subprocess.run(["sysctl", "-qw", "kernel.bpf_stats_enabled=1"], check=True)
     try:
-        p = start(cfg, tmp)
+        p = start(cfg.removesuffix("@base"), tmp, baseline if cfg.endswith("@base") else ROOT)
         time.sleep(1)
         fio(32, seconds)
         progs = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
@@ -121,11 +128,34 @@ def per_hit(cfg: str, tmp: str, seconds: int) -> dict:
     return out
 
 
+def per_hit_rounds(rounds: int, seconds: int, baseline: str | None, tmp: str, out: str) -> None:
+    """Per-hit costs only: interleaved rounds, each program's median."""
+    cfgs = ["empty", "stat", *(["stat@base"] if baseline else []), "bpftrace"]
+    runs: dict[str, list[dict]] = {c: [] for c in cfgs}
+    for r in range(rounds):
+        for cfg in cfgs[r % len(cfgs):] + cfgs[:r % len(cfgs)]:
+            runs[cfg].append(per_hit(cfg, tmp, seconds, baseline))
+        print(f"round {r + 1}: " + "  ".join(
+            f"{c} " + "/".join(str(runs[c][-1].get(tp, {}).get("ns_per_hit", "-")) for tp in TPS) for c in cfgs),
+            flush=True)
+    med = {c: {tp: statistics.median(x[tp]["ns_per_hit"] for x in runs[c] if tp in x)
+               for tp in TPS if any(tp in x for x in runs[c])} for c in cfgs}
+    print(f"\nper hit, median of {rounds} interleaved rounds of fio QD32 {seconds} s, mean ns "
+          "(kernel.bpf_stats_enabled):")
+    print(f"  {'':<12}" + "".join(f"{tp:>20}" for tp in TPS))
+    for c in cfgs:
+        print(f"  {c:<12}" + "".join(f"{med[c].get(tp, '-'):>20}" for tp in TPS))
+    save(out, "live-per-hit.json", {"rounds": rounds, "seconds": seconds, "baseline": baseline, "runs": runs,
+                                    "median": med})
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--out", default=RESULTS)
+    ap.add_argument("--per-hit", type=int, metavar="N", help="only the per-hit costs, N interleaved rounds")
+    ap.add_argument("--baseline", metavar="DIR", help="with --per-hit: also `vtrace stat` from this checkout")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/live.py: needs root (BPF); skipped", file=sys.stderr)
@@ -138,6 +168,11 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="vtrace-bench-")
     subprocess.run(["fio", "--name=prep", f"--filename={FILE}", "--rw=write", "--bs=1M", "--size=256M",
                     "--direct=1"], capture_output=True, check=True)
+    if a.per_hit:
+        fio(32, a.seconds)  # warm up
+        per_hit_rounds(a.per_hit, a.seconds, a.baseline and os.path.abspath(a.baseline), tmp, a.out)
+        os.unlink(FILE)
+        return 0
     cfgs = ["none", "stat", "stat-stream", "capture", "bpftrace"]
     iops: dict[str, dict[int, list[float]]] = {c: {1: [], 32: []} for c in cfgs}
     fio(1, a.seconds)  # warm up the file and the page tables before the first measured run
