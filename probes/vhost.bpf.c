@@ -223,6 +223,7 @@ int signal_return(FN_CTX *ctx)
 	else
 		e.id = UNOBSERVED;
 	e.aux = valid ? old : UNOBSERVED;	/* signalled_used at the previous decision */
+	e.aux2 = UNOBSERVED;	/* free_descs: the driver's, which only a guest probe sees */
 	e.arg = rd_u16(vq + OFF_VQ_LAST_USED);
 	emit(&e);
 	return 0;

@@ -227,7 +227,7 @@ class Aggregator:
     # Arrays indexed by slot that start at zero for a new object (grown together).
     _PER_SLOT = ("cnt", "used_bytes", "read_bytes", "hist", "lat_sum", "inflight_max",
                  "inflight_max_total", "orphans", "dma_bytes", "_prev_cnt", "_prev_bytes", "_prev_read",
-                 "k_inflight", "hist_only", "_prev_hist")
+                 "k_inflight", "hist_only", "_prev_hist", "free_sig", "_prev_free")
 
     def __init__(self, *, evict_after_s: float = 600.0, sample_cap: int = SAMPLE_CAP, checker=None):
         # ``checker``: a vtrace.check.Checker fed the same batches; the snapshot
@@ -251,10 +251,13 @@ class Aggregator:
         self.orphans = np.zeros(cap, dtype=np.int64)
         self.last_seen = np.zeros(cap, dtype=np.int64)
         self.dma_bytes = np.zeros((cap, 2), dtype=np.int64)
+        # The driver's free descriptors at its interrupts (guest virtio): sum, interrupts
+        self.free_sig = np.zeros((cap, 2), dtype=np.int64)
         # Counted in the kernel (a counting live source): buffers in flight
         # there now, and whether latency is known only as log2 buckets.
         self.k_inflight = np.zeros(cap, dtype=np.int64)
         self.hist_only = np.zeros(cap, dtype=bool)
+        self._prev_free = np.zeros((cap, 2), dtype=np.int64)
         self._prev_hist = np.zeros((cap, NBUCKETS), dtype=np.int64)
         self.active = np.zeros(cap, dtype=bool)
         self.state: dict[int, str] = {}
@@ -416,6 +419,9 @@ class Aggregator:
         start = ((kind == Kind.FETCH) | (kind == Kind.AVAIL)) & (ev["aux"] != UNOBSERVED)
         if start.any():
             self.read_bytes[:nslots] += sum_by_slot(slot[start], ev["aux"][start], nslots)
+        sig = (kind == Kind.SIGNAL) & (ev["layer"] == Layer.VIRTIO_GUEST) & (ev["aux2"] != UNOBSERVED)
+        if sig.any():
+            self._add_free(slot[sig], ev["aux2"][sig], np.ones(int(sig.sum()), dtype=np.int64), nslots)
         if delta[:, KI[Kind.LOST]].any():
             self.lost_total += int(ev["arg"][kind == Kind.LOST].sum())
         if delta[:, _RARE_KIDX].any():
@@ -441,6 +447,10 @@ class Aggregator:
         self.last_seen[:nslots][delta.any(axis=1)] = self.ts_end
         self.unknown_kinds += int(delta[:, K_UNKNOWN].sum())
         return delta
+
+    def _add_free(self, slot: np.ndarray, free: np.ndarray, n: np.ndarray, nslots: int) -> None:
+        self.free_sig[:nslots, 0] += sum_by_slot(slot, free, nslots)
+        self.free_sig[:nslots, 1] += sum_by_slot(slot, n, nslots)
 
     def _add_dma(self, slot: np.ndarray, kind: np.ndarray, nbytes: np.ndarray, nslots: int) -> None:
         for col, k in ((0, Kind.DMA_MAP), (1, Kind.DMA_UNMAP)):
@@ -471,6 +481,9 @@ class Aggregator:
                 if m.any():
                     dest[:nslots] += sum_by_slot(slot[m], c["bytes"][m], nslots)
             self._add_dma(slot, kind, c["bytes"], nslots)
+            sig = (kind == Kind.SIGNAL) & (c["layer"] == Layer.VIRTIO_GUEST)  # bytes: free descriptors summed
+            if sig.any():
+                self._add_free(slot[sig], c["bytes"][sig], n[sig], nslots)
             ex = kind == Kind.KVM_EXIT
             self._add_exits(slot[ex], c["id"][ex], n[ex])
         lt = kc.latency
@@ -756,6 +769,7 @@ class Aggregator:
         dc = self.cnt[:n] - self._prev_cnt[:n]
         db = self.used_bytes[:n] - self._prev_bytes[:n]
         dr = self.read_bytes[:n] - self._prev_read[:n]
+        dfree = self.free_sig[:n] - self._prev_free[:n]
         pct = self._percentiles()
         c_slot = self.c_key >> 32
         infl = np.bincount(c_slot, minlength=n) if c_slot.size else np.zeros(n, dtype=np.int64)
@@ -764,7 +778,7 @@ class Aggregator:
         vms: dict[str, dict] = {}
         for s in vm_slots:
             self._vm_acc(vms, s, self.info[s], self.cnt[s])
-        table = self._queue_table(qslots, ident, secs, dc, db, dr, infl, pct)
+        table = self._queue_table(qslots, ident, secs, dc, db, dr, dfree, infl, pct)
         admin = tuple(
             AdminStats(opcode=op, opcode_name=admin_codes.opcode_name(op), status=st,
                        status_name=admin_codes.status_name(st), count=a.count, latency_sum_ns=a.lat_sum,
@@ -794,6 +808,7 @@ class Aggregator:
             self._prev_cnt[:n] = self.cnt[:n]
             self._prev_bytes[:n] = self.used_bytes[:n]
             self._prev_read[:n] = self.read_bytes[:n]
+            self._prev_free[:n] = self.free_sig[:n]
             self._prev_hist[:n] = self.hist[:n]
             self._prev_events = self.events_total
             self._prev_end = end
@@ -823,7 +838,7 @@ class Aggregator:
             self._layout = (np.array(qslots, dtype=np.int64), vm_slots, ident)
         return self._layout
 
-    def _queue_table(self, idx, ident, secs, dc, db, dr, infl, pct) -> QueueTable:
+    def _queue_table(self, idx, ident, secs, dc, db, dr, dfree, infl, pct) -> QueueTable:
         """Every queue slot in ``idx`` as columns, all figures computed over all
         slots at once (10k queues: bench/export.py)."""
         if not idx.size:
@@ -859,6 +874,9 @@ class Aggregator:
             "latency_sum_ns": self.lat_sum[idx],
             "latency_exact": ~hist_only if exact else np.zeros(idx.size, dtype=bool),
             "last_seen": self.last_seen[idx],
+            "free_at_signal_sum_total": self.free_sig[idx, 0], "free_at_signal_count_total": self.free_sig[idx, 1],
+            # the interval's mean; NaN (None) where no interrupt said
+            "free_at_signal": np.where(dfree[idx, 1] > 0, dfree[idx, 0] / np.maximum(dfree[idx, 1], 1), np.nan),
         }
         hist = self.hist[idx]
         cols["latency_count"] = hist.sum(axis=1)

@@ -35,11 +35,12 @@ import numpy as np
 import zstandard
 
 from vtrace import __version__
-from vtrace.events import RECORD_DTYPE, RECORD_FIELDS, Batch, ObjectInfo, ProbeStatus
+from vtrace.events import RECORD_DTYPE, RECORD_FIELDS, UNOBSERVED, Batch, Kind, Layer, ObjectInfo, ProbeStatus
 
 MAGIC = b"VTRACE\x00\n"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+# 1.1: a guest virtio SIGNAL's aux2 is free_descs (1.0 left it 0: read as unobserved)
+FORMAT_MINOR = 1
 PRELUDE = struct.Struct("<8sHHII")
 CHUNK_MAGIC = b"VTCK"
 CHUNK = struct.Struct("<4sBBHIIII")
@@ -323,6 +324,7 @@ class CaptureReader:
                 raise CaptureError(f"{path}: not a vtrace capture (mangled magic: transferred as text?)")
             if major != FORMAT_MAJOR:
                 raise CaptureError(f"{path}: capture format {major}.{minor}; this vtrace reads {FORMAT_MAJOR}.x")
+            self.minor = minor
             if hlen > MAX_HEADER:
                 raise CaptureError(f"{path}: damaged header (length {hlen})")
             body = self.f.read(hlen)
@@ -458,6 +460,8 @@ class CaptureReader:
                     self.stats.damage.append(Damage(-1, str(e)))
                     continue
                 self.stats.events += ev.size
+                if self.minor < 1:  # 1.0 wrote a guest signal's unobserved free_descs as 0
+                    ev["aux2"][(ev["kind"] == Kind.SIGNAL) & (ev["layer"] == Layer.VIRTIO_GUEST)] = UNOBSERVED
                 # Events were lost before this batch: consumers that follow
                 # state across events (the checker) must re-synchronise.
                 gap = len(self.stats.damage) > seen_damage

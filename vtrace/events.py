@@ -91,8 +91,10 @@ KIND_FIELDS: dict[Kind, dict[str, str]] = {
     # The device's notification decision (vhost_notify): the driver's
     # used_event (split) or event off_wrap (packed), the index at the previous
     # decision, the driver's avail flags (split) or event flags (packed).
+    # free_descs (guest virtio only): descriptors the driver had free as the
+    # interrupt came (vq->num_free), the ring's occupancy at the signal.
     Kind.SIGNAL: {"id": "used_event", "aux": "signalled_used", "len": "avail_flags",
-                  "arg": "used_idx"},
+                  "aux2": "free_descs", "arg": "used_idx"},
     Kind.SIGNAL_SUPPRESSED: {"id": "used_event", "aux": "signalled_used", "len": "avail_flags",
                              "arg": "used_idx"},
     # id 0: device-side kick notifications (vhost_enable_notify);
@@ -142,7 +144,7 @@ OPTIONAL_FIELDS: dict[Kind, frozenset[str]] = {
     Kind.FETCH: frozenset({"writable_bytes", "readable_bytes"}),
     Kind.USED: frozenset({"used_len", "descs", "used_idx"}),
     Kind.KICK: frozenset({"avail_idx"}),
-    Kind.SIGNAL: frozenset({"used_event", "signalled_used", "avail_flags", "used_idx"}),
+    Kind.SIGNAL: frozenset({"used_event", "signalled_used", "avail_flags", "free_descs", "used_idx"}),
     Kind.SIGNAL_SUPPRESSED: frozenset({"used_event", "signalled_used", "avail_flags"}),
     Kind.DMA_MAP: frozenset({"prot"}),
 }

@@ -53,6 +53,11 @@ def ratio(x: float | None) -> str:
     return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:.0f}"
 
 
+def free(x: float | None) -> str:
+    """Mean free descriptors at the driver's interrupts: whole descriptors, '-' when none said."""
+    return "-" if x is None else f"{x:.0f}"
+
+
 def parse_duration(text: str) -> int:
     """'10s', '500ms', '2m', '1h', '1.5' (seconds) -> nanoseconds. ValueError if bad."""
     t = text.strip().lower()

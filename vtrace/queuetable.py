@@ -82,6 +82,10 @@ class QueueStats(NamedTuple):
     last_suspend: SuspendRecord | None
     timeline: tuple[LifecycleEvent, ...]
     last_seen: int
+    # guest virtio: descriptors the driver had free as its interrupts came
+    free_at_signal: float | None  # this interval's mean
+    free_at_signal_sum_total: int
+    free_at_signal_count_total: int
 
     @property
     def label(self) -> str:
@@ -161,4 +165,4 @@ class QueueTable:
         return QueueStats._make(vals)
 
 
-_OPTIONAL = frozenset(("kicks_per_buffer", "signals_per_buffer", "p50_ns", "p99_ns"))
+_OPTIONAL = frozenset(("kicks_per_buffer", "signals_per_buffer", "p50_ns", "p99_ns", "free_at_signal"))

@@ -11,7 +11,7 @@ from typing import Iterable
 
 from vtrace.aggregate import QueueStats, Snapshot
 from vtrace import vfio
-from vtrace.fmt import bytes_, dur, log2_hist_lines, ratio, si
+from vtrace.fmt import bytes_, dur, free, log2_hist_lines, ratio, si
 
 STATE_SHORT = {"running": "run", "suspended": "susp", "stopped": "stop", "reset": "rst"}
 
@@ -68,7 +68,8 @@ def stat_rows(qs: list[QueueStats]) -> list[str]:
         est = not q.latency_exact
         rows.append(
             f"{q.vm[:7]:<7} {q.device[:7]:<7} {q.name[:6]:<6} {si(q.avail_rate):>5} {si(q.used_rate):>5} "
-            f"{si(q.signal_rate):>5} {q.bytes_rate / 1e6:>5.1f} {q.in_flight:>4} {dur(q.p50_ns, est):>6} {dur(q.p99_ns, est):>6} "
+            f"{si(q.signal_rate):>5} {q.bytes_rate / 1e6:>5.1f} {q.in_flight:>4} {dur(q.p50_ns, est):>6} "
+            f"{dur(q.p99_ns, est):>6} "
             f"{ratio(q.kicks_per_buffer):>4} {ratio(q.signals_per_buffer):>4} "
             f"{STATE_SHORT.get(q.state, q.state)[:4]:<4}".rstrip())
     return rows
@@ -81,7 +82,8 @@ def queue_dict(q: QueueStats) -> dict:
         "kicks_suppressed_total", "signals_total", "signals_suppressed_total", "orphan_used_total",
         "avail_rate", "used_rate", "used_bytes_rate", "read_bytes_rate", "kick_rate", "signal_rate",
         "kicks_per_buffer", "signals_per_buffer", "in_flight", "in_flight_max", "in_flight_max_total",
-        "latency_count", "latency_sum_ns", "p50_ns", "p99_ns", "latency_exact")}
+        "latency_count", "latency_sum_ns", "p50_ns", "p99_ns", "latency_exact", "free_at_signal",
+        "free_at_signal_sum_total", "free_at_signal_count_total")}
     d["obj"] = hex(q.obj)
     if q.last_suspend is not None:
         r = q.last_suspend
@@ -121,13 +123,15 @@ def report_text(s: Snapshot, *, hist_top: int = 6, show_all: bool = False) -> st
     w("")
     qs = select(s, show_all=show_all)
     w(f"QUEUES ({len(qs)} with traffic" + (")" if show_all else f" of {len(s.queues)}; --all for every queue)"))
-    w(f"{'VM':<8} {'DEV':<7} {'QUEUE':<6} {'AVAIL':>8} {'USED':>8} {'BYTES':>9} {'INFL':>5} {'MAX':>5} "
+    w(f"{'VM':<8} {'DEV':<7} {'QUEUE':<6} {'AVAIL':>8} {'USED':>8} {'BYTES':>9} {'INFL':>5} {'MAX':>5} {'FREE':>5} "
       f"{'P50':>6} {'P99':>6} {'K/B':>5} {'S/B':>5} STATE")
     for q in qs:
         kpb = q.kicks_total / q.used_total if q.used_total else None
         spb = q.signals_total / q.used_total if q.used_total else None
+        fr = q.free_at_signal_sum_total / q.free_at_signal_count_total if q.free_at_signal_count_total else None
         w(f"{q.vm[:8]:<8} {q.device[:7]:<7} {q.name[:6]:<6} {q.avail_total:>8} {q.used_total:>8} "
           f"{bytes_(q.used_bytes_total + q.read_bytes_total):>9} {q.in_flight:>5} {q.in_flight_max_total:>5} "
+          f"{free(fr):>5} "
           f"{dur(q.p50_ns):>6} {dur(q.p99_ns):>6} {ratio(kpb):>5} {ratio(spb):>5} "
           f"{q.state}")
     busiest = sorted((q for q in qs if q.latency_count), key=lambda q: -q.latency_count)

@@ -134,6 +134,12 @@ def test_guest_vring_interrupts_match_proc_interrupts(transport, monkeypatch):
     # used->idx read from the ring moves forward across the interrupts
     idx = win["arg"].astype(np.int64)
     assert ((np.diff(idx) & 0xFFFF) < 0x8000).all() and idx[-1] != idx[0]
+    # free_descs: the driver's num_free as each interrupt came, before it reclaims
+    # the completed buffer's descriptors, so below the ring size (dd: one request
+    # at a time; an interrupt the previous handler already emptied sees it all free)
+    free = win["aux2"].astype(np.int64)
+    assert ((free >= 0) & (free <= o.size)).all(), free[free > o.size][:5]
+    assert (free < o.size).mean() > 0.9, np.unique(free, return_counts=True)
 
 
 def _diskstats(disk: str) -> int:
@@ -331,6 +337,10 @@ def test_counting_in_kernel_matches_proc_interrupts_and_diskstats():
     # nothing stays in flight but the completions the tracepoint itself missed
     assert sum(x.in_flight for x in hq) <= max(0, req - used) and snap.lost_total == 0
     assert sum(x.used_bytes_total for x in hq) >= (2000 - tol) * 4096  # the reads' data, as the block test
+    # every counted interrupt summed the driver's free descriptors: one request
+    # at a time holds a few of the ring's, never all
+    assert vq.free_at_signal_count_total == vq.signals_total
+    assert vq.size - 8 <= vq.free_at_signal_sum_total / vq.free_at_signal_count_total < vq.size
 
 
 @pytest.mark.parametrize("stream,transport", [(True, "ringbuf"), (False, "ringbuf"), (True, "perf")],

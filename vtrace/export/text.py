@@ -24,7 +24,7 @@ import numpy as np
 from prometheus_client import generate_latest
 
 from vtrace.aggregate import Snapshot
-from vtrace.export.metrics import (LE_TEXT, Q_COUNTERS, Q_GAUGES, Q_HIST, Q_STATE, Q_SUSPEND, QUEUE_STATES,
+from vtrace.export.metrics import (LE_TEXT, Q_COUNTERS, Q_FREE, Q_GAUGES, Q_HIST, Q_STATE, Q_SUSPEND, QUEUE_STATES,
                                    VM_COUNTERS, VM_EXITS, VM_NONCOHERENT, VM_VFIO_IOCTLS, cumulative_buckets,
                                    families, first_rows, group_keys, scrape_family, sum_groups, vfio_ioctl_rows)
 
@@ -112,6 +112,12 @@ class QueueText:
         parts[0::2] = lay.hist
         parts[1::2] = vals
         out.append("".join(parts))
+
+        name, doc = Q_FREE
+        out.append(_header(name, doc, "summary"))
+        out.append("".join(f"{name}_count{lay.plain[gi]}{n}\n{name}_sum{lay.plain[gi]}{s}\n"
+                           for gi, (n, s) in enumerate(zip(col("free_at_signal_count_total").tolist(),
+                                                           col("free_at_signal_sum_total").tolist())) if n))
 
         # State and suspend: a shared identity shows its first object's.
         first = first_rows(g, G).tolist()

@@ -533,7 +533,7 @@ class QemuLogSource:
                 elif name in ("virtio_notify", "virtio_notify_irqfd"):
                     v = vq_state(_num(args[1]))
                     emit(ts, v.obj, Kind.SIGNAL, queue=v.index, id=UNOBSERVED, len=UNOBSERVED,
-                         aux=UNOBSERVED, arg=v.used)
+                         aux=UNOBSERVED, aux2=UNOBSERVED, arg=v.used)
                 elif name == "virtio_set_status":
                     d = _num(args[0])
                     if int(args[1]) == 0:  # virtio_set_status(vdev, 0) -> virtio_reset
