@@ -64,6 +64,7 @@ bench: setup
 	$(PY) bench/pipeline.py
 	$(PY) bench/check.py
 	$(PY) bench/qemulog.py
+	$(PY) bench/bpf_ops.py
 	$(PY) bench/live.py
 	$(PY) bench/ringbuf.py
 	$(PY) bench/export.py
