@@ -122,6 +122,13 @@ def panels() -> list[dict]:
         ("In flight at the last suspend", [
             (f"vtrace_queue_in_flight_at_last_suspend_buffers{{{Q}}}", "{{vm}}/{{device}}/{{queue}}"),
         ], {"kind": "table", "desc": "Buffers the device held when it was suspended: what migration must carry."}))
+    pair(("Guest ring occupancy at interrupts (descriptors in use)", [
+        (f"sum by ({BY}) (vtrace_queue_size_buffers{{{Q}}}) - "
+         f"sum by ({BY}) (rate(vtrace_queue_interrupt_free_descriptors_sum{{{Q}}}[{RI}])) / "
+         f"sum by ({BY}) (rate(vtrace_queue_interrupt_free_descriptors_count{{{Q}}}[{RI}]))",
+         "{{vm}}/{{device}}/{{queue}}"),
+    ], {"desc": "Inside a guest: the ring size less the descriptors the driver had free as each interrupt came "
+                "(vq->num_free). Near the ring size: the ring was full when the device signalled."}), None)
 
     row("Virtio admin commands")
     pair(("Admin commands /s", [

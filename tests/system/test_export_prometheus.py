@@ -30,6 +30,14 @@ NOT_FIRING_IN_A_SHORT_RUN = {
                            "rate(vtrace_queue_used_buffers_total[2m]) >= 0"],
     "VtraceQueueLatencyHigh": ["vtrace:queue_completion_latency_seconds:p99_5m"],
 }
+# Metrics only a guest's own driver gives (the live `virtio` program inside a
+# VM); the simulated host has none. Dashboard panels on them are checked
+# against a live exporter in this guest instead (tests/live/test_live_export.py).
+GUEST_ONLY_METRICS = ("vtrace_queue_interrupt_free_descriptors",)
+
+
+def guest_only(expr: str) -> bool:
+    return any(m in expr for m in GUEST_ONLY_METRICS)
 
 
 @pytest.fixture(autouse=True)
@@ -125,7 +133,9 @@ def test_real_prometheus_scrapes_over_tls_with_basic_auth_and_every_expression_r
             # enough scrapes for rate() over 30s and for the rules to evaluate
             wait_for(lambda: query(prom, 'count_over_time(up{job="vtrace"}[1m]) >= 8'), 60, "8 scrapes")
             wait_for(lambda: query(prom, "vtrace:queue_used_buffers:rate5m"), 30, "the recording rules")
-            empty = [(title, e) for title, e in _dashboard_exprs() if not query(prom, e)]
+            exprs = _dashboard_exprs()
+            assert any(guest_only(e) for _t, e in exprs)  # tests/live/test_live_export.py has them
+            empty = [(title, e) for title, e in exprs if not guest_only(e) and not query(prom, e)]
             assert not empty, f"dashboard queries with no data: {empty}"
             records, alerts = _rules()
             assert not [r for r in records if not query(prom, r)]
