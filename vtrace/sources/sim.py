@@ -27,7 +27,7 @@ import numpy as np
 
 from vtrace import admin as admin_codes
 from vtrace import vfio
-from vtrace.events import NO_QUEUE, RECORD_DTYPE, Batch, Kind, Layer, ObjectInfo, ProbeStatus
+from vtrace.events import NO_QUEUE, RECORD_DTYPE, UNOBSERVED, Batch, Kind, Layer, ObjectInfo, ProbeStatus
 from vtrace.model import admin as admin_model
 from vtrace.model import devtypes
 from vtrace.model.ring import vring_need_event
@@ -281,7 +281,9 @@ class _Queue:
             ue[i], old[i], send[i] = self.used_event, o, s_
             flags[i] = 1 if self.rearm_at is not None else 0  # NO_INTERRUPT while polling
         c = self.common()
-        out.add(Kind.SIGNAL, dec_t[send], id=ue[send], aux=old[send], len=flags[send], arg=dec_new[send], **c)
+        # free_descs (aux2) is the guest driver's: a simulated device does not see it
+        out.add(Kind.SIGNAL, dec_t[send], id=ue[send], aux=old[send], len=flags[send], aux2=UNOBSERVED,
+                arg=dec_new[send], **c)
         out.add(Kind.SIGNAL_SUPPRESSED, dec_t[~send], id=ue[~send], aux=old[~send], len=flags[~send],
                 arg=dec_new[~send], **c)
         if self.link is not None:
