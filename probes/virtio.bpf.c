@@ -120,13 +120,8 @@ static __always_inline void head(struct vtrace_event *e, u8 kind, const void *vq
  * signals. */
 static __always_inline void vring_irq(void *ctx, const void *vq)
 {
-	u32 at[2] = {};		/* index, num_free: side by side in struct virtqueue */
-#if OFF_VQ_NUM_FREE == OFF_VQ_INDEX + 4
-	bpf_probe_read_kernel(at, sizeof(at), vq + OFF_VQ_INDEX);
-#else
-	at[0] = rd_u32(vq + OFF_VQ_INDEX);
-	at[1] = rd_u32(vq + OFF_VQ_NUM_FREE);
-#endif
+	u32 at[2] = {};		/* index, num_free */
+	rd_pair(at, vq, OFF_VQ_INDEX, OFF_VQ_NUM_FREE);
 #ifdef VTRACE_AGG
 	/* Counting: the queue's counter is found by the index just read, not
 	 * through vq_info, whose lookup cost ~100 ns more per interrupt here,
@@ -202,14 +197,8 @@ static __always_inline void shared_vector(void *ctx, const void *vp)
 RAW_TRACEPOINT_PROBE(irq_handler_entry)
 {
 	const void *action = (const void *)ctx->args[1];
-	/* handler and dev_id: one read for both where they sit side by side (every IRQ pays it) */
-	u64 hd[2] = {};
-#if OFF_IRQACTION_DEV_ID == OFF_IRQACTION_HANDLER + 8
-	bpf_probe_read_kernel(hd, sizeof(hd), action + OFF_IRQACTION_HANDLER);
-#else
-	hd[0] = rd_u64(action + OFF_IRQACTION_HANDLER);
-	hd[1] = rd_u64(action + OFF_IRQACTION_DEV_ID);
-#endif
+	u64 hd[2] = {};		/* handler, dev_id (every IRQ pays this read) */
+	rd_pair(hd, action, OFF_IRQACTION_HANDLER, OFF_IRQACTION_DEV_ID);
 	if (hd[0] == VRING_INTERRUPT) {		/* a vector of its own: dev_id is the virtqueue */
 		vring_irq(ctx, (const void *)hd[1]);
 		return 0;

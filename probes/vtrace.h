@@ -110,6 +110,19 @@ static __always_inline u16 rd_u16(const void *p)
 	return v;
 }
 
+/* Two fields of one width into p[0] and p[1]: one probe read where they sit
+ * side by side, which costs about what one field does (bench/bpf_ops.py).
+ * The test is on BTF offsets (-D constants), so only one branch is built. */
+#define rd_pair(p, base, off0, off1)							\
+	do {										\
+		if ((off1) == (off0) + sizeof((p)[0])) {				\
+			bpf_probe_read_kernel((p), 2 * sizeof((p)[0]), (base) + (off0));	\
+		} else {								\
+			bpf_probe_read_kernel(&(p)[0], sizeof((p)[0]), (base) + (off0));	\
+			bpf_probe_read_kernel(&(p)[1], sizeof((p)[1]), (base) + (off1));	\
+		}									\
+	} while (0)
+
 /* Kinds summed in maps when counting (-DVTRACE_AGG, vtrace_emit.inc); the
  * rest (lifecycle 16-23, admin 32-33, non-coherent DMA 56-57, migration 66,
  * vfio ioctls and region access) are rare and stream as records. */
