@@ -8,6 +8,7 @@ the irq_handler_entry raw tracepoint and the kvm points on kvm tracepoints.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -107,39 +108,81 @@ def _require_attached(src, *points: str) -> None:
 TRANSPORTS = ("ringbuf", "perf")
 
 
+@contextlib.contextmanager
+def _bare_irq_counter(irq: int):
+    """An independent witness: a bare raw-tracepoint program on irq_handler_entry
+    that only counts hits of one IRQ line. Yields a function returning the count."""
+    from vtrace.kernel import headers
+    os.environ.update(headers.bcc_env())
+    from bcc import BPF
+    b = BPF(text=b"BPF_ARRAY(hits, u64, 1);\nRAW_TRACEPOINT_PROBE(irq_handler_entry) {\n"
+                 b"\tint zero = 0;\n\tif ((int)ctx->args[0] != IRQ) return 0;\n"
+                 b"\tu64 *n = hits.lookup(&zero);\n\tif (n) __sync_fetch_and_add(n, 1);\n\treturn 0;\n}\n",
+            cflags=[f"-DIRQ={irq}"])
+    try:
+        yield lambda: int(b[b"hits"][ctypes.c_int(0)].value)
+    finally:
+        b.cleanup()
+
+
+def _irq_number(name: str) -> int:
+    with open("/proc/interrupts") as f:
+        return next(int(ln.split(":")[0]) for ln in f if ln.split() and ln.split()[-1] == name)
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_guest_vring_interrupts_match_proc_interrupts(transport, monkeypatch):
-    """Every interrupt /proc/interrupts counts for the disk's virtqueue, vtrace counts too."""
+    """Every interrupt /proc/interrupts counts for the disk's virtqueue, vtrace counts too.
+
+    On this kernel (6.18 under Firecracker) the irq_handler_entry tracepoint
+    itself now and then does not fire for a burst of a queue's interrupts that
+    /proc/interrupts counts: 25 to 77 of 6,006 in 4 of 40 windows measured (a bare
+    program counting the tracepoint's hits of that line missed exactly the
+    same). So vtrace is held to that witness exactly, every time (nothing lost
+    that the tracepoint delivered, unless counted lost), and to /proc within 1%
+    in one of up to three windows; a window the tracepoint itself fell short
+    in says so and is run again."""
     monkeypatch.setenv("VTRACE_EVENTS", transport)
-    src = LiveSource(programs=("virtio",), batch_ms=100)
-    assert src.info["events"] == transport
-    src.start()
-    _require_attached(src, "vring_interrupt")
-    with _tracing(src) as result:
-        before, t1 = _proc_interrupts(), time.monotonic_ns()
-        _direct_io(3000)
-        after, t2 = _proc_interrupts(), time.monotonic_ns()
-    ev, objs = result["ev"], result["objs"]
     disk = os.path.basename(os.path.realpath("/sys/block/vda/device"))  # e.g. virtio1
-    q = [o for o in objs.values() if o.device == disk and o.name == "req.0"]
-    assert len(q) == 1, objs
-    o = q[0]
-    assert o.dev_type == "blk" and o.queue == 0 and o.size >= 64 and o.layer == Layer.VIRTIO_GUEST
     name = f"{disk}-req.0"
-    proc = after[name] - before[name]
-    assert proc >= 3000  # at least one interrupt per 2 requests under this load
-    win = ev[(ev["obj"] == o.obj) & (ev["ts"] >= t1) & (ev["ts"] <= t2) & (ev["kind"] == Kind.SIGNAL)]
-    print(f"vring interrupts in window: vtrace {win.size}, /proc/interrupts {proc}")
-    assert abs(win.size - proc) <= max(2, proc // 100), (win.size, proc)
-    # used->idx read from the ring moves forward across the interrupts
-    idx = win["arg"].astype(np.int64)
-    assert ((np.diff(idx) & 0xFFFF) < 0x8000).all() and idx[-1] != idx[0]
-    # free_descs: the driver's num_free as each interrupt came, before it reclaims
-    # the completed buffer's descriptors, so below the ring size (dd: one request
-    # at a time; an interrupt the previous handler already emptied sees it all free)
-    free = win["aux2"].astype(np.int64)
-    assert ((free >= 0) & (free <= o.size)).all(), free[free > o.size][:5]
-    assert (free < o.size).mean() > 0.9, np.unique(free, return_counts=True)
+    short = []
+    for _attempt in range(3):
+        src = LiveSource(programs=("virtio",), batch_ms=100)
+        assert src.info["events"] == transport
+        src.start()
+        _require_attached(src, "vring_interrupt")
+        with _bare_irq_counter(_irq_number(name)) as witness, _tracing(src) as result:
+            before, t1, w0 = _proc_interrupts(), time.monotonic_ns(), witness()
+            _direct_io(3000)
+            after, t2, w1 = _proc_interrupts(), time.monotonic_ns(), witness()
+        ev, objs = result["ev"], result["objs"]
+        q = [o for o in objs.values() if o.device == disk and o.name == "req.0"]
+        assert len(q) == 1, objs
+        o = q[0]
+        assert o.dev_type == "blk" and o.queue == 0 and o.size >= 64 and o.layer == Layer.VIRTIO_GUEST
+        proc, seen = after[name] - before[name], w1 - w0
+        assert proc >= 3000  # at least one interrupt per 2 requests under this load
+        win = ev[(ev["obj"] == o.obj) & (ev["ts"] >= t1) & (ev["ts"] <= t2) & (ev["kind"] == Kind.SIGNAL)]
+        lost = int(ev[ev["kind"] == Kind.LOST]["arg"].sum())
+        print(f"vring interrupts in window: vtrace {win.size}, tracepoint {seen}, /proc/interrupts {proc}")
+        assert seen - lost <= win.size <= seen, (win.size, seen, lost, proc)
+        # used->idx read from the ring moves forward across the interrupts
+        idx = win["arg"].astype(np.int64)
+        assert ((np.diff(idx) & 0xFFFF) < 0x8000).all() and idx[-1] != idx[0]
+        # free_descs: the driver's num_free as each interrupt came, before it reclaims
+        # the completed buffer's descriptors, so below the ring size (dd: one request
+        # at a time; an interrupt the previous handler already emptied sees it all free)
+        free = win["aux2"].astype(np.int64)
+        assert ((free >= 0) & (free <= o.size)).all(), free[free > o.size][:5]
+        assert (free < o.size).mean() > 0.9, np.unique(free, return_counts=True)
+        if abs(win.size - proc) <= max(2, proc // 100):
+            break
+        assert abs(seen - proc) > max(2, proc // 100), (win.size, seen, proc)  # only the tracepoint may fall short
+        short.append((win.size, seen, proc))
+        print(f"the tracepoint itself missed {proc - seen} of {proc} interrupts: another window")
+    else:
+        pytest.fail(f"the irq_handler_entry tracepoint fell short of /proc/interrupts by more than 1% in three "
+                    f"windows (vtrace, tracepoint, /proc): {short}")
 
 
 def _diskstats(disk: str) -> int:
