@@ -134,14 +134,16 @@ def _irq_number(name: str) -> int:
 def test_guest_vring_interrupts_match_proc_interrupts(transport, monkeypatch):
     """Every interrupt /proc/interrupts counts for the disk's virtqueue, vtrace counts too.
 
-    On this kernel (6.18 under Firecracker) the irq_handler_entry tracepoint
-    itself now and then does not fire for a burst of a queue's interrupts that
-    /proc/interrupts counts: 25 to 77 of 6,006 in 4 of 40 windows measured (a bare
-    program counting the tracepoint's hits of that line missed exactly the
-    same). So vtrace is held to that witness exactly, every time (nothing lost
-    that the tracepoint delivered, unless counted lost), and to /proc within 1%
-    in one of up to three windows; a window the tracepoint itself fell short
-    in says so and is run again."""
+    On this kernel (6.18 under Firecracker) BPF programs on irq_handler_entry
+    now and then do not run for a burst of a queue's interrupts that
+    /proc/interrupts counts, with recursion_misses 0: 25 to 77 of 6,006 in 4 of
+    40 windows measured. A bare program that only counts the tracepoint's hits
+    of that line misses exactly the same ones (and block_rq_complete misses the
+    burst's completions alike), so it is not vtrace's program. vtrace is held
+    to that witness exactly, every time (nothing lost that the tracepoint
+    delivered, unless counted lost), and to /proc within 1% in one of up to
+    three windows; a window where the witness itself fell short says so and
+    is run again."""
     monkeypatch.setenv("VTRACE_EVENTS", transport)
     disk = os.path.basename(os.path.realpath("/sys/block/vda/device"))  # e.g. virtio1
     name = f"{disk}-req.0"
@@ -177,12 +179,12 @@ def test_guest_vring_interrupts_match_proc_interrupts(transport, monkeypatch):
         assert (free < o.size).mean() > 0.9, np.unique(free, return_counts=True)
         if abs(win.size - proc) <= max(2, proc // 100):
             break
-        assert abs(seen - proc) > max(2, proc // 100), (win.size, seen, proc)  # only the tracepoint may fall short
+        assert abs(seen - proc) > max(2, proc // 100), (win.size, seen, proc)  # only the witness's shortfall
         short.append((win.size, seen, proc))
-        print(f"the tracepoint itself missed {proc - seen} of {proc} interrupts: another window")
+        print(f"BPF on the tracepoint did not run for {proc - seen} of {proc} interrupts: another window")
     else:
-        pytest.fail(f"the irq_handler_entry tracepoint fell short of /proc/interrupts by more than 1% in three "
-                    f"windows (vtrace, tracepoint, /proc): {short}")
+        pytest.fail(f"BPF on irq_handler_entry (vtrace's and a bare counter alike) fell short of /proc/interrupts "
+                    f"by more than 1% in three windows (vtrace, bare counter, /proc): {short}")
 
 
 def _diskstats(disk: str) -> int:
@@ -348,32 +350,50 @@ def test_probes_stats_counts_hits_and_restores_the_knob():
 def test_counting_in_kernel_matches_proc_interrupts_and_diskstats():
     """stat's mode: hot events summed in kernel maps, read as deltas. The totals
     still match the kernel's own counters, latency lands in log2 buckets, and
-    nothing stays in flight once the I/O is done."""
-    src = LiveSource(programs=("virtio", "block"), batch_ms=100, stream=False)
-    src.start()
-    _require_attached(src, "vring_interrupt", "block_rq_issue", "block_rq_complete")
-    agg = Aggregator()
-    agg.set_source(src.info)
+    nothing stays in flight once the I/O is done. Interrupts are also held to
+    a bare program counting the tracepoint's hits, which now and then falls
+    short of /proc itself (test_guest_vring_interrupts_match_proc_interrupts)."""
     disk = os.path.basename(os.path.realpath("/sys/block/vda/device"))
-    with _tracing(src, agg) as result:
-        irq0, req0 = _proc_interrupts()[f"{disk}-req.0"], _diskstats("vda")
-        _direct_io(2000)
-        irq1, req1 = _proc_interrupts()[f"{disk}-req.0"], _diskstats("vda")
-    assert result["ev"].size == 0  # nothing hot was streamed
-    snap = agg.snapshot(close_interval=False)
-    q = {(x.device, x.name): x for x in snap.queues}
-    vq, hq = q[(disk, "req.0")], [x for x in snap.queues if x.device == "vda"]
-    irq, req = irq1 - irq0, req1 - req0
-    used = sum(x.used_total for x in hq)
-    print(f"counting: interrupts vtrace {vq.signals_total} /proc {irq}; requests vtrace {used} diskstats {req}")
-    # vtrace counted from attach to the last read: the measured window plus a
-    # little idle time. Not a strict >=: under CPU load the kernel's counters
-    # run 1-6 per 4000 ahead of the irq_handler_entry and block_rq_complete
-    # tracepoints themselves (a bare raw-tracepoint program with one atomic
-    # counter, beside vtrace's, missed the same interrupts; recursion_misses
-    # stayed 0). The streaming test allows the same slack.
+    name = f"{disk}-req.0"
+    short = []
+    for _attempt in range(3):
+        with _bare_irq_counter(_irq_number(name)) as witness:
+            w_start = witness()
+            src = LiveSource(programs=("virtio", "block"), batch_ms=100, stream=False)
+            src.start()
+            _require_attached(src, "vring_interrupt", "block_rq_issue", "block_rq_complete")
+            agg = Aggregator()
+            agg.set_source(src.info)
+            with _tracing(src, agg) as result:
+                irq0, req0, w0 = _proc_interrupts()[name], _diskstats("vda"), witness()
+                _direct_io(2000)
+                irq1, req1, w1 = _proc_interrupts()[name], _diskstats("vda"), witness()
+            w_end = witness()
+        assert result["ev"].size == 0  # nothing hot was streamed
+        snap = agg.snapshot(close_interval=False)
+        q = {(x.device, x.name): x for x in snap.queues}
+        vq, hq = q[(disk, "req.0")], [x for x in snap.queues if x.device == "vda"]
+        irq, req, seen = irq1 - irq0, req1 - req0, w1 - w0
+        used = sum(x.used_total for x in hq)
+        print(f"counting: interrupts vtrace {vq.signals_total} tracepoint {seen} /proc {irq}; "
+              f"requests vtrace {used} diskstats {req}")
+        # vtrace counted from attach to the last read: the measured window plus
+        # a little idle time, inside the witness's span
+        assert seen - snap.lost_total <= vq.signals_total <= w_end - w_start, (vq.signals_total, seen, irq)
+        assert irq >= 3000
+        if abs(vq.signals_total - irq) <= max(2, irq // 100):
+            break
+        assert abs(seen - irq) > max(2, irq // 100), (vq.signals_total, seen, irq)  # only the witness's shortfall
+        short.append((vq.signals_total, seen, irq))
+        print(f"BPF on the tracepoint did not run for {irq - seen} of {irq} interrupts: another window")
+    else:
+        pytest.fail(f"BPF on irq_handler_entry (vtrace's and a bare counter alike) fell short of /proc/interrupts "
+                    f"by more than 1% in three windows (vtrace, bare counter, /proc): {short}")
+    # Requests: not a strict >= either: under CPU load the kernel's counters run
+    # 1-6 per 4000 ahead of the block_rq_complete tracepoint itself (a bare
+    # raw-tracepoint program with one atomic counter, beside vtrace's, missed the
+    # same; recursion_misses stayed 0). The streaming test allows the same slack.
     tol = max(2, req // 100)
-    assert irq >= 3000 and abs(vq.signals_total - irq) <= max(2, irq // 100)
     assert req >= 4000 and abs(used - req) <= tol
     assert req - tol <= sum(x.latency_count for x in hq) <= used
     assert all(not x.latency_exact for x in hq if x.latency_count) and any(x.p99_ns for x in hq)
