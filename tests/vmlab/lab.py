@@ -360,7 +360,8 @@ def vm_queues(capture: Path, pid: int, names) -> dict[str, np.ndarray]:
 STRATEGY_PHASES = {"fentry": "", "kprobe": "kprobe,tracepoint,raw_tracepoint"}
 
 
-def capture_phases(python: str, workload: str, *, before: str = "", during: str = "", after: str = "") -> str:
+def capture_phases(python: str, workload: str, *, before: str = "", during: str = "", after: str = "",
+                   phases: dict[str, str] = STRATEGY_PHASES) -> str:
     """sh for boot_host_root: per STRATEGY_PHASES entry ($1 its name), ``before``,
     a live capture to /out/$1.vtrace (its probe table: probe_table) around
     ``workload`` (stderr /out/$1.work.err, marker VTRACE-WORK-$1), ``during``, the
@@ -370,7 +371,8 @@ def capture_phases(python: str, workload: str, *, before: str = "", during: str 
     guest's own /tmp and copied to /out after: written over 9p as it runs, every
     write ran the guest's kprobes on the 9p queue, and a kprobe that fires while
     another's handler runs on that CPU (an interrupt meanwhile) is skipped by the
-    kernel, uncounted where vtrace can read (docs/live.md, CAVEATS)."""
+    kernel, uncounted where vtrace can read (docs/live.md, CAVEATS). ``phases``:
+    a subset of STRATEGY_PHASES where one strategy is proof enough."""
     return f"""
 phase() {{
   export VTRACE_STRATEGIES=$2
@@ -388,7 +390,7 @@ phase() {{
   cp /tmp/$1.vtrace /out/
   {after}
 }}
-""" + "".join(f"phase {name} '{kinds}'\n" for name, kinds in STRATEGY_PHASES.items())
+""" + "".join(f"phase {name} '{kinds}'\n" for name, kinds in phases.items())
 
 
 def check_phase(run: Run, out: Path, phase: str, work: str) -> None:
