@@ -109,20 +109,31 @@ TRANSPORTS = ("ringbuf", "perf")
 
 
 @contextlib.contextmanager
-def _bare_irq_counter(irq: int):
-    """An independent witness: a bare raw-tracepoint program on irq_handler_entry
-    that only counts hits of one IRQ line. Yields a function returning the count."""
+def _bare_counter(tracepoint: str, skip: str = "0"):
+    """An independent witness: a bare raw-tracepoint program that only counts
+    the tracepoint's hits (less those where ``skip``, C over ctx->args, is
+    true). Yields a function returning the count."""
     from vtrace.kernel import headers
     os.environ.update(headers.bcc_env())
     from bcc import BPF
-    b = BPF(text=b"BPF_ARRAY(hits, u64, 1);\nRAW_TRACEPOINT_PROBE(irq_handler_entry) {\n"
-                 b"\tint zero = 0;\n\tif ((int)ctx->args[0] != IRQ) return 0;\n"
-                 b"\tu64 *n = hits.lookup(&zero);\n\tif (n) __sync_fetch_and_add(n, 1);\n\treturn 0;\n}\n",
-            cflags=[f"-DIRQ={irq}"])
+    text = (f"BPF_ARRAY(hits, u64, 1);\nRAW_TRACEPOINT_PROBE({tracepoint}) {{\n"
+            f"\tint zero = 0;\n\tif ({skip}) return 0;\n"
+            "\tu64 *n = hits.lookup(&zero);\n\tif (n) __sync_fetch_and_add(n, 1);\n\treturn 0;\n}\n")
+    b = BPF(text=text.encode())
     try:
         yield lambda: int(b[b"hits"][ctypes.c_int(0)].value)
     finally:
         b.cleanup()
+
+
+def _bare_irq_counter(irq: int):
+    """The witness for one IRQ line's irq_handler_entry hits."""
+    return _bare_counter("irq_handler_entry", f"(int)ctx->args[0] != {int(irq)}")
+
+
+def _bare_completion_counter():
+    """The witness for block_rq_complete: every blk-mq disk's (_mq_diskstats)."""
+    return _bare_counter("block_rq_complete")
 
 
 def _irq_number(name: str) -> int:
@@ -179,12 +190,20 @@ def test_guest_vring_interrupts_match_proc_interrupts(transport, monkeypatch):
         assert (free < o.size).mean() > 0.9, np.unique(free, return_counts=True)
         if abs(win.size - proc) <= max(2, proc // 100):
             break
-        assert abs(seen - proc) > max(2, proc // 100), (win.size, seen, proc)  # only the witness's shortfall
+        _short_witness("interrupts", seen, proc, max(2, proc // 100), win.size)
         short.append((win.size, seen, proc))
-        print(f"BPF on the tracepoint did not run for {proc - seen} of {proc} interrupts: another window")
     else:
         pytest.fail(f"BPF on irq_handler_entry (vtrace's and a bare counter alike) fell short of /proc/interrupts "
                     f"by more than 1% in three windows (vtrace, bare counter, /proc): {short}")
+
+
+def _diskstats_line(p: list[str]) -> int:
+    n = int(p[3]) + int(p[7])
+    if len(p) >= 18:
+        n += int(p[14])
+    if len(p) >= 20:
+        n += int(p[18])
+    return n
 
 
 def _diskstats(disk: str) -> int:
@@ -193,36 +212,58 @@ def _diskstats(disk: str) -> int:
         for ln in f:
             p = ln.split()
             if p[2] == disk:
-                n = int(p[3]) + int(p[7])
-                if len(p) >= 18:
-                    n += int(p[14])
-                if len(p) >= 20:
-                    n += int(p[18])
-                return n
+                return _diskstats_line(p)
     raise AssertionError(f"{disk} not in /proc/diskstats")
 
 
+def _mq_diskstats() -> int:
+    """Requests completed on every blk-mq disk (those with /sys/block/X/mq): what
+    block_rq_complete fires for (bio-based ones like zram complete no request)."""
+    with open("/proc/diskstats") as f:
+        return sum(_diskstats_line(p) for p in map(str.split, f) if os.path.isdir(f"/sys/block/{p[2]}/mq"))
+
+
+def _short_witness(what: str, seen: int, total: int, tol: int, got: int) -> None:
+    """Why a window is run again: only because the tracepoint itself (the bare
+    witness) fell short of the kernel's own count, never because vtrace did."""
+    assert total - seen > tol, f"vtrace {got} {what} out of the kernel's {total}, though the tracepoint saw {seen}"
+    print(f"BPF on the tracepoint did not run for {total - seen} of {total} {what}: another window")
+
+
 def test_block_requests_match_diskstats_and_fill_latency_histograms():
-    src = LiveSource(programs=("block",), batch_ms=100)
-    src.start()
-    assert all(s.attached for s in src.probes()), src.probes()
-    agg = Aggregator()
-    agg.set_source(src.info)
-    with _tracing(src, agg) as result:
-        before, t1 = _diskstats("vda"), time.monotonic_ns()
-        _direct_io(2000)
-        after, t2 = _diskstats("vda"), time.monotonic_ns()
-    ev, objs = result["ev"], result["objs"]
-    hq = [o for o in objs.values() if o.device == "vda"]
-    assert hq and all(o.dev_type == "blk-mq" and o.name == f"hq{o.queue}" for o in hq)
-    mine = np.isin(ev["obj"], [o.obj for o in hq])
-    done = ev[mine & (ev["kind"] == Kind.USED) & (ev["ts"] >= t1) & (ev["ts"] <= t2)]
-    delta = after - before
-    print(f"vda requests completed in window: vtrace {done.size}, /proc/diskstats {delta}")
-    tol = max(2, delta // 100)  # the tracepoint can miss a few under load: see the counting test
-    lost = int(ev[ev["kind"] == Kind.LOST]["arg"].sum())
-    assert delta >= 4000 and abs(done.size - delta) <= tol, \
-        f"vtrace {done.size}, /proc/diskstats {delta}, {lost} lost, window {(t2 - t1) / 1e9:.2f} s"
+    """Every request /proc/diskstats counts on vda, vtrace sees complete, in
+    one of up to three windows: a window is run again only when a bare
+    block_rq_complete counter fell short of diskstats too (BPF on a tracepoint
+    now and then does not run for a burst here: see the interrupt test)."""
+    short = []
+    for _attempt in range(3):
+        src = LiveSource(programs=("block",), batch_ms=100)
+        src.start()
+        assert all(s.attached for s in src.probes()), src.probes()
+        agg = Aggregator()
+        agg.set_source(src.info)
+        with _bare_completion_counter() as witness, _tracing(src, agg) as result:
+            before, all0, w0, t1 = _diskstats("vda"), _mq_diskstats(), witness(), time.monotonic_ns()
+            _direct_io(2000)
+            after, all1, w1, t2 = _diskstats("vda"), _mq_diskstats(), witness(), time.monotonic_ns()
+        ev, objs = result["ev"], result["objs"]
+        hq = [o for o in objs.values() if o.device == "vda"]
+        assert hq and all(o.dev_type == "blk-mq" and o.name == f"hq{o.queue}" for o in hq)
+        mine = np.isin(ev["obj"], [o.obj for o in hq])
+        done = ev[mine & (ev["kind"] == Kind.USED) & (ev["ts"] >= t1) & (ev["ts"] <= t2)]
+        delta = after - before
+        lost = int(ev[ev["kind"] == Kind.LOST]["arg"].sum())
+        print(f"vda requests completed in window: vtrace {done.size}, /proc/diskstats {delta}; "
+              f"every blk-mq disk: tracepoint {w1 - w0}, diskstats {all1 - all0}; {lost} lost")
+        tol = max(2, delta // 100)
+        assert delta >= 4000
+        if abs(done.size - delta) <= tol:
+            break
+        _short_witness("requests", w1 - w0, all1 - all0, tol, done.size)
+        short.append((done.size, w1 - w0, delta, all1 - all0))
+    else:
+        pytest.fail(f"block_rq_complete (vtrace's and a bare counter alike) fell short of /proc/diskstats by more "
+                    f"than 1% in three windows (vtrace, bare counter, vda, every blk-mq disk): {short}")
     # used_len is what the device wrote into memory: the 2000 reads' 4 KiB each, nothing for writes
     assert (done["len"] == 4096).sum() >= 2000 - tol and (done["len"] == 0).sum() >= 2000 - tol
     snap = agg.snapshot(close_interval=False)
@@ -350,14 +391,15 @@ def test_probes_stats_counts_hits_and_restores_the_knob():
 def test_counting_in_kernel_matches_proc_interrupts_and_diskstats():
     """stat's mode: hot events summed in kernel maps, read as deltas. The totals
     still match the kernel's own counters, latency lands in log2 buckets, and
-    nothing stays in flight once the I/O is done. Interrupts are also held to
-    a bare program counting the tracepoint's hits, which now and then falls
-    short of /proc itself (test_guest_vring_interrupts_match_proc_interrupts)."""
+    nothing stays in flight once the I/O is done. Interrupts and completions
+    are also held to bare programs counting the tracepoints' hits, which now
+    and then fall short of /proc themselves
+    (test_guest_vring_interrupts_match_proc_interrupts)."""
     disk = os.path.basename(os.path.realpath("/sys/block/vda/device"))
     name = f"{disk}-req.0"
     short = []
     for _attempt in range(3):
-        with _bare_irq_counter(_irq_number(name)) as witness:
+        with _bare_irq_counter(_irq_number(name)) as witness, _bare_completion_counter() as done_witness:
             w_start = witness()
             src = LiveSource(programs=("virtio", "block"), batch_ms=100, stream=False)
             src.start()
@@ -366,8 +408,10 @@ def test_counting_in_kernel_matches_proc_interrupts_and_diskstats():
             agg.set_source(src.info)
             with _tracing(src, agg) as result:
                 irq0, req0, w0 = _proc_interrupts()[name], _diskstats("vda"), witness()
+                all0, d0 = _mq_diskstats(), done_witness()
                 _direct_io(2000)
                 irq1, req1, w1 = _proc_interrupts()[name], _diskstats("vda"), witness()
+                all1, d1 = _mq_diskstats(), done_witness()
             w_end = witness()
         assert result["ev"].size == 0  # nothing hot was streamed
         snap = agg.snapshot(close_interval=False)
@@ -375,26 +419,28 @@ def test_counting_in_kernel_matches_proc_interrupts_and_diskstats():
         vq, hq = q[(disk, "req.0")], [x for x in snap.queues if x.device == "vda"]
         irq, req, seen = irq1 - irq0, req1 - req0, w1 - w0
         used = sum(x.used_total for x in hq)
-        print(f"counting: interrupts vtrace {vq.signals_total} tracepoint {seen} /proc {irq}; "
-              f"requests vtrace {used} diskstats {req}")
+        print(f"counting: interrupts vtrace {vq.signals_total} tracepoint {seen} /proc {irq}; requests vtrace "
+              f"{used} diskstats {req}, every blk-mq disk: tracepoint {d1 - d0} diskstats {all1 - all0}")
         # vtrace counted from attach to the last read: the measured window plus
         # a little idle time, inside the witness's span
         assert seen - snap.lost_total <= vq.signals_total <= w_end - w_start, (vq.signals_total, seen, irq)
-        assert irq >= 3000
-        if abs(vq.signals_total - irq) <= max(2, irq // 100):
+        assert irq >= 3000 and req >= 4000
+        tol_irq, tol = max(2, irq // 100), max(2, req // 100)
+        irq_ok, req_ok = abs(vq.signals_total - irq) <= tol_irq, abs(used - req) <= tol
+        if irq_ok and req_ok:
             break
-        assert abs(seen - irq) > max(2, irq // 100), (vq.signals_total, seen, irq)  # only the witness's shortfall
-        short.append((vq.signals_total, seen, irq))
-        print(f"BPF on the tracepoint did not run for {irq - seen} of {irq} interrupts: another window")
+        if not irq_ok:
+            _short_witness("interrupts", seen, irq, tol_irq, vq.signals_total)
+        if not req_ok:
+            _short_witness("requests", d1 - d0, all1 - all0, tol, used)
+        short.append((vq.signals_total, seen, irq, used, d1 - d0, req))
     else:
-        pytest.fail(f"BPF on irq_handler_entry (vtrace's and a bare counter alike) fell short of /proc/interrupts "
-                    f"by more than 1% in three windows (vtrace, bare counter, /proc): {short}")
-    # Requests: not a strict >= either: under CPU load the kernel's counters run
-    # 1-6 per 4000 ahead of the block_rq_complete tracepoint itself (a bare
-    # raw-tracepoint program with one atomic counter, beside vtrace's, missed the
-    # same; recursion_misses stayed 0). The streaming test allows the same slack.
-    tol = max(2, req // 100)
-    assert req >= 4000 and abs(used - req) <= tol
+        pytest.fail(f"BPF on irq_handler_entry or block_rq_complete (vtrace's and a bare counter alike) fell short "
+                    f"of /proc by more than 1% in three windows (interrupts: vtrace, bare counter, /proc; requests: "
+                    f"vtrace, bare counter, diskstats): {short}")
+    # Requests within 1% rather than exact: under CPU load the kernel's counters
+    # run 1-6 per 4000 ahead of the block_rq_complete tracepoint itself (the
+    # bare counter missed the same; recursion_misses stayed 0).
     assert req - tol <= sum(x.latency_count for x in hq) <= used
     assert all(not x.latency_exact for x in hq if x.latency_count) and any(x.p99_ns for x in hq)
     # nothing stays in flight but the completions the tracepoint itself missed
