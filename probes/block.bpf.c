@@ -94,7 +94,15 @@ static __always_inline int req_obj(struct rq_fields *f, u64 *obj, u32 *qn)
 	z.obj = (u64)disk + z.queue_num;
 	struct hq_info hi = {.queue_num = z.queue_num};
 	bpf_probe_read_kernel_str(hi.disk, sizeof(hi.disk), disk + OFF_DISK_NAME);
-	hq_info.update(&z.obj, &hi);
+	if (hq_info.update(&z.obj, &hi)) {
+		/* Table full (and not ours yet): user space could never name
+		 * the queue, so its events go as lost, as the virtio program's
+		 * do when vq_info is full. */
+		count_lost(1);
+		return -1;
+	}
+	/* A full cache only costs this slow path again (hq_info's update of
+	 * a key it holds still succeeds). */
 	hq_cache.update(&f->hctx, &z);
 	*obj = z.obj;
 	*qn = z.queue_num;
@@ -103,7 +111,8 @@ static __always_inline int req_obj(struct rq_fields *f, u64 *obj, u32 *qn)
 
 /* The event for a request: its (disk, hardware queue) object and its tag as
  * the head. Descriptors and ring indices are not visible at the block layer.
- * Nonzero when the request has no tag or no queue (not one of ours). */
+ * Nonzero when the request has no tag or no queue (not one of ours), or
+ * its queue cannot be named (counted lost). */
 static __always_inline int rq_event(struct rq_fields *f, struct vtrace_event *e, u8 kind)
 {
 	u64 obj;

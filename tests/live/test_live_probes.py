@@ -493,3 +493,24 @@ def test_capture_stopped_right_after_the_workload_keeps_its_last_events(tmp_path
     used = sum(q.used_total for q in snap.queues if q.device == "vda")
     tol = max(2, delta // 100)  # the tracepoint's own few misses under load (see above)
     assert delta >= 600 and used >= delta - tol, f"captured {used} of {delta} completions ({err.strip()})"
+
+
+def test_block_queue_that_cannot_be_named_is_counted_lost():
+    """hq_info (obj -> disk, hardware queue) holds 1,024 queues. With it full,
+    a new queue's requests cannot be named in user space: the program drops
+    them and counts each as lost, as the virtio program does with vq_info."""
+    src = LiveSource(programs=("block",), batch_ms=100)
+    src.start()
+    prog = next(p for p in src.programs if p.name == "block")
+    info = prog.bpf[b"hq_info"]
+    for k in range(1, 1025):  # small numbers: never a gendisk pointer plus a queue number
+        info[info.Key(k * 2 + 1)] = info.Leaf()
+    with _tracing(src) as result:
+        before = _diskstats("vda")
+        _direct_io(200)
+        req = _diskstats("vda") - before
+    ev, objs = result["ev"], result["objs"]
+    lost = int(ev[ev["kind"] == Kind.LOST]["arg"].sum())
+    assert not [o for o in objs.values() if o.device == "vda"]
+    # issue and completion both drop the event: two lost per request
+    assert 2 * req - max(2, req // 50) <= lost <= 2 * req + 8, (lost, req)
