@@ -123,3 +123,19 @@ def test_jsonl_names_it_and_omits_it_when_unobserved(tmp_path):
     assert lines[0]["free_descs"] == 250 and "free_descs" not in lines[1]
     back = np.concatenate([b.events for b in JsonlReader(str(p)).batches()])
     assert back["aux2"].tolist() == [250, UNOBSERVED]
+
+
+def test_top_shows_it_in_the_free_column_and_sorts_by_it():
+    from vtrace.tui import view  # headless: no textual
+    a = Aggregator()
+    a.feed(batch([sig(10, 250), sig(20, 241), sig(30, 0, obj=Q0, layer=Layer.VHOST)], t_end=S, objects=OBJS))
+    s = a.snapshot()
+    t = s.table
+    cols = view.columns(150)
+    at = [c.key for c in cols].index("free_at_signal")
+    assert cols[at].title == "FREE" and "free_at_signal" not in [c.key for c in view.columns(80)]
+    rows = {t["obj"][i]: i for i in range(len(t))}
+    (g,), (h,) = view.cells(s, [rows[GQ]], cols), view.cells(s, [rows[Q0]], cols)
+    assert g[at] == "246" and h[at] == "-"  # (250 + 241) / 2, rounded; vhost's queue never says
+    order = view.order(s, view.View(sort="free_at_signal", reverse=True)).tolist()
+    assert order[0] == rows[GQ]  # queues with no figure sort last

@@ -42,6 +42,8 @@ COLUMNS = (
     Column("used_rate", "USED/s", 7),
     Column("bytes_rate", "MB/s", 7),
     Column("in_flight", "IN FLIGHT", 15),
+    # a guest's ring occupancy: the driver's free descriptors at its interrupts
+    Column("free_at_signal", "FREE", 5, wide_only=True),
     Column("p50_ns", "P50", 7, wide_only=True),
     Column("p99_ns", "P99", 7),
     Column("kicks_per_buffer", "KICK/BUF", 8, wide_only=True),
@@ -161,6 +163,8 @@ def cells(snap: Snapshot, rows, cols: tuple[Column, ...]) -> list[tuple[str, ...
             out.append([in_flight_cell(n, z) for n, z in zip(take("in_flight"), take("size"))])
         elif k in ("p50_ns", "p99_ns"):
             out.append([dur(None if x != x else x, not e) for x, e in zip(take(k), exact)])
+        elif k == "free_at_signal":
+            out.append(["-" if x is None or x != x else f"{x:.0f}" for x in take(k)])
         elif k in ("kicks_per_buffer", "signals_per_buffer"):
             out.append([ratio(None if x != x else x) for x in take(k)])
         elif k == "state":
