@@ -68,7 +68,7 @@ def test_perf_reader_reads_records_counts_losses_and_foreign_samples():
     bpf.lost_now = 4
     got = r.read()
     assert got.dtype == RECORD_DTYPE and got["ts"].tolist() == [5, 6, 7] and got["id"].tolist() == [1, 2, 3]
-    assert r.lost == 4 and r.foreign == 1
+    assert r.lost == 4 and r.foreign == 1 and r.unread == 1
     assert r.read().size == 0  # nothing twice
     with pytest.raises(ValueError, match="power-of-two"):
         PerfReader(bpf, 12)

@@ -686,7 +686,8 @@ class LiveSource:
             # (bpf_prog_inc_misses_counter, shown as recursion_misses in fdinfo).
             total = sum(int(x) for x in prog.bpf[b"lost"].getvalue(0))
             total += sum(_fdinfo(fd).get("recursion_misses", 0) for _fn, fd in self._prog_fds(prog))
-            total += prog.ring.lost if prog.ring is not None else 0  # perf buffers report their own
+            if prog.ring is not None:  # perf buffers report their own; records that came unusable
+                total += prog.ring.lost + prog.ring.unread
             if total > prog.lost_seen:
                 rec = np.zeros(1, dtype=RECORD_DTYPE)
                 rec["ts"], rec["kind"], rec["layer"] = now, Kind.LOST, Layer.VTRACE

@@ -41,6 +41,11 @@ class PerfReader:
             return
         self._chunks.append(ctypes.string_at(data, RECORD_SIZE))
 
+    @property
+    def unread(self) -> int:
+        """Samples that reached user space unusable: shown as lost."""
+        return self.foreign
+
     def _lost(self, n) -> None:
         self.lost += int(n)
 

@@ -43,6 +43,12 @@ class RingReader:
         self.foreign = 0  # records of another size: not ours, skipped and counted
         self.lost = 0     # a full ring is counted by the programs themselves (`lost` map)
 
+    @property
+    def unread(self) -> int:
+        """Records that reached user space unusable (vtrace's programs never
+        discard, and write only its own size): shown as lost."""
+        return self.discarded + self.foreign
+
     def close(self) -> None:
         self._buf = None
         for m in (self._cons, self._data):
