@@ -104,6 +104,7 @@ class _Ring:
     def __init__(self, sig):
         self.sig, self.reads, self.ts = sig, 0, 0
         self.lost = 0  # what a perf buffer reports it dropped (RingReader: always 0)
+        self.unread = 0  # records that came unusable
 
     def read(self):
         self.reads += 1
