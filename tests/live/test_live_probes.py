@@ -499,6 +499,7 @@ def test_block_queue_that_cannot_be_named_is_counted_lost():
     """hq_info (obj -> disk, hardware queue) holds 1,024 queues. With it full,
     a new queue's requests cannot be named in user space: the program drops
     them and counts each as lost, as the virtio program does with vq_info."""
+    span0 = _mq_diskstats()
     src = LiveSource(programs=("block",), batch_ms=100)
     src.start()
     prog = next(p for p in src.programs if p.name == "block")
@@ -509,8 +510,10 @@ def test_block_queue_that_cannot_be_named_is_counted_lost():
         before = _diskstats("vda")
         _direct_io(200)
         req = _diskstats("vda") - before
+    span = _mq_diskstats() - span0  # every request the program could have seen, other I/O included
     ev, objs = result["ev"], result["objs"]
     lost = int(ev[ev["kind"] == Kind.LOST]["arg"].sum())
     assert not [o for o in objs.values() if o.device == "vda"]
-    # issue and completion both drop the event: two lost per request
-    assert 2 * req - max(2, req // 50) <= lost <= 2 * req + 8, (lost, req)
+    # issue and completion both drop the event: two lost per request (CI failed
+    # an upper bound of the workload's alone: 848 for 404, the machine's own I/O)
+    assert 2 * req - max(2, req // 50) <= lost <= 2 * span + 32, (lost, req, span)  # + what was in flight
