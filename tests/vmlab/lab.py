@@ -241,7 +241,7 @@ def boot(kernel: Kernel, initrd: Path, extra: list[str], *, mem_mb: int = 512, t
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
         # the whole console beside the initramfs, for the hung task's stack
-        saved = Path(initrd).with_name("console.txt")
+        saved = initrd.with_name("console.txt")
         saved.write_text(out)
         raise LabError(f"guest did not power off within {timeout} s (console: {saved}); console tail: "
                        f"{' | '.join(out.strip().splitlines()[-5:])}") from None

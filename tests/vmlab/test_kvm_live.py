@@ -21,6 +21,7 @@ from tests.live import kvmguest
 from tests.vmlab import lab
 from tests.vmlab.test_vfio_live import BIND
 from vtrace.events import Kind
+from vtrace.sources.live import KVM_TAG  # "KVM" + tgid: a VM's kvm object (probes/kvm.bpf.c)
 
 pytestmark = pytest.mark.vmlab
 
@@ -97,7 +98,7 @@ def test_exits_port_writes_and_the_ioeventfd(lab_run):
 def test_irqfd_names_the_vm_not_the_kworker(lab_run):
     pid = lab_run["work"]["pid"]
     fd = _kind(lab_run, Kind.KVM_IRQFD, mine=False)
-    fd = fd[fd["obj"] == (0x4B564D0000000000 | pid)]
+    fd = fd[fd["obj"] == (KVM_TAG | pid)]
     assert fd["id"].tolist() == [kvmguest.IRQ_GSI]
     assert int(fd["pid"][0]) != pid  # irqfd_inject runs in a kworker
     irq = _kind(lab_run, Kind.KVM_SET_IRQ, mine=False)
@@ -134,5 +135,5 @@ def test_no_noncoherent_dma_when_the_iommu_snoops(tmp_path_factory):
 def test_kvm_events_belong_to_the_vmm(lab_run):
     pid = lab_run["work"]["pid"]
     objs = lab_run["objs"]
-    obj = 0x4B564D0000000000 | pid
+    obj = KVM_TAG | pid
     assert objs[obj].dev_type == "kvm" and objs[obj].vm == f"python-{pid}" and objs[obj].pid == pid
