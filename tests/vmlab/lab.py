@@ -17,9 +17,13 @@ import gzip
 import io
 import lzma
 import os
+import re
 import shutil
+import socket
 import stat
 import subprocess
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,6 +210,10 @@ INIT_PROLOGUE = """#!/bin/sh
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
+# a hang's evidence: the NMI lab.boot sends at its timeout panics the guest, which
+# then prints every CPU's backtrace and replays its whole log at every level
+echo 1 > /proc/sys/kernel/unknown_nmi_panic
+echo 96 > /proc/sys/kernel/panic_print
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 """
@@ -227,27 +235,87 @@ class Run:
 
 def boot(kernel: Kernel, initrd: Path, extra: list[str], *, mem_mb: int = 512, timeout: int = 180,
          append: str = "") -> Run:
-    """Boot under TCG; the guest powers off (or panics) to end the run."""
-    import time
+    """Boot under TCG; the guest powers off (or panics) to end the run. The
+    console goes to console.txt beside the initramfs as it is written."""
     if shutil.which(QEMU) is None:
         raise LabError(f"{QEMU} is not installed (apt-get install qemu-system-x86)")
-    cmd = [QEMU, "-accel", "tcg", "-machine", "q35", "-m", str(mem_mb), "-nographic", "-no-reboot",
-           "-nodefaults", "-serial", "stdio", "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
-           "-append", f"console=ttyS0 panic=-1 quiet {append}".strip(), *extra]
-    t0 = time.monotonic()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout,
-                           stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        # the whole console beside the initramfs, for the hung task's stack
+    with tempfile.TemporaryDirectory(prefix="vtrace-lab-") as tmp:
+        mon = Path(tmp) / "monitor"  # a short path: unix socket names are limited to 108 bytes
+        cmd = [QEMU, "-accel", "tcg", "-machine", "q35", "-m", str(mem_mb), "-nographic", "-no-reboot",
+               "-nodefaults", "-serial", "stdio", "-monitor", f"unix:{mon},server=on,wait=off",
+               "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
+               "-append", f"console=ttyS0 panic=-1 quiet {append}".strip(), *extra]
         saved = initrd.with_name("console.txt")
-        saved.write_text(out)
-        raise LabError(f"guest did not power off within {timeout} s (console: {saved}); console tail: "
-                       f"{' | '.join(out.strip().splitlines()[-5:])}") from None
+        t0 = time.monotonic()
+        with open(saved, "w+", errors="replace") as con:
+            p = subprocess.Popen(cmd, stdout=con, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                                 errors="replace")
+            try:
+                _, err = p.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                sent = _nmi(mon)
+                try:
+                    p.communicate(timeout=60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.communicate()
+                con.seek(0)
+                raise LabError(f"guest did not power off within {timeout} s (console: {saved}; "
+                               f"{'NMI sent, the guest panicked' if sent else 'no NMI could be sent'}); "
+                               f"{hang_report(con.read())}") from None
+            con.seek(0)
+            console = con.read()
     if p.returncode != 0:
-        raise LabError(f"qemu failed ({p.returncode}): {p.stderr.strip()[-300:]}")
-    return Run(p.stdout, time.monotonic() - t0)
+        raise LabError(f"qemu failed ({p.returncode}): {err.strip()[-300:]}")
+    return Run(console, time.monotonic() - t0)
+
+
+def _nmi(monitor: Path) -> bool:
+    """Inject an NMI into every vCPU through QEMU's monitor. The guest's init set
+    unknown_nmi_panic, so even a CPU spinning with interrupts off panics, and
+    panic_print makes the panic show every CPU's stack and the whole log."""
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(str(monitor))
+            s.sendall(b"nmi\n")
+            time.sleep(1)  # let the monitor take the command before the socket closes
+        return True
+    except OSError:
+        return False
+
+
+# Where a report about a stuck CPU or task begins, and what else in it is worth keeping.
+_HANG_HEADS = ("blocked for more than", "rcu: INFO", "NMI backtrace", "Kernel panic")
+_HANG_LINES = ("detected by", "RIP: 00", "CPU: ", "task:", "Call Trace", "<NMI>", "<IRQ>", "<TASK>")
+# a stack frame, or an RCU stall's line for one CPU ("rcu: \t1-...0: (1 GPs behind) ...")
+_FRAME = re.compile(r"^\s*(\? )?[\w.]+\+0x[0-9a-f]+/0x[0-9a-f]+|^rcu:\s+\d+-\.\.\.")
+
+
+def hang_report(console: str, limit: int = 200) -> str:
+    """What a hung guest's console says about where it hung, on one line for the
+    test report (the whole console stays in console.txt): each stall, hung-task,
+    NMI-backtrace and panic report with its CPU headers and stack frames, once
+    (a report repeated with only its numbers changed, or replayed by panic_print,
+    is kept the first time)."""
+    reports: list[list[str]] = []
+    for ln in console.splitlines():
+        ln = re.sub(r"^\[\s*\d+\.\d+\]\s?", "", ln.rstrip()).strip()
+        if any(h in ln for h in _HANG_HEADS):
+            reports.append([ln])
+        elif reports and (_FRAME.match(ln) or any(k in ln for k in _HANG_LINES)):
+            reports[-1].append(ln)
+    seen: set[str] = set()
+    keep: list[str] = []
+    for r in reports:
+        key = re.sub(r"\d+", "#", "\n".join(r))
+        if key not in seen:
+            seen.add(key)
+            keep += r
+    if not keep:
+        return "console tail: " + " | ".join(console.strip().splitlines()[-5:])
+    more = f" | ... {len(keep) - limit} more lines in console.txt" if len(keep) > limit else ""
+    return "hang report: " + " | ".join(keep[:limit]) + more
 
 
 # The host-root guest: the lab's stock kernel with this machine's own Debian
