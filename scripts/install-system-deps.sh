@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages the test tiers need: bcc (python3-bpfcc + libbpfcc) and
-# bpftool for the live tier; QEMU, a static busybox and iproute2 (vdpa) for the vmlab tier
+# bpftool for the live tier; QEMU, a static busybox, iproute2 (vdpa), make and gcc-12 (the
+# lab kernel's compiler, for its test module) for the vmlab tier
 # (which fetches the stock kernel itself with apt-get download); Prometheus
 # (with promtool), curl and openssl for the system tier's exporter tests. Installs
 # only what is missing; needs root for that.
 set -euo pipefail
-pkgs=(python3-bpfcc libbpfcc bpftool qemu-system-x86 busybox-static iproute2 prometheus curl openssl tmux)
+pkgs=(python3-bpfcc libbpfcc bpftool qemu-system-x86 busybox-static iproute2 prometheus curl openssl tmux make gcc-12)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

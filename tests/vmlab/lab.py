@@ -168,6 +168,52 @@ def stock_kernel(suite: str | None = None) -> Kernel:
     return Kernel(release, root)
 
 
+def kernel_headers(kernel: Kernel) -> Path:
+    """The kernel's Debian headers (linux-headers-<release>, its -common part and
+    linux-kbuild), unpacked under CACHE, never installed: the host-root guest
+    shares this machine's / and must not find a /lib/modules/<release> there.
+    Returns the directory to build modules against (make -C)."""
+    root = CACHE / f"linux-headers-{kernel.release}"
+    build = root / "usr" / "src" / f"linux-headers-{kernel.release}"
+    if (build / "Makefile").exists():
+        return build
+    pkg = f"linux-headers-{kernel.release}"
+    deps = [ln.split(":", 1)[1].strip() for ln in _run(["apt-cache", "depends", pkg]).splitlines()
+            if ln.strip().startswith("Depends:")]
+    pkgs = [pkg] + [d for d in deps if d.startswith(("linux-headers-", "linux-kbuild-"))]
+    dl = CACHE / "download"
+    shutil.rmtree(dl, ignore_errors=True)
+    dl.mkdir(parents=True)
+    _run(["apt-get", "download", *pkgs], cwd=dl)
+    tmp = CACHE / f"linux-headers-{kernel.release}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for deb in sorted(dl.glob("*.deb")):
+        _run(["dpkg-deb", "-x", str(deb), str(tmp)])
+    # its Makefile includes the -common part by absolute path; the kbuild
+    # scripts are relative links (../../lib/linux-kbuild-*), which hold here
+    mk = tmp / "usr" / "src" / f"linux-headers-{kernel.release}" / "Makefile"
+    if not mk.exists():
+        raise LabError(f"{pkg} has no Makefile (packages: {', '.join(pkgs)})")
+    mk.write_text(mk.read_text().replace("/usr/src/", f"{root}/usr/src/"))
+    shutil.rmtree(root, ignore_errors=True)
+    os.replace(tmp, root)
+    shutil.rmtree(dl, ignore_errors=True)
+    return build
+
+
+def build_module(kernel: Kernel, src: Path, dest: Path) -> Path:
+    """Build the out-of-tree module in ``src`` (a Kbuild file, one .c) for the lab
+    kernel, in a copy under ``dest``; returns the .ko."""
+    work = dest / src.name
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(src, work)
+    out = _run(["make", "-C", str(kernel_headers(kernel)), f"M={work}", "modules"], timeout=300)
+    kos = list(work.glob("*.ko"))
+    if len(kos) != 1:
+        raise LabError(f"building {src.name} left {len(kos)} .ko files: {out.strip()[-300:]}")
+    return kos[0]
+
+
 def _cpio_newc(entries: list[tuple[str, int, bytes]]) -> bytes:
     """A newc cpio archive (what the kernel unpacks as an initramfs)."""
     out = io.BytesIO()

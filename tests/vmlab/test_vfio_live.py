@@ -13,6 +13,7 @@ IOMMU (iommu:map/unmap tracepoints).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,16 +37,26 @@ for d in /sys/bus/pci/devices/*; do [ "$(cat $d/vendor):$(cat $d/device)" = "{ED
 echo vfio-pci > /sys/bus/pci/devices/$BDF/driver_override && echo $BDF > /sys/bus/pci/drivers_probe
 echo VTRACE-EDU-BOUND $(basename $(readlink /sys/bus/pci/devices/$BDF/driver))
 """
-SCRIPT = BIND + lab.capture_phases(sys.executable, f"{sys.executable} tests/vmlab/vfio_edu.py /out/$1.edu.json $BDF")
+# tests/vmlab/migdev's module: a VFIO device that migrates through the kernel's FSM
+LOAD_MIG = """
+insmod /out/vtrace_mig.ko && echo VTRACE-MIG-LOADED $(basename $(readlink /sys/devices/platform/vtrace_mig/iommu_group))
+"""
+SCRIPT = BIND + LOAD_MIG + lab.capture_phases(
+    sys.executable, f"({sys.executable} tests/vmlab/vfio_edu.py /out/$1.edu.json $BDF && "
+    f"{sys.executable} tests/vmlab/vfio_mig.py /out/$1.mig.json)")
 FD = {"container": vfio.FD_CONTAINER, "group": vfio.FD_GROUP, "device": vfio.FD_DEVICE}
 
 
 @pytest.fixture(scope="module")
 def lab_out(tmp_path_factory):
     d = tmp_path_factory.mktemp("vfio-lab")
+    ko = lab.build_module(lab.stock_kernel(), ROOT / "tests" / "vmlab" / "migdev", d)
+    (d / "out").mkdir()
+    shutil.copy(ko, d / "out" / ko.name)
     out, run = lab.run_host_root(d, ["vfio", "vfio_iommu_type1", "vfio-pci"], SCRIPT,
                                  ["-device", "intel-iommu,intremap=on", "-device", "edu"], append="intel_iommu=on")
     assert run.marker("VTRACE-EDU-BOUND") == "vfio-pci", run.console[-1500:]
+    assert (run.marker("VTRACE-MIG-LOADED") or "").isdigit(), run.console[-1500:]
     return out, run
 
 
@@ -56,7 +67,9 @@ def lab_run(request, lab_out):
     lab.check_phase(run, out, ph, "the edu driver")
     edu = json.loads((out / f"{ph}.edu.json").read_text())
     ev, objs = lab.capture_events(out / f"{ph}.vtrace")
-    return {"phase": ph, "edu": edu, "ev": ev[ev["pid"] == edu["pid"]], "objs": objs,
+    mig = json.loads((out / f"{ph}.mig.json").read_text())
+    return {"phase": ph, "edu": edu, "ev": ev[ev["pid"] == edu["pid"]], "objs": objs, "mig": mig,
+            "mig_ev": ev[ev["pid"] == mig["pid"]],
             "capture": out / f"{ph}.vtrace",
             "probes": lab.probe_table(out, ph)}
 
@@ -166,3 +179,21 @@ def test_report_names_the_ioctls(lab_run):
     assert f"{n - writes} region reads, {writes} writes" in line and "1 mmaps" in line, line
     for name in ("GROUP_GET_DEVICE_FD 1", "DEVICE_GET_REGION_INFO 2", "IOMMU_MAP_DMA 1"):
         assert name in line, line
+
+
+def test_migration_point_attaches(lab_run):
+    pts = lab_run["probes"]
+    assert pts["migration"]["attached"], pts["migration"].get("error")
+    assert pts["migration"]["strategy"] == f"{lab_run['phase']}:vfio_mig_get_next_state"
+
+
+def test_every_migration_arc_in_order(lab_run):
+    """Each request walks the kernel's FSM one arc at a time, and each arc is
+    one vfio_mig_get_next_state call: (current state, requested state)."""
+    mig, ev = lab_run["mig"], lab_run["mig_ev"]
+    m = ev[ev["kind"] == Kind.MIGRATION_STATE]
+    want = [tuple(a) for s in mig["steps"] for a in s["arcs"]]
+    assert list(zip(m["aux"].tolist(), m["id"].tolist())) == want
+    assert set(m["layer"].tolist()) == {Layer.VFIO} and len(set(m["obj"].tolist())) == 1
+    o = lab_run["objs"][int(m["obj"][0])]
+    assert (o.vm, o.dev_type) == (f"python-{mig['pid']}", "vfio"), o
