@@ -356,3 +356,30 @@ def test_vm_name_from_the_command_line_or_the_recorded_comm():
         p.kill()
         p.wait()
     assert vm_name(p.pid, "qemu-kvm") == f"qemu-kvm-{p.pid}" and vm_name(p.pid) == f"pid{p.pid}"
+
+
+def test_fentry_refusal_tells_a_kernel_without_fentry_from_a_verifier_no(monkeypatch):
+    """EPERM for root: no fentry on this kernel at all. EACCES: the verifier
+    turned this one program down, and the load is retried with its log on
+    (the vmlab's 6.1 refused a pointer-to-enum argument that way, and vtrace
+    once reported it as the first)."""
+    import errno
+
+    from vtrace.kernel import fentry
+    calls = []
+
+    def refuse(code):
+        def bpf(cmd, attr):
+            calls.append(cmd)
+            raise OSError(code, os.strerror(code))
+        return bpf
+    monkeypatch.setattr(fentry.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(fentry, "bpf", refuse(errno.EPERM))
+    with pytest.raises(fentry.FentryError, match="refuses fentry programs even for root"):
+        fentry.load(b"\0" * 16, "fentry", 1)
+    assert len(calls) == 1
+    calls.clear()
+    monkeypatch.setattr(fentry, "bpf", refuse(errno.EACCES))
+    with pytest.raises(fentry.FentryError, match="fentry program refused: Permission denied"):
+        fentry.load(b"\0" * 16, "fentry", 1)
+    assert len(calls) == 2  # once more, with the verifier's log

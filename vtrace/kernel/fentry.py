@@ -125,7 +125,9 @@ def load(insns: bytes, kind: str, btf_id: int, obj_fd: int = 0, name: str = "") 
         return bpf(BPF_PROG_LOAD, attr(0, None))
     except OSError as e:
         first = e
-    if first.errno in (errno.EPERM, errno.EACCES) and os.geteuid() == 0:
+    # EPERM for root: this kernel (or its lockdown) allows no fentry at all.
+    # EACCES is the verifier turning this one program down: its log says why.
+    if first.errno == errno.EPERM and os.geteuid() == 0:
         raise FentryError("the kernel refuses fentry programs even for root (bpf() EPERM)")
     log = ctypes.create_string_buffer(LOG_SIZE)
     try:
