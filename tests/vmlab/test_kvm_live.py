@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import sys
-import warnings
 
 import numpy as np
 import pytest
@@ -34,20 +33,9 @@ MODULES = ["kvm", "kvm_amd", "vfio", "vfio_iommu_type1", "vfio-pci"]
 
 
 def _boot(tmp_path_factory, name: str, iommu: str, phases: dict[str, str]):
-    for attempt in (1, 2):
-        d = tmp_path_factory.mktemp(name)
-        try:
-            out, run = lab.run_host_root(d, MODULES, BIND + lab.capture_phases(sys.executable, WORK, phases=phases),
-                                         ["-device", iommu, "-device", "edu"], append="intel_iommu=on")
-            break
-        except lab.LabError as e:
-            # Once in CI (1 of 14 boots of this guest so far) the guest hung before
-            # the first capture said it was tracing: "task python blocked for more
-            # than 120 seconds", cause unknown (docs/live.md CAVEATS). One more
-            # boot, for a hang only, and said aloud in the test summary.
-            if attempt == 2 or "did not power off" not in str(e):
-                raise
-            warnings.warn(f"the KVM lab guest hung; booted again: {e}", stacklevel=1)
+    d = tmp_path_factory.mktemp(name)
+    out, run = lab.run_host_root(d, MODULES, BIND + lab.capture_phases(sys.executable, WORK, phases=phases),
+                                 ["-device", iommu, "-device", "edu"], append="intel_iommu=on")
     assert run.marker("VTRACE-EDU-BOUND") == "vfio-pci", run.console[-1500:]
     return out, run
 
