@@ -6,7 +6,10 @@
  *       read from the VMM's memory at entry, reported when the ioctl returns 0
  *   int vfio_mig_get_next_state(struct vfio_device *device, enum vfio_device_mig_state cur,
  *       enum vfio_device_mig_state new, enum vfio_device_mig_state *next)
- *       drivers/vfio/vfio_main.c: every migration state transition a driver steps through
+ *       drivers/vfio/vfio_main.c: the kernel's migration FSM, which a driver asks
+ *       for each arc towards the state user space requested (mlx5, hisi_acc,
+ *       pds, virtio, mtty all do); reported at return with the arc it chose
+ *       (*next) or its errno (a state the device does not offer: -EINVAL)
  * What a VMM does with an assigned device, through the three kinds of VFIO fd
  * (Documentation/driver-api/vfio.rst), each file_operations handler:
  *   long vfio_fops_unl_ioctl(struct file *, unsigned int cmd, unsigned long arg)        container
@@ -29,12 +32,13 @@
 #define U32_MAX_ 0xffffffffULL
 
 enum { FD_CONTAINER, FD_GROUP, FD_DEVICE };	/* VFIO_IOCTL aux: which fd */
-enum { P_CONTAINER, P_GROUP, P_DEVICE, P_READ, P_WRITE, P_MMAP };	/* call_key() points */
+enum { P_CONTAINER, P_GROUP, P_DEVICE, P_READ, P_WRITE, P_MMAP, P_MIGRATION };	/* call_key() points */
 
 struct call {
 	u64 ts;
-	u64 a;		/* ioctl: cmd; read/write: *ppos; mmap: the region's offset */
-	u64 b;		/* read/write: count; mmap: length */
+	u64 a;		/* ioctl: cmd; read/write: *ppos; mmap: the region's offset; migration: device */
+	u64 b;		/* read/write: count; mmap: length; migration: next (a pointer) */
+	u64 c;		/* migration: cur << 32 | new */
 };
 
 struct req {
@@ -177,11 +181,35 @@ int dma_return(FN_CTX *ctx)
 #include "vtrace_fn.h"
 int migration_entry(FN_CTX *ctx)
 {
+	struct call c = {.ts = bpf_ktime_get_ns(), .a = ARG(1), .c = ((u64)(u32)ARG(2) << 32) | (u32)ARG(3)};
+#if FN_POINT
+	/* `next` points to an enum, and 6.1's verifier lets a tracing program
+	 * take only pointers to structs from its context ("invalid bpf_context
+	 * access off=24", measured in the vmlab): bpf_get_func_arg (5.17+)
+	 * reads it whatever its type. */
+	bpf_get_func_arg(ctx, 3, &c.b);
+#else
+	c.b = ARG(4);
+#endif
+	put_call(P_MIGRATION, &c);
+	return 0;
+}
+
+/* One arc asked of the FSM: the device (struct vfio_device *), its state then,
+ * the state user space requested, and what the FSM answered: the next state
+ * to step to, or an errno (next UNOBSERVED). */
+int migration_return(FN_CTX *ctx)
+{
+	struct call c;
+	if (take_call(P_MIGRATION, &c))
+		return 0;
+	int ret = RETVAL;
 	struct vtrace_event e = {};
-	/* the object: the struct vfio_device * */
-	event_head(&e, VTRACE_MIGRATION_STATE, VTRACE_LAYER_VFIO, ARG(1), VTRACE_NO_QUEUE);
-	e.id = ARG(3);	/* new */
-	e.aux = ARG(2);	/* cur */
+	event_head(&e, VTRACE_MIGRATION_STATE, VTRACE_LAYER_VFIO, c.a, VTRACE_NO_QUEUE);
+	e.aux = c.c >> 32;	/* cur */
+	e.id = (u32)c.c;	/* new */
+	e.aux2 = ret ? UNOBSERVED : rd_u32((const void *)c.b);
+	e.len = ret < 0 ? -ret : 0;
 	emit(&e);
 	return 0;
 }

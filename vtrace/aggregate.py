@@ -120,6 +120,10 @@ class VmStats:
     dma_map_bytes_total: int
     dma_unmap_total: int
     dma_unmap_bytes_total: int
+    # VFIO migration (vfio_mig_get_next_state): the state the device was last
+    # seen in or stepping to (include/uapi/linux/vfio.h enum vfio_device_mig_state;
+    # names: vtrace/vfio.py), every arc asked of the FSM, those it refused, and the
+    # latest arcs as MigrationArc
     migration_state: int | None
     # the VMM's VFIO fds: (fd kind, cmd, calls, failed calls) per ioctl seen
     # (names: vtrace/vfio.py), region reads/writes with their bytes, mmaps
@@ -128,6 +132,9 @@ class VmStats:
     vfio_region_writes_total: int = 0
     vfio_region_bytes_total: int = 0
     vfio_mmaps_total: int = 0
+    migration_arcs_total: int = 0
+    migration_refused_total: int = 0
+    migration_arcs: tuple["MigrationArc", ...] = ()
 
 
 @dataclass(frozen=True)
@@ -223,6 +230,40 @@ class _VfioAcc:
         self.region_bytes += o.region_bytes
 
 
+@dataclass(frozen=True)
+class MigrationArc:
+    """One arc a VFIO driver asked of the kernel's migration FSM: the device's
+    state, the state user space requested, and the FSM's answer: the next state
+    to step to, or an errno (next None)."""
+    ts: int
+    cur: int
+    new: int
+    next: int | None
+    errno: int
+
+
+MIGRATION_ARCS = 16  # the latest arcs kept per device
+
+
+class _MigAcc:
+    """Per vfio_device: its state, arcs and refusals, the latest arcs."""
+    __slots__ = ("state", "arcs", "refused", "recent")
+
+    def __init__(self) -> None:
+        self.state: int | None = None
+        self.arcs = 0
+        self.refused = 0
+        self.recent: deque = deque(maxlen=MIGRATION_ARCS)
+
+    def add(self, a: MigrationArc) -> None:
+        self.arcs += 1
+        self.refused += a.errno != 0
+        # an arc the FSM answered is the step the driver takes next; a refused
+        # one leaves the device where it was
+        self.state = a.cur if a.next is None else a.next
+        self.recent.append(a)
+
+
 class Aggregator:
     # Arrays indexed by slot that start at zero for a new object (grown together).
     _PER_SLOT = ("cnt", "used_bytes", "read_bytes", "hist", "lat_sum", "inflight_max",
@@ -265,7 +306,7 @@ class Aggregator:
         self.suspend: dict[int, SuspendRecord] = {}
         self.timeline: dict[int, deque] = {}
         self.exits: dict[int, dict[int, int]] = {}
-        self.migration: dict[int, int] = {}
+        self.migration: dict[int, _MigAcc] = {}
         self.vfio: dict[int, _VfioAcc] = {}
         self._free: list[int] = []
         self._slot: dict[int, int] = {}
@@ -531,7 +572,10 @@ class Aggregator:
         self._add_dma(slot, kind, ev["arg"], nslots)
         mig = np.flatnonzero(kind == Kind.MIGRATION_STATE)
         for i in mig:
-            self.migration[int(slot[i])] = int(ev["id"][i])
+            ok = int(ev["len"][i]) == 0 and int(ev["aux2"][i]) != UNOBSERVED
+            self.migration.setdefault(int(slot[i]), _MigAcc()).add(MigrationArc(
+                int(ev["ts"][i]), int(ev["aux"][i]), int(ev["id"][i]), int(ev["aux2"][i]) if ok else None,
+                int(ev["len"][i])))
         io = np.flatnonzero(kind == Kind.VFIO_IOCTL)
         for s_, fd, cmd, err in zip(slot[io].tolist(), ev["aux"][io].tolist(), ev["id"][io].tolist(),
                                     (ev["len"][io] != 0).tolist()):
@@ -909,7 +953,8 @@ class Aggregator:
 
     def _vm_acc(self, vms: dict, s: int, info: ObjectInfo, c: np.ndarray) -> None:
         v = vms.setdefault(info.vm, {"vm": info.vm, "pid": info.pid, "cnt": np.zeros(NK, np.int64),
-                                     "exits": {}, "dma": np.zeros(2, np.int64), "mig": None,
+                                     "exits": {}, "dma": np.zeros(2, np.int64), "mig": None, "mig_ts": -1,
+                                     "mig_arcs": 0, "mig_refused": 0, "mig_recent": [],
                                      "vfio": _VfioAcc()})
         if s in self.vfio:
             v["vfio"].merge(self.vfio[s])
@@ -918,7 +963,13 @@ class Aggregator:
         for r, k in self.exits.get(s, {}).items():
             v["exits"][r] = v["exits"].get(r, 0) + k
         if s in self.migration:
-            v["mig"] = self.migration[s]
+            m = self.migration[s]
+            v["mig_arcs"] += m.arcs
+            v["mig_refused"] += m.refused
+            v["mig_recent"].extend(m.recent)
+            # a VMM with several devices migrating: the one that moved last
+            if m.recent and m.recent[-1].ts >= v["mig_ts"]:
+                v["mig"], v["mig_ts"] = m.state, m.recent[-1].ts
         if info.layer == Layer.KVM:
             v["pid"] = info.pid
 
@@ -941,4 +992,6 @@ class Aggregator:
             vfio_region_reads_total=int(c[KI[Kind.VFIO_REGION_RW]]) - v["vfio"].writes,
             vfio_region_writes_total=v["vfio"].writes, vfio_region_bytes_total=v["vfio"].region_bytes,
             vfio_mmaps_total=int(c[KI[Kind.VFIO_MMAP]]),
+            migration_arcs_total=v["mig_arcs"], migration_refused_total=v["mig_refused"],
+            migration_arcs=tuple(sorted(v["mig_recent"], key=lambda a: a.ts)[-MIGRATION_ARCS:]),
         )

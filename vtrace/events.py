@@ -127,7 +127,7 @@ KIND_FIELDS: dict[Kind, dict[str, str]] = {
     Kind.NONCOHERENT_DMA_UNREGISTER: {},
     Kind.DMA_MAP: {"id": "iova_lo", "aux2": "iova_hi", "aux": "prot", "arg": "size"},
     Kind.DMA_UNMAP: {"id": "iova_lo", "aux2": "iova_hi", "arg": "size"},
-    Kind.MIGRATION_STATE: {"id": "new_state", "aux": "old_state"},
+    Kind.MIGRATION_STATE: {"id": "new_state", "aux": "old_state", "aux2": "next_state", "len": "errno"},
     # fd: 0 container, 1 group, 2 device (vtrace/vfio.py names the cmd per fd);
     # ret: the return value when errno is 0 (GET_DEVICE_FD: the new fd).
     Kind.VFIO_IOCTL: {"id": "cmd", "aux": "fd", "len": "errno", "arg": "ret", "aux2": "latency_ns"},

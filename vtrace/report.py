@@ -5,6 +5,7 @@ Reads only the Snapshot (the outputs' one contract), never a source.
 
 from __future__ import annotations
 
+import errno
 import time
 from typing import Iterable
 
@@ -23,6 +24,15 @@ SORT_KEYS = {
     "inflight": lambda q: -q.in_flight,
     "p99": lambda q: -(q.p99_ns or 0),
 }
+
+
+def mig_arc(a) -> str:
+    """A migration FSM arc as the report prints it: ``RUNNING->STOP (to STOP_COPY)``,
+    or ``STOP to PRE_COPY refused (EINVAL)``."""
+    n = vfio.mig_state_name
+    if a.next is None:
+        return f"{n(a.cur)} to {n(a.new)} refused ({errno.errorcode.get(a.errno, a.errno)})"
+    return f"{n(a.cur)}->{n(a.next)}" + ("" if a.next == a.new else f" (to {n(a.new)})")
 
 
 def source_label(s: Snapshot) -> str:
@@ -176,6 +186,10 @@ def report_text(s: Snapshot, *, hist_top: int = 6, show_all: bool = False) -> st
                   f"writes ({bytes_(v.vfio_region_bytes_total)}), {v.vfio_mmaps_total} mmaps; ioctls: "
                   + ", ".join(f"{vfio.ioctl_name(fd, cmd)} {n}" + (f" ({err} failed)" if err else "")
                               for fd, cmd, n, err in v.vfio_ioctls))
+        for v in s.vms:
+            if v.migration_arcs_total:
+                w(f"  {v.vm} migration: {vfio.mig_state_name(v.migration_state)}; {v.migration_arcs_total} FSM arcs, "
+                  f"{v.migration_refused_total} refused; latest: " + ", ".join(map(mig_arc, v.migration_arcs[-8:])))
     life = [q for q in s.queues if q.timeline]
     if life:
         w("")

@@ -47,3 +47,14 @@ def ioctl_label(fd: int, cmd: int) -> str:
 
 def region_name(index: int) -> str:
     return REGIONS.get(index, f"region{index}")
+
+
+# enum vfio_device_mig_state (include/uapi/linux/vfio.h); PRE_COPY and
+# PRE_COPY_P2P from 6.2 on
+MIG_STATES = {0: "ERROR", 1: "STOP", 2: "RUNNING", 3: "STOP_COPY", 4: "RESUMING", 5: "RUNNING_P2P",
+              6: "PRE_COPY", 7: "PRE_COPY_P2P"}
+
+
+def mig_state_name(state: int | None) -> str:
+    """``-`` when not seen, else the state's name (``state<N>`` past the known ones)."""
+    return "-" if state is None else MIG_STATES.get(state, f"state{state}")

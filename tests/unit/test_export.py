@@ -172,3 +172,16 @@ def test_parse_listen():
         except ValueError:
             continue
         raise AssertionError(bad)
+
+
+def test_vfio_migration_families_through_both_paths():
+    from tests.unit.test_aggregate import MIGRATION, _migration
+    agg = Aggregator()
+    _migration(agg, MIGRATION)
+    got = _same_through_both_paths(agg)
+    vm = agg.snapshot(close_interval=False).vms[0].vm
+    assert got[("vtrace_vfio_migration_state", (("state", "RUNNING"), ("vm", vm)))] == 1
+    assert [k for k in got if k[0] == "vtrace_vfio_migration_state"] == \
+        [("vtrace_vfio_migration_state", (("state", "RUNNING"), ("vm", vm)))]
+    assert got[("vtrace_vfio_migration_arcs_total", (("vm", vm),))] == 7
+    assert got[("vtrace_vfio_migration_refused_total", (("vm", vm),))] == 1

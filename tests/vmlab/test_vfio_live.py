@@ -12,8 +12,8 @@ IOMMU (iommu:map/unmap tracepoints).
 
 from __future__ import annotations
 
+import errno
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +23,7 @@ import pytest
 
 from tests.vmlab import lab
 from vtrace import vfio
-from vtrace.events import Kind, Layer
+from vtrace.events import UNOBSERVED, Kind, Layer
 
 pytestmark = pytest.mark.vmlab
 
@@ -51,10 +51,9 @@ FD = {"container": vfio.FD_CONTAINER, "group": vfio.FD_GROUP, "device": vfio.FD_
 def lab_out(tmp_path_factory):
     d = tmp_path_factory.mktemp("vfio-lab")
     ko = lab.build_module(lab.stock_kernel(), ROOT / "tests" / "vmlab" / "migdev", d)
-    (d / "out").mkdir()
-    shutil.copy(ko, d / "out" / ko.name)
     out, run = lab.run_host_root(d, ["vfio", "vfio_iommu_type1", "vfio-pci"], SCRIPT,
-                                 ["-device", "intel-iommu,intremap=on", "-device", "edu"], append="intel_iommu=on")
+                                 ["-device", "intel-iommu,intremap=on", "-device", "edu"], append="intel_iommu=on",
+                                 files=(ko,))
     assert run.marker("VTRACE-EDU-BOUND") == "vfio-pci", run.console[-1500:]
     assert (run.marker("VTRACE-MIG-LOADED") or "").isdigit(), run.console[-1500:]
     return out, run
@@ -189,11 +188,24 @@ def test_migration_point_attaches(lab_run):
 
 def test_every_migration_arc_in_order(lab_run):
     """Each request walks the kernel's FSM one arc at a time, and each arc is
-    one vfio_mig_get_next_state call: (current state, requested state)."""
+    one vfio_mig_get_next_state call: (current state, requested state) and its
+    answer, the next state or an errno (PRE_COPY, which the device does not
+    offer: EINVAL)."""
     mig, ev = lab_run["mig"], lab_run["mig_ev"]
     m = ev[ev["kind"] == Kind.MIGRATION_STATE]
-    want = [tuple(a) for s in mig["steps"] for a in s["arcs"]]
-    assert list(zip(m["aux"].tolist(), m["id"].tolist())) == want
+    want = [(cur, new, UNOBSERVED if nxt is None else nxt, errno.EINVAL if nxt is None else 0)
+            for s in mig["steps"] for cur, new, nxt in s["arcs"]]
+    assert list(zip(m["aux"].tolist(), m["id"].tolist(), m["aux2"].tolist(), m["len"].tolist())) == want
     assert set(m["layer"].tolist()) == {Layer.VFIO} and len(set(m["obj"].tolist())) == 1
     o = lab_run["objs"][int(m["obj"][0])]
     assert (o.vm, o.dev_type) == (f"python-{mig['pid']}", "vfio"), o
+
+
+def test_report_follows_the_migration(lab_run):
+    p = subprocess.run([sys.executable, "-m", "vtrace.cli", "report", str(lab_run["capture"])],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    line = next(ln for ln in p.stdout.splitlines() if f"python-{lab_run['mig']['pid']} migration:" in ln)
+    assert line.split("migration: ", 1)[1] == (
+        "RUNNING; 7 FSM arcs, 1 refused; latest: RUNNING->STOP (to STOP_COPY), STOP->STOP_COPY, STOP_COPY->STOP, "
+        "STOP to PRE_COPY refused (EINVAL), STOP->RESUMING, RESUMING->STOP (to RUNNING), STOP->RUNNING"), line

@@ -34,15 +34,15 @@ MIGRATION_STOP_COPY = 1
 ERROR, STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY = range(7)
 NAME = "vtrace_mig"  # the module's platform device: the group knows the vfio device by its name
 
-# (request, the arcs vfio_mig_get_next_state is asked for: (current, requested)
-# per step, the last one refused when the request is). RUNNING -> STOP_COPY and
-# RESUMING -> RUNNING go through STOP: the FSM has no direct arc.
+# (request, the arcs vfio_mig_get_next_state is asked for on the way: (current,
+# requested, the next state it answers, None where it refuses). RUNNING ->
+# STOP_COPY and RESUMING -> RUNNING go through STOP: the FSM has no direct arc.
 PLAN = [
-    (STOP_COPY, [(RUNNING, STOP_COPY), (STOP, STOP_COPY)]),
-    (STOP, [(STOP_COPY, STOP)]),
-    (PRE_COPY, [(STOP, PRE_COPY)]),  # not offered: -EINVAL, state unchanged
-    (RESUMING, [(STOP, RESUMING)]),
-    (RUNNING, [(RESUMING, RUNNING), (STOP, RUNNING)]),
+    (STOP_COPY, [(RUNNING, STOP_COPY, STOP), (STOP, STOP_COPY, STOP_COPY)]),
+    (STOP, [(STOP_COPY, STOP, STOP)]),
+    (PRE_COPY, [(STOP, PRE_COPY, None)]),  # not offered: -EINVAL, state unchanged
+    (RESUMING, [(STOP, RESUMING, RESUMING)]),
+    (RUNNING, [(RESUMING, RUNNING, STOP), (STOP, RUNNING, RUNNING)]),
 ]
 
 

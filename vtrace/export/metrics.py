@@ -21,7 +21,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
                                     StateSetMetricFamily, SummaryMetricFamily)
 
 from vtrace.aggregate import NBUCKETS, Snapshot
-from vtrace.vfio import FD_NAMES, ioctl_label
+from vtrace.vfio import FD_NAMES, ioctl_label, mig_state_name
 
 QUEUE_LABELS = ("vm", "device", "queue", "layer")
 # The lifecycle states the aggregator gives a queue (vtrace/aggregate.py _set_state).
@@ -285,6 +285,10 @@ VM_COUNTERS = (
      "vfio_region_writes_total"),
     ("vtrace_vfio_region_bytes", "Bytes read from and written to VFIO device regions.", "vfio_region_bytes_total"),
     ("vtrace_vfio_mmaps", "VFIO device regions mapped into the VMM.", "vfio_mmaps_total"),
+    ("vtrace_vfio_migration_arcs", "Migration FSM arcs VFIO drivers asked for (vfio_mig_get_next_state).",
+     "migration_arcs_total"),
+    ("vtrace_vfio_migration_refused", "Migration FSM arcs refused (a state the device does not offer).",
+     "migration_refused_total"),
 )
 # (metric, help, which number of a vfio_ioctl_rows row)
 VM_VFIO_IOCTLS = (
@@ -303,12 +307,15 @@ def vfio_ioctl_rows(v) -> dict[tuple[str, str], list[int]]:
         row[1] += err
     return out
 VM_NONCOHERENT = ("vtrace_kvm_noncoherent_dma", "1 while the VM has non-coherent DMA registered.")
+VM_MIGRATION = ("vtrace_vfio_migration_state",
+                "1 for the VFIO migration state the VM's device was last seen in or stepping to.")
 
 
 def _vm_metrics(snap: Snapshot) -> Iterator:
     exits = CounterMetricFamily(*VM_EXITS, labels=("vm", "reason"))
     fams = [CounterMetricFamily(n, doc, labels=("vm",)) for n, doc, _a in VM_COUNTERS]
     nc = GaugeMetricFamily(*VM_NONCOHERENT, labels=("vm",))
+    mig = GaugeMetricFamily(*VM_MIGRATION, labels=("vm", "state"))
     vf = [CounterMetricFamily(n, doc, labels=("vm", "fd", "ioctl")) for n, doc, _i in VM_VFIO_IOCTLS]
     for v in snap.vms:
         for (fd, name), row in vfio_ioctl_rows(v).items():
@@ -319,7 +326,10 @@ def _vm_metrics(snap: Snapshot) -> Iterator:
         for fam, (_n, _doc, attr) in zip(fams, VM_COUNTERS):
             fam.add_metric((v.vm,), getattr(v, attr))
         nc.add_metric((v.vm,), 1 if v.noncoherent_dma else 0)
+        if v.migration_state is not None:
+            mig.add_metric((v.vm, mig_state_name(v.migration_state)), 1)
     yield exits
     yield from fams
     yield nc
+    yield mig
     yield from vf

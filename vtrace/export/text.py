@@ -25,8 +25,11 @@ from prometheus_client import generate_latest
 
 from vtrace.aggregate import Snapshot
 from vtrace.export.metrics import (LE_TEXT, Q_COUNTERS, Q_FREE, Q_GAUGES, Q_HIST, Q_STATE, Q_SUSPEND, QUEUE_STATES,
-                                   VM_COUNTERS, VM_EXITS, VM_NONCOHERENT, VM_VFIO_IOCTLS, cumulative_buckets,
-                                   families, first_rows, group_keys, scrape_family, sum_groups, vfio_ioctl_rows)
+                                   VM_COUNTERS, VM_EXITS, VM_MIGRATION, VM_NONCOHERENT, VM_VFIO_IOCTLS,
+                                   cumulative_buckets, families, first_rows, group_keys, scrape_family, sum_groups,
+                                   vfio_ioctl_rows)
+from vtrace.vfio import mig_state_name
+
 
 def _esc(v: str) -> str:
     # Label value escaping of the text format: backslash, double quote, newline.
@@ -156,6 +159,10 @@ def vm_text(snap: Snapshot) -> str:
     name, doc = VM_NONCOHERENT
     out.append(_header(name, doc, "gauge"))
     out.append("".join([f"{name}{p}{int(v.noncoherent_dma)}\n" for v, p in zip(vms, lab)]))
+    name, doc = VM_MIGRATION
+    out.append(_header(name, doc, "gauge"))
+    out.append("".join(f'{name}{{vm="{_esc(v.vm)}",state="{mig_state_name(v.migration_state)}"}} 1\n'
+                       for v in vms if v.migration_state is not None))
     rows = [(v, vfio_ioctl_rows(v)) for v in vms]
     for name, doc, i in VM_VFIO_IOCTLS:
         out.append(_header(name + "_total", doc, "counter"))

@@ -145,8 +145,9 @@ CATALOGUE: tuple[Point, ...] = (
     Point("vfio", "dma", "vfio", _kp("vfio_iommu_type1_ioctl", ("kprobe", "dma_entry"),
                                      ("kretprobe", "dma_return")),
           "type1 DMA map/unmap: iova, size, flags"),
-    Point("vfio", "migration", "vfio", _kp("vfio_mig_get_next_state", ("kprobe", "migration_entry")),
-          "migration state transitions (cur -> new)"),
+    Point("vfio", "migration", "vfio", _kp("vfio_mig_get_next_state", ("kprobe", "migration_entry"),
+                                           ("kretprobe", "migration_return")),
+          "migration FSM arcs: the device's state, the state requested, the next step or errno"),
     # the VMM's side of an assigned device: its container, group and device fds
     # (drivers/vfio: the file_operations handlers of each)
     Point("vfio", "container_ioctl", "vfio", _kp("vfio_fops_unl_ioctl", ("kprobe", "container_ioctl_entry"),

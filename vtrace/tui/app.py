@@ -17,6 +17,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import (DataTable, Footer, Input, Sparkline, Static, TabbedContent, TabPane)
 
+from vtrace import vfio
 from vtrace.fmt import bytes_, dur, log2_hist_lines, si
 from vtrace.tui import view
 from vtrace.tui.feed import Feed
@@ -299,7 +300,7 @@ class TopApp(App):
             self._fill("#kvmt", rows)
         elif tab == "dma":
             rows = [(m.vm, si(m.dma_map_total), bytes_(m.dma_map_bytes_total), si(m.dma_unmap_total),
-                     bytes_(m.dma_unmap_bytes_total), "-" if m.migration_state is None else str(m.migration_state),
+                     bytes_(m.dma_unmap_bytes_total), vfio.mig_state_name(m.migration_state),
                      si(sum(r[2] for r in m.vfio_ioctls)), si(sum(r[3] for r in m.vfio_ioctls)),
                      f"{si(m.vfio_region_reads_total)}/{si(m.vfio_region_writes_total)}", si(m.vfio_mmaps_total))
                     for m in snap.vms]
