@@ -188,8 +188,9 @@ def report_text(s: Snapshot, *, hist_top: int = 6, show_all: bool = False) -> st
                               for fd, cmd, n, err in v.vfio_ioctls))
         for v in s.vms:
             if v.migration_arcs_total:
-                w(f"  {v.vm} migration: {vfio.mig_state_name(v.migration_state)}; {v.migration_arcs_total} FSM arcs, "
-                  f"{v.migration_refused_total} refused; latest: " + ", ".join(map(mig_arc, v.migration_arcs[-8:])))
+                w(f"  {v.vm} migration: {vfio.mig_state_name(v.migration_state)}; {v.migration_arcs_total} FSM "
+                  f"arcs, {v.migration_refused_total} refused; latest: "
+                  + ", ".join(map(mig_arc, v.migration_arcs[-8:])))
     life = [q for q in s.queues if q.timeline]
     if life:
         w("")
@@ -232,5 +233,7 @@ def report_json(s: Snapshot) -> dict:
                    "p50_ns": a.p50_ns, "p99_ns": a.p99_ns, "max_ns": a.max_ns,
                    "latency_hist": a.latency_hist.tolist(), "qualifiers": dict(a.qualifiers)}
                   for a in s.admin],
-        "vms": [dict(v.__dict__, exits_by_reason={str(r): c for r, c in v.exits_by_reason}) for v in s.vms],
+        "vms": [dict(v.__dict__, exits_by_reason={str(r): c for r, c in v.exits_by_reason},
+                     migration_state_name=vfio.mig_state_name(v.migration_state),
+                     migration_arcs=[dict(a.__dict__) for a in v.migration_arcs]) for v in s.vms],
     }

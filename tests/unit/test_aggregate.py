@@ -240,6 +240,12 @@ def test_vfio_migration_state_arcs_and_refusals():
     assert line.split(" migration: ", 1)[1] == (
         "RUNNING; 7 FSM arcs, 1 refused; latest: RUNNING->STOP (to STOP_COPY), STOP->STOP_COPY, STOP_COPY->STOP, "
         "STOP to PRE_COPY refused (EINVAL), STOP->RESUMING, RESUMING->STOP (to RUNNING), STOP->RUNNING")
+    # report -j: plain JSON, the state by name, each arc a dict
+    import json
+    from vtrace.report import report_json
+    j = json.loads(json.dumps(report_json(a.snapshot())))["vms"][0]
+    assert j["migration_state_name"] == "RUNNING" and len(j["migration_arcs"]) == 7
+    assert j["migration_arcs"][3] == {"ts": 1030, "cur": 1, "new": 6, "next": None, "errno": 22}
 
 
 def test_vfio_migration_state_is_where_the_fsm_left_the_device():
