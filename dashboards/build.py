@@ -155,6 +155,14 @@ def panels() -> list[dict]:
     ], {"unit": "Bps"}),
         ("Non-coherent DMA", [(f"vtrace_kvm_noncoherent_dma{{{V}}}", "{{vm}}")],
          {"kind": "table", "desc": "1: the VM registered non-coherent DMA (KVM then honours guest memory types)."}))
+    pair(("VFIO migration state", [(f"vtrace_vfio_migration_state{{{V}}} == 1", "{{vm}} {{state}}")],
+          {"kind": "table", "desc": "Where each VM's migrating VFIO device is, or is stepping to, in the kernel's "
+                                    "migration FSM (RUNNING, STOP, STOP_COPY, RESUMING, ...)."}),
+         ("VFIO migration FSM arcs /s", [
+             (f"sum by (vm) (rate(vtrace_vfio_migration_arcs_total{{{V}}}[{RI}]))", "{{vm}} arcs"),
+             (f"sum by (vm) (rate(vtrace_vfio_migration_refused_total{{{V}}}[{RI}]))", "{{vm}} refused"),
+         ], {"unit": "ops", "desc": "Arcs VFIO drivers asked of vfio_mig_get_next_state, and those it refused "
+                                    "(a state the device does not offer)."}))
     return out
 
 

@@ -53,6 +53,7 @@ def region_name(index: int) -> str:
 # PRE_COPY_P2P from 6.2 on
 MIG_STATES = {0: "ERROR", 1: "STOP", 2: "RUNNING", 3: "STOP_COPY", 4: "RESUMING", 5: "RUNNING_P2P",
               6: "PRE_COPY", 7: "PRE_COPY_P2P"}
+MIG_STOP, MIG_RUNNING, MIG_STOP_COPY, MIG_RESUMING = 1, 2, 3, 4
 
 
 def mig_state_name(state: int | None) -> str:

@@ -133,6 +133,9 @@ def test_real_prometheus_scrapes_over_tls_with_basic_auth_and_every_expression_r
             # enough scrapes for rate() over 30s and for the rules to evaluate
             wait_for(lambda: query(prom, 'count_over_time(up{job="vtrace"}[1m]) >= 8'), 60, "8 scrapes")
             wait_for(lambda: query(prom, "vtrace:queue_used_buffers:rate5m"), 30, "the recording rules")
+            # the sim's first VF migration is 7 s in (SimConfig.suspend_every)
+            wait_for(lambda: query(prom, "rate(vtrace_vfio_migration_arcs_total[30s])"), 30,
+                     "the simulated VF's first migration")
             exprs = _dashboard_exprs()
             assert any(guest_only(e) for _t, e in exprs)  # tests/live/test_live_export.py has them
             empty = [(title, e) for title, e in exprs if not guest_only(e) and not query(prom, e)]

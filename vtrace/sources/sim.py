@@ -6,7 +6,8 @@ ones EVENT_IDX suppressed), the device's signal decisions, notification
 enable/disable around processing sessions, the matching kvm ioeventfd/irqfd
 events, vhost-vdpa suspend/resume with GET/SET_VRING_BASE, queue and device
 resets, virtio admin commands issued for SR-IOV VFs (legacy config access,
-device parts, DEV_MODE_SET around migration), and vfio DMA maps.
+device parts, DEV_MODE_SET around migration) with the VF's VFIO migration
+FSM arcs, and vfio DMA maps.
 
 Everything is generated with numpy per queue per tick (10 ms of simulated
 time), so the simulator reaches millions of events per second of simulated
@@ -153,6 +154,15 @@ class SimConfig:
     @property
     def faults(self) -> frozenset[str]:
         return frozenset(f for f in self.fault.split("+") if f)
+
+
+# QEMU's VFIO migration of a VF (hw/vfio/migration.c), as its driver walks the
+# kernel's FSM (vfio_mig_get_next_state): (current, requested, next) per arc.
+# Out: RUNNING -> STOP_COPY through STOP, then STOP once the data is read; in:
+# RESUMING, then RUNNING through STOP.
+_STOP, _RUN, _COPY, _RESUME = vfio.MIG_STOP, vfio.MIG_RUNNING, vfio.MIG_STOP_COPY, vfio.MIG_RESUMING
+MIGRATE_OUT = ((_RUN, _COPY, _STOP), (_STOP, _COPY, _COPY), (_COPY, _STOP, _STOP))
+MIGRATE_IN = ((_STOP, _RESUME, _RESUME), (_RESUME, _RUN, _STOP), (_STOP, _RUN, _RUN))
 
 
 class _Out:
@@ -772,6 +782,9 @@ class SimHost:
                 # The VM's vfio container: DMA map/unmap land here.
                 self.objects.append(ObjectInfo(obj=vm.kvm_obj + 0x100, vm=name, device="vfio",
                                                dev_type="vfio", layer=Layer.VFIO, pid=vm.pid))
+                # The VF's vfio_device, which migrates with the VM (MIGRATION_STATE).
+                self.objects.append(ObjectInfo(obj=vm.kvm_obj + 0x200, vm=name, device=f"vfio-vf{member}",
+                                               dev_type="vfio", layer=Layer.VFIO, pid=vm.pid))
             vm.noncoherent = cfg.admin and v == 2  # one VF behind an IOMMU without snoop control
             for d in vm.devices:
                 self.queues.extend(d.queues)
@@ -907,7 +920,9 @@ class SimHost:
             vm = self._suspended
             resume_t = t0
             if vm.vf_member and self.admin_obj:
-                # DEV_PARTS_SET restores the VF's state, DEV_MODE_SET(0) runs it.
+                # DEV_PARTS_SET restores the VF's state (RESUMING), DEV_MODE_SET(0)
+                # runs it (RESUMING -> STOP -> RUNNING).
+                self._migration(out, vm, [t0 - 1_000, t0 + 460_000, t0 + 499_000], MIGRATE_IN)
                 self._admin_cmds(out, [t0, t0 + 500_000], np.array([0x10, 0x11]),
                                  np.array([vm.vf_member] * 2), np.array([450_000, 60_000]))
                 resume_t = t0 + 600_000
@@ -932,6 +947,7 @@ class SimHost:
                                      and t0 >= FAULT_AT)
                 if devmode_early:
                     # DEV_MODE_SET(stopped) while the VF still holds buffers.
+                    self._migration(out, vm, [t0 - 1_000], MIGRATE_OUT[:1])
                     self._admin_cmds(out, [t0], [0x11], [vm.vf_member], [55_000], data=[admin_model.F_STOPPED])
                 stop_t = t0 + 60_000 if devmode_early else t0  # after the command completed
                 for q in queues:
@@ -946,6 +962,8 @@ class SimHost:
                 if vm.vf_member and self.admin_obj and not devmode_early:
                     # DEV_MODE_SET(stopped), DEV_PARTS_METADATA_GET, DEV_PARTS_GET.
                     t = stop_t + 5_000
+                    # the first arc is DEV_MODE_SET(stopped), the second the parts reads
+                    self._migration(out, vm, [t - 1_000, t + 74_000, t + 1_040_000], MIGRATE_OUT)
                     self._admin_cmds(out, [t, t + 75_000, t + 135_000],
                                      np.array([0x11, 0x0E, 0x0F]), np.array([vm.vf_member] * 3),
                                      np.array([55_000, 40_000, 900_000]), data=[admin_model.F_STOPPED, 0, 0])
@@ -970,6 +988,12 @@ class SimHost:
                     for q in d.queues:
                         self._reset_queue(q, t0)
                     return
+
+    @staticmethod
+    def _migration(out: _Out, vm, ts: list[int], arcs: tuple[tuple[int, int, int], ...]) -> None:
+        cur, new, nxt = zip(*arcs)
+        out.add(Kind.MIGRATION_STATE, ts, id=list(new), aux=list(cur), aux2=list(nxt), obj=vm.kvm_obj + 0x200,
+                pid=vm.pid, layer=Layer.VFIO)
 
     def _reset_queue(self, q, t: int) -> None:
         """A reset takes back everything the queue had scheduled: events
