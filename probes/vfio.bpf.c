@@ -179,9 +179,25 @@ int dma_return(FN_CTX *ctx)
 #undef FN_POINT
 #define FN_POINT FENTRY_migration
 #include "vtrace_fn.h"
+struct mig_dev {
+	char name[32];
+};
+
+/* vfio_device -> the name of the device it drives (read by user space). A
+ * table full only costs the name: user space falls back to the pointer. */
+BPF_HASH(mig_info, u64, struct mig_dev, 256);
+
 int migration_entry(FN_CTX *ctx)
 {
 	struct call c = {.ts = bpf_ktime_get_ns(), .a = ARG(1), .c = ((u64)(u32)ARG(2) << 32) | (u32)ARG(3)};
+	if (!mig_info.lookup(&c.a)) {
+		struct mig_dev d = {};
+		const void *dev = (const void *)rd_u64((const void *)c.a + OFF_VFIO_DEVICE_DEV);
+		const void *name = dev ? (const void *)rd_u64(dev + OFF_DEVICE_NAME) : 0;
+		if (name)
+			bpf_probe_read_kernel_str(d.name, sizeof(d.name), name);
+		mig_info.update(&c.a, &d);
+	}
 #if FN_POINT
 	/* `next` points to an enum, and 6.1's verifier lets a tracing program
 	 * take only pointers to structs from its context ("invalid bpf_context

@@ -135,6 +135,7 @@ class VmStats:
     migration_arcs_total: int = 0
     migration_refused_total: int = 0
     migration_arcs: tuple["MigrationArc", ...] = ()
+    migration_device: str = ""  # the device the state is of (the one that moved last)
 
 
 @dataclass(frozen=True)
@@ -954,7 +955,7 @@ class Aggregator:
     def _vm_acc(self, vms: dict, s: int, info: ObjectInfo, c: np.ndarray) -> None:
         v = vms.setdefault(info.vm, {"vm": info.vm, "pid": info.pid, "cnt": np.zeros(NK, np.int64),
                                      "exits": {}, "dma": np.zeros(2, np.int64), "mig": None, "mig_ts": -1,
-                                     "mig_arcs": 0, "mig_refused": 0, "mig_recent": [],
+                                     "mig_arcs": 0, "mig_refused": 0, "mig_recent": [], "mig_dev": "",
                                      "vfio": _VfioAcc()})
         if s in self.vfio:
             v["vfio"].merge(self.vfio[s])
@@ -969,7 +970,7 @@ class Aggregator:
             v["mig_recent"].extend(m.recent)
             # a VMM with several devices migrating: the one that moved last
             if m.recent and m.recent[-1].ts >= v["mig_ts"]:
-                v["mig"], v["mig_ts"] = m.state, m.recent[-1].ts
+                v["mig"], v["mig_ts"], v["mig_dev"] = m.state, m.recent[-1].ts, info.device
         if info.layer == Layer.KVM:
             v["pid"] = info.pid
 
@@ -994,4 +995,5 @@ class Aggregator:
             vfio_mmaps_total=int(c[KI[Kind.VFIO_MMAP]]),
             migration_arcs_total=v["mig_arcs"], migration_refused_total=v["mig_refused"],
             migration_arcs=tuple(sorted(v["mig_recent"], key=lambda a: a.ts)[-MIGRATION_ARCS:]),
+            migration_device=v["mig_dev"],
         )

@@ -188,8 +188,8 @@ def report_text(s: Snapshot, *, hist_top: int = 6, show_all: bool = False) -> st
                               for fd, cmd, n, err in v.vfio_ioctls))
         for v in s.vms:
             if v.migration_arcs_total:
-                w(f"  {v.vm} migration: {vfio.mig_state_name(v.migration_state)}; {v.migration_arcs_total} FSM "
-                  f"arcs, {v.migration_refused_total} refused; latest: "
+                w(f"  {v.vm} migration: {v.migration_device} {vfio.mig_state_name(v.migration_state)}; "
+                  f"{v.migration_arcs_total} FSM arcs, {v.migration_refused_total} refused; latest: "
                   + ", ".join(map(mig_arc, v.migration_arcs[-8:])))
     life = [q for q in s.queues if q.timeline]
     if life:

@@ -238,7 +238,7 @@ def test_vfio_migration_state_arcs_and_refusals():
     assert [(x.cur, x.new, x.next, x.errno) for x in vm.migration_arcs] == MIGRATION
     line = next(ln for ln in report_text(a.snapshot()).splitlines() if " migration: " in ln)
     assert line.split(" migration: ", 1)[1] == (
-        "RUNNING; 7 FSM arcs, 1 refused; latest: RUNNING->STOP (to STOP_COPY), STOP->STOP_COPY, STOP_COPY->STOP, "
+        "kvm RUNNING; 7 FSM arcs, 1 refused; latest: RUNNING->STOP (to STOP_COPY), STOP->STOP_COPY, STOP_COPY->STOP, "
         "STOP to PRE_COPY refused (EINVAL), STOP->RESUMING, RESUMING->STOP (to RUNNING), STOP->RUNNING")
     # report -j: plain JSON, the state by name, each arc a dict
     import json

@@ -198,7 +198,8 @@ def test_every_migration_arc_in_order(lab_run):
     assert list(zip(m["aux"].tolist(), m["id"].tolist(), m["aux2"].tolist(), m["len"].tolist())) == want
     assert set(m["layer"].tolist()) == {Layer.VFIO} and len(set(m["obj"].tolist())) == 1
     o = lab_run["objs"][int(m["obj"][0])]
-    assert (o.vm, o.dev_type) == (f"python-{mig['pid']}", "vfio"), o
+    # named by the device it drives (dev_name: our platform device; a VF's PCI address)
+    assert (o.vm, o.device, o.dev_type) == (f"python-{mig['pid']}", "vtrace_mig", "vfio"), o
 
 
 def test_report_follows_the_migration(lab_run):
@@ -207,5 +208,6 @@ def test_report_follows_the_migration(lab_run):
     assert p.returncode == 0, p.stderr
     line = next(ln for ln in p.stdout.splitlines() if f"python-{lab_run['mig']['pid']} migration:" in ln)
     assert line.split("migration: ", 1)[1] == (
-        "RUNNING; 7 FSM arcs, 1 refused; latest: RUNNING->STOP (to STOP_COPY), STOP->STOP_COPY, STOP_COPY->STOP, "
+        "vtrace_mig RUNNING; 7 FSM arcs, 1 refused; latest: RUNNING->STOP (to STOP_COPY), STOP->STOP_COPY, "
+        "STOP_COPY->STOP, "
         "STOP to PRE_COPY refused (EINVAL), STOP->RESUMING, RESUMING->STOP (to RUNNING), STOP->RUNNING"), line

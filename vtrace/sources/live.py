@@ -50,8 +50,9 @@ TAG_MASK = 0xFFFFFF0000000000
 MODULES = {"vhost": "vhost"}
 # Where a distribution builds the driver as a module, its private structs are
 # only in that module's BTF (Debian 6.1: struct vring_virtqueue in virtio_ring,
-# struct kvm_kernel_irqfd in kvm); read there when it is loaded, else vmlinux.
-OPTIONAL_MODULES = {"virtio": "virtio_ring", "admin": "virtio_pci", "kvm": "kvm"}
+# struct kvm_kernel_irqfd in kvm, struct vfio_device in vfio); read there when it is
+# loaded, else vmlinux.
+OPTIONAL_MODULES = {"virtio": "virtio_ring", "admin": "virtio_pci", "kvm": "kvm", "vfio": "vfio"}
 
 
 def btf_module(program: str) -> str | None:
@@ -128,6 +129,12 @@ POINT_OFFSETS: dict[str, dict[str, tuple[str, str]]] = {
     "vdpa_ioctl": {
         "OFF_FILE_PRIVATE": ("file", "private_data"),
         "OFF_VDPA_VDEV": ("vhost_vdpa", "vdev"),
+    },
+    # the migrating device's name: vfio_device->dev (its parent: the PCI function,
+    # an mdev) and that device's kobject name, what dev_name() returns
+    "migration": {
+        "OFF_VFIO_DEVICE_DEV": ("vfio_device", "dev"),
+        "OFF_DEVICE_NAME": ("device", "kobj.name"),
     },
     "mmap": {
         "OFF_VMA_START": ("vm_area_struct", "vm_start"),
@@ -595,9 +602,23 @@ class LiveSource:
                     new.append(ObjectInfo(obj=obj, vm=self.host, device=f"pf-{obj & 0xFFFFFF:06x}",
                                           dev_type="admin-queue", name="admin", layer=int(Layer.VFIO)))
                 else:  # a vfio_device changing migration state, in its VMM's context
-                    new.append(ObjectInfo(obj=obj, vm=vm_name(pid), device=f"vfio-{obj & 0xFFFFFF:06x}",
+                    new.append(ObjectInfo(obj=obj, vm=vm_name(pid),
+                                          device=self._vfio_device_name(obj) or f"vfio-{obj & 0xFFFFFF:06x}",
                                           dev_type="vfio", layer=int(Layer.VFIO), pid=pid))
         return new
+
+    def _vfio_device_name(self, obj: int) -> str:
+        """A migrating vfio_device's name (dev_name of the device it drives, e.g.
+        0000:3b:00.1), as the migration probe read it; empty if it could not."""
+        for prog in self.programs:
+            if prog.name == "vfio" and prog.bpf is not None:
+                try:
+                    t = prog.bpf[b"mig_info"]
+                    v = t[t.Key(obj)]
+                except KeyError:
+                    return ""
+                return v.name.decode(errors="replace")
+        return ""
 
     def _vhost_objects(self, prog: _Program) -> list[ObjectInfo]:
         """vhost queues: the VM from the worker's name (vhost-<owner pid>), the
