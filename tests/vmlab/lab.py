@@ -307,9 +307,11 @@ def boot(kernel: Kernel, initrd: Path, extra: list[str], *, mem_mb: int = 512, t
                     p.kill()
                     p.communicate()
                 con.seek(0)
-                raise LabError(f"guest did not power off within {timeout} s (console: {saved}; "
-                               f"{'NMI sent, the guest panicked' if sent else 'no NMI could be sent'}); "
-                               f"{hang_report(con.read())}") from None
+                console = con.read()
+                nmi = ("no NMI could be sent" if not sent else "NMI sent, the guest panicked"
+                       if "Kernel panic" in console else "NMI sent, the guest did not panic")
+                raise LabError(f"guest did not power off within {timeout} s (console: {saved}; {nmi}); "
+                               f"{hang_report(console)}") from None
             con.seek(0)
             console = con.read()
     if p.returncode != 0:
