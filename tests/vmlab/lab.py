@@ -125,6 +125,39 @@ MIRROR = os.environ.get("VTRACE_LAB_MIRROR", "http://deb.debian.org/debian")
 BACKPORTS = "bookworm-backports"
 
 
+def _depends(pkg: str, opts: list[str] = ()) -> list[str]:
+    """The packages ``pkg`` depends on (apt-cache depends)."""
+    out = _run(["apt-cache", *opts, "depends", pkg])
+    return [ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.strip().startswith("Depends:")]
+
+
+def _fetch_debs(pkgs: list[str], root: Path, opts: list[str] = (), fix=None) -> None:
+    """apt-get download ``pkgs`` (``opts``: another suite's lists) and unpack them
+    all into ``root``, through root.partial so an interrupted fetch leaves no
+    half tree; ``fix(tree)`` may edit the tree before it takes root's place."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    dl = CACHE / "download"
+    shutil.rmtree(dl, ignore_errors=True)
+    dl.mkdir()
+    try:
+        _run(["apt-get", *opts, "download", *pkgs], cwd=dl)
+    except LabError:
+        _run(["apt-get", *opts, "update", "-qq"])  # a stale index names a version the mirror dropped
+        _run(["apt-get", *opts, "download", *pkgs], cwd=dl)
+    missing = [p for p in pkgs if not list(dl.glob(f"{p}_*.deb"))]
+    if missing:
+        raise LabError(f"apt-get download {' '.join(missing)} left no .deb")
+    tmp = root.with_name(root.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for deb in sorted(dl.glob("*.deb")):
+        _run(["dpkg-deb", "-x", str(deb), str(tmp)])
+    if fix is not None:
+        fix(tmp)
+    shutil.rmtree(root, ignore_errors=True)
+    os.replace(tmp, root)
+    shutil.rmtree(dl, ignore_errors=True)
+
+
 def stock_kernel(suite: str | None = None) -> Kernel:
     """The Debian stock kernel, resolved through linux-image-amd64: the
     machine's own suites', or ``suite``'s (e.g. BACKPORTS)."""
@@ -132,11 +165,9 @@ def stock_kernel(suite: str | None = None) -> Kernel:
 
     def resolve() -> list[str]:
         try:
-            out = _run(["apt-cache", *opts, "depends", "linux-image-amd64"])
+            return [p for p in _depends("linux-image-amd64", opts) if p.startswith("linux-image-")]
         except LabError:
             return []
-        pkgs = [ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.strip().startswith("Depends:")]
-        return [p for p in pkgs if p.startswith("linux-image-")]
     pkgs = resolve()
     if not pkgs:
         _run(["apt-get", *opts, "update", "-qq"])  # a fresh machine may have no package index yet
@@ -149,23 +180,7 @@ def stock_kernel(suite: str | None = None) -> Kernel:
     root = CACHE / pkg
     if (root / "boot" / f"vmlinuz-{release}").exists():
         return Kernel(release, root)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    dl = CACHE / "download"
-    shutil.rmtree(dl, ignore_errors=True)
-    dl.mkdir()
-    try:
-        _run(["apt-get", *opts, "download", pkg], cwd=dl)
-    except LabError:
-        _run(["apt-get", *opts, "update", "-qq"])  # a stale index names a version the mirror dropped
-        _run(["apt-get", *opts, "download", pkg], cwd=dl)
-    debs = list(dl.glob(f"{pkg}_*.deb"))
-    if not debs:
-        raise LabError(f"apt-get download {pkg} left no .deb")
-    tmp = CACHE / f"{pkg}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    _run(["dpkg-deb", "-x", str(debs[0]), str(tmp)])
-    os.replace(tmp, root)
-    shutil.rmtree(dl, ignore_errors=True)
+    _fetch_debs([pkg], root, opts)
     return Kernel(release, root)
 
 
@@ -179,26 +194,16 @@ def kernel_headers(kernel: Kernel) -> Path:
     if (build / "Makefile").exists():
         return build
     pkg = f"linux-headers-{kernel.release}"
-    deps = [ln.split(":", 1)[1].strip() for ln in _run(["apt-cache", "depends", pkg]).splitlines()
-            if ln.strip().startswith("Depends:")]
-    pkgs = [pkg] + [d for d in deps if d.startswith(("linux-headers-", "linux-kbuild-"))]
-    dl = CACHE / "download"
-    shutil.rmtree(dl, ignore_errors=True)
-    dl.mkdir(parents=True)
-    _run(["apt-get", "download", *pkgs], cwd=dl)
-    tmp = CACHE / f"linux-headers-{kernel.release}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    for deb in sorted(dl.glob("*.deb")):
-        _run(["dpkg-deb", "-x", str(deb), str(tmp)])
-    # its Makefile includes the -common part by absolute path; the kbuild
-    # scripts are relative links (../../lib/linux-kbuild-*), which hold here
-    mk = tmp / "usr" / "src" / f"linux-headers-{kernel.release}" / "Makefile"
-    if not mk.exists():
-        raise LabError(f"{pkg} has no Makefile (packages: {', '.join(pkgs)})")
-    mk.write_text(mk.read_text().replace("/usr/src/", f"{root}/usr/src/"))
-    shutil.rmtree(root, ignore_errors=True)
-    os.replace(tmp, root)
-    shutil.rmtree(dl, ignore_errors=True)
+    pkgs = [pkg] + [d for d in _depends(pkg) if d.startswith(("linux-headers-", "linux-kbuild-"))]
+
+    def fix(tree: Path) -> None:
+        # its Makefile includes the -common part by absolute path; the kbuild
+        # scripts are relative links (../../lib/linux-kbuild-*), which hold here
+        mk = tree / "usr" / "src" / f"linux-headers-{kernel.release}" / "Makefile"
+        if not mk.exists():
+            raise LabError(f"{pkg} has no Makefile (packages: {', '.join(pkgs)})")
+        mk.write_text(mk.read_text().replace("/usr/src/", f"{root}/usr/src/"))
+    _fetch_debs(pkgs, root, fix=fix)
     return build
 
 
