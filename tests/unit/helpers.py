@@ -1,6 +1,6 @@
 """Hand-written event streams for tests."""
 
-from vtrace.events import NO_QUEUE, Batch, Kind, Layer, ObjectInfo, make
+from vtrace.events import NO_QUEUE, UNOBSERVED, Batch, Kind, Layer, ObjectInfo, make
 
 Q0 = 0xFFFF8880_00001000
 Q1 = 0xFFFF8880_00002000
@@ -29,4 +29,17 @@ def batch(rows, t_end=None, objects=OBJECTS):
                  objects=objects)
 
 
-__all__ = ["Q0", "Q1", "DEV", "KVM", "OBJECTS", "ev", "batch", "Kind"]
+__all__ = ["Q0", "Q1", "DEV", "KVM", "OBJECTS", "ev", "batch", "Kind", "migration", "MIGRATION"]
+
+
+def migration(a, arcs, t0=1000):
+    """Feed MIGRATION_STATE events: (cur, new, next or None, errno) per FSM arc."""
+    a.feed(batch([ev(Kind.MIGRATION_STATE, t0 + 10 * i, obj=KVM, layer=Layer.VFIO, aux=cur, id=new,
+                     aux2=UNOBSERVED if nxt is None else nxt, len=err)
+                  for i, (cur, new, nxt, err) in enumerate(arcs)]))
+    return a.snapshot().vms[0]
+
+
+# A migration out and back in, as the vmlab's device does it (tests/vmlab/vfio_mig.py):
+# STOP 1, RUNNING 2, STOP_COPY 3, RESUMING 4, PRE_COPY 6 (not offered: EINVAL 22)
+MIGRATION = [(2, 3, 1, 0), (1, 3, 3, 0), (3, 1, 1, 0), (1, 6, None, 22), (1, 4, 4, 0), (4, 2, 1, 0), (1, 2, 2, 0)]

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from vtrace.aggregate import Aggregator, log2_bucket
 from vtrace.events import Batch, Kind, Layer, make
 
-from .helpers import DEV, KVM, OBJECTS, Q0, Q1, batch, ev
+from .helpers import DEV, KVM, MIGRATION, OBJECTS, Q0, Q1, batch, ev, migration
 
 US = 1_000
 
@@ -216,24 +216,10 @@ def test_vfio_ioctls_regions_and_mmaps_per_vm():
     assert rows[("container", "IOMMU_GET_INFO")] == [1, 0]
 
 
-def _migration(a, arcs, t0=1000):
-    """Feed MIGRATION_STATE events: (cur, new, next or None, errno) per FSM arc."""
-    from vtrace.events import UNOBSERVED
-    a.feed(batch([ev(Kind.MIGRATION_STATE, t0 + 10 * i, obj=KVM, layer=Layer.VFIO, aux=cur, id=new,
-                     aux2=UNOBSERVED if nxt is None else nxt, len=err)
-                  for i, (cur, new, nxt, err) in enumerate(arcs)]))
-    return a.snapshot().vms[0]
-
-
-# A migration out and back in, as the vmlab's device does it (tests/vmlab/vfio_mig.py):
-# STOP 1, RUNNING 2, STOP_COPY 3, RESUMING 4, PRE_COPY 6 (not offered: EINVAL 22)
-MIGRATION = [(2, 3, 1, 0), (1, 3, 3, 0), (3, 1, 1, 0), (1, 6, None, 22), (1, 4, 4, 0), (4, 2, 1, 0), (1, 2, 2, 0)]
-
-
 def test_vfio_migration_state_arcs_and_refusals():
     from vtrace.report import report_text
     a = Aggregator()
-    vm = _migration(a, MIGRATION)
+    vm = migration(a, MIGRATION)
     assert (vm.migration_state, vm.migration_arcs_total, vm.migration_refused_total) == (2, 7, 1)
     assert [(x.cur, x.new, x.next, x.errno) for x in vm.migration_arcs] == MIGRATION
     line = next(ln for ln in report_text(a.snapshot()).splitlines() if " migration: " in ln)
@@ -250,9 +236,9 @@ def test_vfio_migration_state_arcs_and_refusals():
 
 def test_vfio_migration_state_is_where_the_fsm_left_the_device():
     # the step the FSM answered is where the device is going; a refusal leaves it where it was
-    assert _migration(Aggregator(), MIGRATION[:2]).migration_state == 3       # STOP_COPY
-    assert _migration(Aggregator(), MIGRATION[:4]).migration_state == 1       # PRE_COPY refused: still STOP
-    assert _migration(Aggregator(), MIGRATION[:1]).migration_state == 1       # on its way, in STOP
+    assert migration(Aggregator(), MIGRATION[:2]).migration_state == 3       # STOP_COPY
+    assert migration(Aggregator(), MIGRATION[:4]).migration_state == 1       # PRE_COPY refused: still STOP
+    assert migration(Aggregator(), MIGRATION[:1]).migration_state == 1       # on its way, in STOP
     # no migration seen: no state
     a = Aggregator()
     a.feed(batch([ev(Kind.VFIO_MMAP, 300, id=0, arg=1 << 20, obj=KVM, layer=Layer.VFIO)]))
@@ -263,7 +249,7 @@ def test_vfio_migration_state_is_where_the_fsm_left_the_device():
 def test_vfio_migration_arcs_kept_are_the_latest():
     from vtrace.aggregate import MIGRATION_ARCS
     arcs = [(2, 1, 1, 0), (1, 2, 2, 0)] * MIGRATION_ARCS
-    vm = _migration(Aggregator(), arcs)
+    vm = migration(Aggregator(), arcs)
     assert vm.migration_arcs_total == 2 * MIGRATION_ARCS and len(vm.migration_arcs) == MIGRATION_ARCS
     assert vm.migration_arcs[-1].ts == 1000 + 10 * (len(arcs) - 1)
 

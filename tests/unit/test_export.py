@@ -16,7 +16,7 @@ from vtrace.export.metrics import LE_POW, QUEUE_STATES, cumulative_buckets
 from vtrace.export.text import renderer
 from vtrace.pipeline import Pipeline
 from vtrace.sources.sim import SimConfig, SimSource
-from tests.unit.helpers import batch, ev
+from tests.unit.helpers import MIGRATION, batch, ev, migration
 
 
 def _read(agg):
@@ -175,9 +175,8 @@ def test_parse_listen():
 
 
 def test_vfio_migration_families_through_both_paths():
-    from tests.unit.test_aggregate import MIGRATION, _migration
     agg = Aggregator()
-    _migration(agg, MIGRATION)
+    migration(agg, MIGRATION)
     got = _same_through_both_paths(agg)
     vm = agg.snapshot(close_interval=False).vms[0].vm
     assert got[("vtrace_vfio_migration_state", (("state", "RUNNING"), ("vm", vm)))] == 1

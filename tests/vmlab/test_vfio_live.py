@@ -168,11 +168,17 @@ def test_vfio_and_iommu_events_belong_to_the_driver(lab_run):
     assert vms == {f"python-{lab_run['edu']['pid']}"}, vms
 
 
-def test_report_names_the_ioctls(lab_run):
+@pytest.fixture(scope="module")
+def report(lab_run) -> str:
+    """`vtrace report` of the phase's capture, once for the tests that read it."""
     p = subprocess.run([sys.executable, "-m", "vtrace.cli", "report", str(lab_run["capture"])],
                        capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stderr
-    line = next(ln for ln in p.stdout.splitlines() if f"python-{lab_run['edu']['pid']} vfio:" in ln)
+    return p.stdout
+
+
+def test_report_names_the_ioctls(lab_run, report):
+    line = next(ln for ln in report.splitlines() if f"python-{lab_run['edu']['pid']} vfio:" in ln)
     n = len(lab_run["edu"]["accesses"])
     writes = sum(a["write"] for a in lab_run["edu"]["accesses"])
     assert f"{n - writes} region reads, {writes} writes" in line and "1 mmaps" in line, line
@@ -202,11 +208,8 @@ def test_every_migration_arc_in_order(lab_run):
     assert (o.vm, o.device, o.dev_type) == (f"python-{mig['pid']}", "vtrace_mig", "vfio"), o
 
 
-def test_report_follows_the_migration(lab_run):
-    p = subprocess.run([sys.executable, "-m", "vtrace.cli", "report", str(lab_run["capture"])],
-                       capture_output=True, text=True, cwd=ROOT)
-    assert p.returncode == 0, p.stderr
-    line = next(ln for ln in p.stdout.splitlines() if f"python-{lab_run['mig']['pid']} migration:" in ln)
+def test_report_follows_the_migration(lab_run, report):
+    line = next(ln for ln in report.splitlines() if f"python-{lab_run['mig']['pid']} migration:" in ln)
     assert line.split("migration: ", 1)[1] == (
         "vtrace_mig RUNNING; 7 FSM arcs, 1 refused; latest: RUNNING->STOP (to STOP_COPY), STOP->STOP_COPY, "
         "STOP_COPY->STOP, "

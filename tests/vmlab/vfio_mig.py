@@ -22,11 +22,13 @@ import os
 import struct
 import sys
 import time
+from pathlib import Path
 
-VFIO_BASE = 0x3B00 + 100  # _IO(';', 100 + n)
-SET_IOMMU, GROUP_GET_STATUS, GROUP_SET_CONTAINER = VFIO_BASE + 2, VFIO_BASE + 3, VFIO_BASE + 4
-GROUP_GET_DEVICE_FD, DEVICE_FEATURE = VFIO_BASE + 6, VFIO_BASE + 17
-TYPE1v2_IOMMU = 3
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.vmlab.vfio_edu import (GROUP_GET_DEVICE_FD, GROUP_SET_CONTAINER, SET_IOMMU,  # noqa: E402
+                                  TYPE1v2_IOMMU, VFIO_BASE)
+
+DEVICE_FEATURE = VFIO_BASE + 17  # _IO(';', 100 + 17)
 FEATURE_GET, FEATURE_SET = 1 << 16, 1 << 17
 FEATURE_MIGRATION, FEATURE_MIG_DEVICE_STATE = 1, 2
 MIGRATION_STOP_COPY = 1
