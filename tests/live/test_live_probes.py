@@ -376,11 +376,21 @@ def test_check_runs_on_the_live_source():
 def test_probes_stats_counts_hits_and_restores_the_knob():
     knob = "/proc/sys/kernel/bpf_stats_enabled"
     before = open(knob).read().strip()
-    p = subprocess.Popen([sys.executable, "-m", "vtrace.cli", "probes", "--stats", "5s", "-j"],
+    # The I/O goes between vtrace saying it counts and Ctrl-C: a fixed sleep
+    # before it and a 5 s window once let CI attach late and miss 63 of 1,000
+    # interrupts (937 counted).
+    p = subprocess.Popen([sys.executable, "-m", "vtrace.cli", "probes", "--stats", "120s", "-j"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)
+    said = []
+    for ln in p.stderr:
+        said.append(ln)
+        if ln.startswith("Counting for"):
+            break
+    assert said and said[-1].startswith("Counting for"), "".join(said)
     _direct_io(500)
+    p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
+    err = "".join(said) + err
     assert p.returncode == 0, err
     rows = {r["point"]: r for r in map(json.loads, out.splitlines())}
     for point in ("vring_interrupt", "block_rq_issue", "block_rq_complete"):
