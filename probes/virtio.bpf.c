@@ -43,6 +43,7 @@
  *   OFF_VVQ_PACKED, OFF_VVQ_SPLIT_USED, OFF_VVQ_SPLIT_NUM, OFF_VVQ_FREE_HEAD,
  *   OFF_VVQ_LAST_USED, OFF_VVQ_AVAIL_SHADOW,
  *   OFF_VVQ_PACKED_DESC                                struct vring_virtqueue
+ *   OFF_VVQ_PACKED_USED_WRAP (before 6.0 only)         struct vring_virtqueue
  * and VRING_INTERRUPT, the handler's address from /proc/kallsyms. Where the
  * kernel has virtio-pci's shared-vector handlers, also VP_VRING_INTERRUPT,
  * VP_INTERRUPT and OFF_VPDEV_VQS, OFF_VQINFO_VQ, OFF_VQINFO_NODE (struct
@@ -163,13 +164,39 @@ static __always_inline void vring_irq(void *ctx, const void *vq)
 
 #if defined(VP_VRING_INTERRUPT) && defined(OFF_VPDEV_VQS)
 #define MAX_SHARED 16	/* queues of one device walked per shared interrupt */
+#define PACKED_DESC_F_AVAIL (1 << 7)	/* VIRTIO 1.2 §2.8.1: VIRTQ_DESC_F_AVAIL */
+#define PACKED_DESC_F_USED (1 << 15)	/* VIRTQ_DESC_F_USED */
+
+/* Has the device used a buffer the driver has not taken? virtio_ring.c's own
+ * test, made just before vring_interrupt makes it. Split (more_used_split):
+ * last_used_idx != used->idx. Packed (more_used_packed, VIRTIO 1.2 §2.8.1):
+ * the descriptor at last_used_idx has AVAIL == USED == the driver's used wrap
+ * counter, which is bit 15 of last_used_idx from 6.0 on and a field of its
+ * own (OFF_VVQ_PACKED_USED_WRAP, when BTF has it) before. */
+static __always_inline int used_pending(const void *vq)
+{
+	u16 last = rd_u16(vq + OFF_VVQ_LAST_USED);
+	if (!(rd_u64(vq + OFF_VVQ_PACKED) & 0xff))
+		return rd_u16((const void *)rd_u64(vq + OFF_VVQ_SPLIT_USED) + 2) != last;
+#ifdef OFF_VVQ_PACKED_USED_WRAP
+	u16 wrap = rd_u16(vq + OFF_VVQ_PACKED_USED_WRAP) & 0xff;	/* bool */
+#else
+	u16 wrap = last >> 15;
+	last &= 0x7fff;
+#endif
+	const void *desc = (const void *)rd_u64(vq + OFF_VVQ_PACKED_DESC);
+	if (!desc)
+		return 0;
+	u16 flags = rd_u16(desc + 16 * last + 14);	/* vring_packed_desc {addr, len, id, flags} */
+	u16 avail = !!(flags & PACKED_DESC_F_AVAIL), used = !!(flags & PACKED_DESC_F_USED);
+	return avail == used && used == wrap;
+}
+
 /* One vector for every queue of a virtio-pci device: too few MSI-X vectors
  * (vp_vring_interrupt) or INTx (vp_interrupt, which then calls it). It calls
  * vring_interrupt on each queue of vp_dev->virtqueues, and a queue is handled
  * when the device used buffers the driver has not taken (drivers/virtio/
- * virtio_pci_common.c; virtio_ring.c more_used_split: last_used_idx !=
- * used->idx). The same test here, just before. Packed rings are not tested:
- * their pending check reads descriptor flags, not an index. */
+ * virtio_pci_common.c): used_pending(). */
 static __always_inline void shared_vector(void *ctx, const void *vp)
 {
 	const void *list = vp + OFF_VPDEV_VQS;
@@ -183,10 +210,7 @@ static __always_inline void shared_vector(void *ctx, const void *vp)
 		}
 		const void *vq = (const void *)rd_u64(node - OFF_VQINFO_NODE + OFF_VQINFO_VQ);
 		node = (const void *)rd_u64(node);	/* list_head.next */
-		if (!vq || rd_u64(vq + OFF_VVQ_PACKED) & 0xff)
-			continue;
-		u16 used = rd_u16((const void *)rd_u64(vq + OFF_VVQ_SPLIT_USED) + 2);
-		if (used != rd_u16(vq + OFF_VVQ_LAST_USED))
+		if (vq && used_pending(vq))
 			vring_irq(ctx, vq);
 	}
 	if (!done && node != list)

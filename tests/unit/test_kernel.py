@@ -128,10 +128,12 @@ def test_every_probe_program_compiles_against_the_minimal_tree(program, mode, fn
     lib = _libbcc()
     tree = headers.tree(cache_dir=str(tmp_path))
     monkeypatch.setenv("BCC_KERNEL_SOURCE", tree)
-    from vtrace.sources.live import EXTRA_ATTACH, OFFSETS, OPTIONAL_PARTS, POINT_OFFSETS, have_macro
+    from vtrace.sources.live import EXTRA_ATTACH, LAYOUT_OFFSETS, OFFSETS, OPTIONAL_PARTS, POINT_OFFSETS, have_macro
     flags = [f"-I{attach.PROBES_DIR}", "-DVTRACE_RB_PAGES=64"] + (["-DVTRACE_AGG"] if "count" in mode else [])
     flags += ["-DVTRACE_PERFBUF"] if "perf" in mode else []
     flags += [f"-D{m}=8" for m in OFFSETS[program]]
+    # both sides of each layout: the older kernels' fields in the perf-buffer modes, the newer layout elsewhere
+    flags += [f"-D{m}=8" for m in LAYOUT_OFFSETS.get(program, {})] if "perf" in mode else []
     flags += [f"-D{m}=8" for p in attach.CATALOGUE if p.program == program for m in POINT_OFFSETS.get(p.name, {})]
     for p in attach.CATALOGUE:  # optional parts compiled in too (their symbols and offsets)
         if p.program == program and p.name in OPTIONAL_PARTS:

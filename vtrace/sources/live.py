@@ -118,6 +118,15 @@ OFFSETS: dict[str, dict[str, tuple[str, str]]] = {
     "vfio": {},
     "iommu": {},
 }
+# Offsets that some kernels have and others lay out another way: each is passed
+# where BTF has it, and the program reads the other layout where it is not.
+LAYOUT_OFFSETS: dict[str, dict[str, tuple[str, str]]] = {
+    "virtio": {
+        # the packed ring's used wrap counter: a field before 6.0, bit 15 of
+        # last_used_idx from 6.0 on (virtio_ring.c packed_used_wrap_counter)
+        "OFF_VVQ_PACKED_USED_WRAP": ("vring_virtqueue", "packed.used_wrap_counter"),
+    },
+}
 # Offsets only one point needs: a kernel without them loses that point, not the program.
 POINT_OFFSETS: dict[str, dict[str, tuple[str, str]]] = {
     "irqfd": {
@@ -338,6 +347,11 @@ class LiveSource:
         try:
             for macro, off in btf.offsets(OFFSETS.get(name, {}), btf_module(name)).items():
                 cflags.append(f"-D{macro}={off}")
+            for macro, (sname, path) in LAYOUT_OFFSETS.get(name, {}).items():
+                try:
+                    cflags.append(f"-D{macro}={btf.member(sname, path, btf_module(name)).offset}")
+                except btf.BtfError:
+                    pass  # the other layout: the program knows it
             for p, s in chosen:
                 for sym in s.needs:
                     cflags.append(f"-D{sym.upper()}={self.syms.address(sym):#x}ULL")
