@@ -90,10 +90,10 @@ def btf_present() -> Check:
 
 def tracefs_mounted() -> Check:
     from vtrace.kernel import attach
-    root = attach.tracefs()
+    root, why = attach.ensure_tracefs()  # as every live command does: mounted when missing (root)
     if root is None:
-        return Check("tracefs", False, "tracefs is not mounted", "mount -t tracefs nodev /sys/kernel/tracing")
-    return Check("tracefs", True, root)
+        return Check("tracefs", False, why, "mount -t tracefs nodev /sys/kernel/tracing")
+    return Check("tracefs", True, root + (" (vtrace mounted it: it was not mounted)" if root in attach.mounted_here else ""))
 
 
 def kprobes() -> Check:

@@ -351,6 +351,21 @@ def test_probes_command_lists_points_and_strategies():
     assert re.search(r"kvm\s+pio\s+tracepoint:kvm:kvm_pio\s+attached", r.stdout)
 
 
+def test_vtrace_mounts_tracefs_when_nothing_has():
+    """A host booted without tracefs (CI's machines are): vtrace mounts it, as perf
+    does, says so once on stderr, and attaches its tracepoints. In a mount namespace
+    of its own, so that the host's mounts are not touched."""
+    script = ("umount /sys/kernel/debug/tracing 2>/dev/null; while umount /sys/kernel/tracing 2>/dev/null; do :; done; "
+              "umount /sys/kernel/debug 2>/dev/null; test ! -d /sys/kernel/tracing/events || exit 99; "
+              f"exec {sys.executable} -m vtrace.cli probes")
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("vtrace: tracefs was not mounted; mounted it at /sys/kernel/tracing\n") == 1, r.stderr
+    assert re.search(r"virtio-guest\s+vring_interrupt\s+raw_tracepoint:irq_handler_entry\s+attached", r.stdout)
+    assert re.search(r"kvm\s+pio\s+tracepoint:kvm:kvm_pio\s+attached", r.stdout), r.stdout
+
+
 def test_ebpf_prints_the_program_with_its_btf_offsets():
     r = subprocess.run([sys.executable, "-m", "vtrace.cli", "probes", "--ebpf"], capture_output=True, text=True,
                        timeout=120)

@@ -125,6 +125,8 @@ def test_every_probe_program_compiles_against_the_minimal_tree(program, mode, fn
     compile both ways: as kprobes and as fentry/fexit (probes/vtrace_fn.h); every
     program with the ring buffer and with the perf-buffer fallback."""
     _need_config()
+    root, why = attach.ensure_tracefs()  # bcc builds each tracepoint's struct from its format there
+    require(root is not None, why, "unit (compiling the probes)")
     lib = _libbcc()
     tree = headers.tree(cache_dir=str(tmp_path))
     monkeypatch.setenv("BCC_KERNEL_SOURCE", tree)

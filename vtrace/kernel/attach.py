@@ -180,6 +180,41 @@ def tracefs() -> str | None:
     return None
 
 
+mounted_here: list[str] = []  # what this process mounted (said once on stderr)
+
+
+def ensure_tracefs() -> tuple[str | None, str]:
+    """tracefs's root, mounted first at /sys/kernel/tracing if nothing has, as
+    perf does (tools/lib/api/fs/tracing_path.c, tracefs__mount): tracepoint ids
+    and formats, bcc's tracepoint structs and kprobe_events all live there, and
+    a minimal host or container may boot without it. Returns (root, why): why
+    says what failed when root is None. The mount is left for later runs, as
+    perf leaves it; it is said once on stderr."""
+    root = tracefs()
+    if root is not None:
+        return root, ""
+    if os.geteuid() != 0:
+        return None, "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)"
+    import ctypes
+    import sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_void_p]
+    # debugfs is the way in on kernels before 4.1 (tracing appears under it)
+    for fstype, target in (("tracefs", TRACEFS_DIRS[0]), ("debugfs", os.path.dirname(TRACEFS_DIRS[1]))):
+        if not os.path.isdir(target):
+            continue
+        if libc.mount(b"nodev", target.encode(), fstype.encode(), 0, None) != 0:
+            err = os.strerror(ctypes.get_errno())
+            return None, f"tracefs is not mounted and mounting it failed ({fstype} on {target}: {err})"
+        root = tracefs()
+        if root is not None:
+            if not mounted_here:
+                sys.stderr.write(f"vtrace: tracefs was not mounted; mounted it at {root}\n")
+            mounted_here.append(root)
+            return root, ""
+    return None, "tracefs is not mounted and this kernel has no mount point for it (/sys/kernel/tracing)"
+
+
 def tracepoint_exists(target: str, root: str | None = None) -> bool:
     """``group:name`` or a raw tracepoint's ``name`` (searched in every group)."""
     root = root or tracefs()

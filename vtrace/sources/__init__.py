@@ -23,8 +23,9 @@ def live_available() -> tuple[bool, str]:
     if not os.path.exists("/sys/kernel/btf/vmlinux"):
         return False, "the kernel has no BTF (/sys/kernel/btf/vmlinux); see vtrace doctor"
     from vtrace.kernel import attach
-    if attach.tracefs() is None:
-        return False, "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing); see vtrace doctor"
+    root, why = attach.ensure_tracefs()  # mounts it when nothing has (root only)
+    if root is None:
+        return False, f"{why}; see vtrace doctor"
     return True, ""
 
 

@@ -296,6 +296,7 @@ class LiveSource:
         try:
             self.syms = Kallsyms()
             attach.allowed()
+            attach.ensure_tracefs()  # tracepoints and kprobes need it; a point says so if it is still missing
             # the ring buffer, or per-CPU perf buffers where the kernel has none (vtrace/kernel/transport.py)
             self.transport, _why = transport.choose()
         except (SymbolError, ValueError) as e:
