@@ -37,9 +37,10 @@ for d in /sys/bus/pci/devices/*; do [ "$(cat $d/vendor):$(cat $d/device)" = "{ED
 echo vfio-pci > /sys/bus/pci/devices/$BDF/driver_override && echo $BDF > /sys/bus/pci/drivers_probe
 echo VTRACE-EDU-BOUND $(basename $(readlink /sys/bus/pci/devices/$BDF/driver))
 """
-# tests/vmlab/migdev's module: a VFIO device that migrates through the kernel's FSM
+# tests/vmlab/migdev's module: a VFIO device that migrates through the kernel's FSM.
+# busybox's insmod: the guest runs the host's userland, which may have no kmod (CI's has none)
 LOAD_MIG = """
-insmod /out/vtrace_mig.ko && echo VTRACE-MIG-LOADED $(basename $(readlink /sys/devices/platform/vtrace_mig/iommu_group))
+/bin/busybox insmod /out/vtrace_mig.ko && echo VTRACE-MIG-LOADED $(basename $(readlink /sys/devices/platform/vtrace_mig/iommu_group))
 """
 SCRIPT = BIND + LOAD_MIG + lab.capture_phases(
     sys.executable, f"({sys.executable} tests/vmlab/vfio_edu.py /out/$1.edu.json $BDF && "
