@@ -27,7 +27,7 @@ from vtrace.capture import CaptureWriter
 from vtrace.events import RECORD_DTYPE, Kind, Layer
 from vtrace.kernel import btf
 from vtrace.pipeline import Pipeline
-from vtrace.sources.live import LiveSource
+from vtrace.sources.live import VQ_SLOTS, LiveSource, vq_slot
 from vtrace.sources.replay import ReplaySource
 
 pytestmark = pytest.mark.live
@@ -411,6 +411,34 @@ def test_probes_stats_counts_hits_and_restores_the_knob():
     for point in ("vring_interrupt", "block_rq_issue", "block_rq_complete"):
         assert rows[point]["run_cnt"] >= 1000 and rows[point]["ns_per_hit"] > 0, rows[point]
     assert open(knob).read().strip() == before
+
+
+def test_interrupts_count_in_the_queues_own_slot():
+    """Counting mode sums a virtqueue's interrupts in slot vq_slot(vq) of the per-CPU
+    irq_slots array (probes/virtio.bpf.c), and user space reads that same slot: the
+    disk's queue is held there and in no other slot, or, where another queue took
+    it first, counts in the `counts` hash instead."""
+    src = LiveSource(programs=("virtio",), batch_ms=100, stream=False)
+    src.start()
+    try:
+        _require_attached(src, "vring_interrupt")
+        _direct_io(200)
+        prog = next(p for p in src.programs if p.name == "virtio")
+        disk = os.path.basename(os.path.realpath("/sys/block/vda/device"))  # virtio<N>
+        info = {int(k.value): v for k, v in prog.bpf[b"vq_info"].items()}
+        obj = next(o for o, v in info.items() if v.name == b"req.0" and v.vdev_index == int(disk[len("virtio"):]))
+        slots = prog.bpf[b"irq_slots"]
+        where = {i for i in range(VQ_SLOTS) for v in slots[slots.Key(i)] if v.obj == obj}
+        hashed = sum(v.n for k, per_cpu in prog.bpf[b"counts"].items() if k.obj == obj and k.kind == Kind.SIGNAL
+                     for v in per_cpu)
+        if where:
+            assert where == {vq_slot(obj)}, (where, vq_slot(obj))
+            assert sum(v.n for v in slots[slots.Key(vq_slot(obj))] if v.obj == obj) >= 200
+        else:  # its slot was taken on every CPU it ran on: each holder is another known queue
+            held = {v.obj for v in slots[slots.Key(vq_slot(obj))]} - {0}
+            assert held and held <= set(info) - {obj} and hashed >= 200, (held, hashed)
+    finally:
+        src.close()
 
 
 def test_counting_in_kernel_matches_proc_interrupts_and_diskstats():

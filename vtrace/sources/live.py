@@ -267,6 +267,30 @@ class _Program:
     seen: dict = field(default_factory=dict)
 
 
+VQ_SLOTS = 1024  # probes/virtio.bpf.c irq_slots
+
+
+def vq_slot(vq: int) -> int:
+    """The irq_slots slot a virtqueue's interrupts count in (probes/virtio.bpf.c vq_slot)."""
+    return ((vq >> 9) ^ (vq >> 19)) & (VQ_SLOTS - 1)
+
+
+def _slot_counts(bpf, totals: dict) -> None:
+    """Add each known virtqueue's interrupts from the direct-mapped per-CPU
+    slots to its `counts` totals: a slot counts for the queue it holds on that
+    CPU, and a queue that found its slot taken counted in `counts`."""
+    slots = bpf[b"irq_slots"]
+    for k, vi in bpf[b"vq_info"].items():
+        obj = int(k.value)
+        per_cpu = slots[slots.Key(vq_slot(obj))]
+        n = sum(v.n for v in per_cpu if v.obj == obj)
+        if n:
+            key = (obj, 0, int(vi.index), int(Kind.SIGNAL), int(Layer.VIRTIO_GUEST))
+            b = sum(v.bytes for v in per_cpu if v.obj == obj)
+            was = totals.get(key, (0, 0))
+            totals[key] = (was[0] + n, was[1] + b)
+
+
 class LiveSource:
     kind = "live"
 
@@ -685,11 +709,15 @@ class LiveSource:
         for prog in self.programs:
             if prog.bpf is None:
                 continue
-            for k, per_cpu in prog.bpf[b"counts"].items():
-                key = (k.obj, k.id, k.queue, k.kind, k.layer)
-                n, b = self._delta(prog, "counts", key, (sum(v.n for v in per_cpu), sum(v.bytes for v in per_cpu)))
+            totals = {(k.obj, k.id, k.queue, k.kind, k.layer): (sum(v.n for v in per_cpu), sum(v.bytes for v in per_cpu))
+                      for k, per_cpu in prog.bpf[b"counts"].items()}
+            if prog.name == "virtio":
+                _slot_counts(prog.bpf, totals)
+            for key, tot in totals.items():
+                n, b = self._delta(prog, "counts", key, tot)
                 if n:
-                    crow.append((k.obj, n, b, k.id, k.queue, k.kind, k.layer))
+                    obj, id_, q, kind, layer = key
+                    crow.append((obj, n, b, id_, q, kind, layer))
             # From the totals since attach: each queue's layer (for identity), and
             # its buffers in flight, starts - used - untracked + orphans
             # (probes/vtrace_emit.inc count_rare).
