@@ -115,13 +115,14 @@ static __always_inline void head(struct vtrace_event *e, u8 kind, const void *vq
 	event_head(e, kind, VTRACE_LAYER_VIRTIO_GUEST, (u64)vq, vi->index);
 }
 
-#if defined(HAVE_irq_handler_entry) && defined(VTRACE_AGG)
+#ifdef VTRACE_AGG
 /* Interrupt counts, per CPU, in a table direct-mapped by the virtqueue's
  * address: an array slot instead of a `counts` hash lookup on the hottest
  * point (bench/live.py --per-hit). A slot keeps the first queue that claims
  * it; a queue whose slot another holds counts in `counts` as before. User
  * space reads the slots of the queues vq_info knows (vq_slot() in
- * vtrace/sources/live.py). */
+ * vtrace/sources/live.py), so the table is there in every counting build,
+ * with or without the interrupt point (VTRACE_STRATEGIES may leave it out). */
 struct vq_slot {
 	u64 obj;
 	u64 n;
