@@ -8,10 +8,11 @@
  *
  * Raw tracepoints block_rq_issue(struct request *) and
  * block_rq_complete(struct request *, blk_status_t, unsigned int nr_bytes)
- * (include/trace/events/block.h). Offsets from BTF:
+ * (include/trace/events/block.h), as tp_btf where the kernel allows it (the
+ * request a typed pointer, probes/vtrace_tp.h). Offsets from BTF:
  *   OFF_RQ_Q, OFF_RQ_HCTX, OFF_RQ_FLAGS, OFF_RQ_TAG, OFF_RQ_LEN   struct request
  *   OFF_HCTX_NUM                                                  struct blk_mq_hw_ctx
- *   OFF_Q_DISK                                                    struct request_queue
+ *   OFF_Q_DISK, OFF_Q_ID                                          struct request_queue
  *   OFF_DISK_NAME                                                 struct gendisk
  */
 #include "vtrace.h"
@@ -22,6 +23,7 @@
 
 struct hq_info {
 	u32 queue_num;
+	u32 slot;		/* its hq_slots slot (counting, tp_btf), else UNOBSERVED */
 	char disk[32];
 };
 
@@ -54,9 +56,15 @@ struct rq_fields {
 	int tag;
 };
 
-static __always_inline void rq_read(const void *rq, struct rq_fields *f)
+static __always_inline void rq_read(const void *rq, struct rq_fields *f, int typed_rq)
 {
-	if (RQ_HI - RQ_LO <= 64) {
+	if (typed_rq) {		/* tp_btf: rq is a typed pointer, its fields plain loads */
+		f->q = *(const u64 *)(rq + OFF_RQ_Q);
+		f->hctx = *(const u64 *)(rq + OFF_RQ_HCTX);
+		f->flags = *(const u32 *)(rq + OFF_RQ_FLAGS);
+		f->tag = *(const int *)(rq + OFF_RQ_TAG);
+		f->len = *(const u32 *)(rq + OFF_RQ_LEN);
+	} else if (RQ_HI - RQ_LO <= 64) {
 		u64 h[8] = {};
 		bpf_probe_read_kernel(h, RQ_HI - RQ_LO <= 64 ? RQ_HI - RQ_LO : 64, rq + RQ_LO);
 		f->q = RQ_AT(h, OFF_RQ_Q, u64);
@@ -92,7 +100,7 @@ static __always_inline int req_obj(struct rq_fields *f, u64 *obj, u32 *qn)
 	struct hq_cache z = {.q = f->q};
 	z.queue_num = rd_u32((const void *)f->hctx + OFF_HCTX_NUM);
 	z.obj = (u64)disk + z.queue_num;
-	struct hq_info hi = {.queue_num = z.queue_num};
+	struct hq_info hi = {.queue_num = z.queue_num, .slot = UNOBSERVED};
 	bpf_probe_read_kernel_str(hi.disk, sizeof(hi.disk), disk + OFF_DISK_NAME);
 	if (hq_info.update(&z.obj, &hi)) {
 		/* Table full (and not ours yet): user space could never name
@@ -108,6 +116,94 @@ static __always_inline int req_obj(struct rq_fields *f, u64 *obj, u32 *qn)
 	*qn = z.queue_num;
 	return 0;
 }
+
+#ifdef VTRACE_AGG
+/* Counting under tp_btf: each hardware queue's counters, latency buckets and
+ * in-flight clocks in arrays at its own slot, found by plain loads from the
+ * typed request (its disk, queue id and queue number), where the hash way
+ * costs three hash operations a request (hq_cache, counts, and flight or lat:
+ * 31 to 37 ns each, bench/bpf_ops.py) and an array slot about 2. A slot is
+ * claimed once for all CPUs (hq_owner, compare-and-swap) by the first queue
+ * that lands on it; a queue that finds its slot taken, or a tag past
+ * HQ_TAGS, goes the hash way as before. User space reads a queue's slot from
+ * hq_info (vtrace/sources/live.py _slot_counts). */
+#define HQ_SLOTS 64
+#define HQ_TAGS 1024
+#define HQ_BUCKETS 48		/* log2 ns buckets: up to 2^48 ns, the last takes the rest */
+
+struct hq_slot {		/* per CPU */
+	u64 n[2];		/* requests issued (AVAIL), completed (USED) */
+	u64 bytes[2];		/* the bytes `counts` would sum for them */
+	struct vtrace_lval lat[HQ_BUCKETS];
+};
+BPF_PERCPU_ARRAY(hq_slots, struct hq_slot, HQ_SLOTS);
+BPF_ARRAY(hq_owner, u64, HQ_SLOTS);			/* the queue (obj) holding each slot */
+BPF_ARRAY(hq_flight, u64, HQ_SLOTS * HQ_TAGS);		/* issue clock by (slot, tag), 0 once completed */
+
+/* The queue's slot, claimed if free: its index, or -1 (the hash way). */
+static __always_inline int hq_claim(const u8 *disk, u64 obj, u32 qn, u32 i)
+{
+	u64 *owner = hq_owner.lookup(&i);
+	if (!owner)
+		return -1;
+	if (*owner == obj)
+		return i;
+	if (*owner || __sync_val_compare_and_swap(owner, 0, obj) != 0)
+		return -1;	/* another queue's */
+	struct hq_info hi = {.queue_num = qn, .slot = i};
+	bpf_probe_read_kernel_str(hi.disk, sizeof(hi.disk), disk + OFF_DISK_NAME);
+	if (hq_info.update(&obj, &hi)) {
+		*owner = 0;	/* hq_info is full: the hash way counts it lost */
+		return -1;
+	}
+	return i;
+}
+
+/* Count a request (used: its completion) in its queue's slot. 1 when done
+ * (counted, or not one of ours), 0 when the caller must go the hash way. */
+static __always_inline int slot_count(struct rq_fields *f, int used, u32 bytes)
+{
+	const u8 *q = (const u8 *)f->q, *hctx = (const u8 *)f->hctx;
+	if (f->tag < 0 || !q || !hctx)
+		return 1;	/* no tag or no hardware queue: not a request of a blk-mq disk */
+	const u8 *disk = *(const u8 **)(q + OFF_Q_DISK);
+	if (!disk)
+		return 1;
+	u32 qn = *(const u32 *)(hctx + OFF_HCTX_NUM);
+	u32 id = *(const u32 *)(q + OFF_Q_ID);
+	u64 obj = (u64)disk + qn;
+	int i = hq_claim(disk, obj, qn, (id * 8 + qn) & (HQ_SLOTS - 1));
+	if (i < 0 || f->tag >= HQ_TAGS)
+		return 0;
+	u32 k = i;
+	struct hq_slot *s = hq_slots.lookup(&k);
+	u32 fi = (u32)i * HQ_TAGS + (u32)f->tag;
+	u64 *t0 = hq_flight.lookup(&fi);
+	if (!s || !t0)
+		return 0;
+	s->n[used]++;
+	s->bytes[used] += bytes;
+	u64 now = bpf_ktime_get_ns();
+	if (!used) {
+		if (*t0)
+			count_rare(obj, qn, 0);	/* the tag is in flight already: keep its first clock */
+		else
+			*t0 = now;
+		return 1;
+	}
+	if (!*t0) {
+		count_rare(obj, qn, 1);		/* issued before vtrace attached */
+		return 1;
+	}
+	u64 d = now > *t0 ? now - *t0 : 0;
+	*t0 = 0;
+	u32 b = log2_ns(d);
+	struct vtrace_lval *lv = &s->lat[b < HQ_BUCKETS ? b : HQ_BUCKETS - 1];
+	lv->n++;
+	lv->sum_ns += d;
+	return 1;
+}
+#endif
 
 /* The event for a request: its (disk, hardware queue) object and its tag as
  * the head. Descriptors and ring indices are not visible at the block layer.
@@ -127,14 +223,21 @@ static __always_inline int rq_event(struct rq_fields *f, struct vtrace_event *e,
 }
 
 #ifdef HAVE_block_rq_issue
-RAW_TRACEPOINT_PROBE(block_rq_issue)
+#undef TP_POINT
+#define TP_POINT TP_BTF_block_rq_issue
+#include "vtrace_tp.h"
+TP_PROBE(block_rq_issue)
 {
 	struct rq_fields f;
-	rq_read((const void *)ctx->args[0], &f);
+	rq_read((const void *)TP_ARG(0), &f, TP_TYPED);
+	u32 op = f.flags & REQ_OP_MASK;
+#if defined(VTRACE_AGG) && TP_POINT
+	if (slot_count(&f, 0, op == REQ_OP_WRITE ? f.len : 0))	/* AVAIL bytes: what the device reads */
+		return 0;
+#endif
 	struct vtrace_event e = {};
 	if (rq_event(&f, &e, VTRACE_AVAIL))
 		return 0;
-	u32 op = f.flags & REQ_OP_MASK;
 	/* Data the device moves: into memory for a read, out of it for a
 	 * write; flush, discard and write-zeroes move none. */
 	e.len = op == REQ_OP_READ ? f.len : 0;
@@ -145,15 +248,23 @@ RAW_TRACEPOINT_PROBE(block_rq_issue)
 #endif
 
 #ifdef HAVE_block_rq_complete
-RAW_TRACEPOINT_PROBE(block_rq_complete)
+#undef TP_POINT
+#define TP_POINT TP_BTF_block_rq_complete
+#include "vtrace_tp.h"
+TP_PROBE(block_rq_complete)
 {
 	struct rq_fields f;
-	rq_read((const void *)ctx->args[0], &f);
+	rq_read((const void *)TP_ARG(0), &f, TP_TYPED);
+	/* used.len counts what the device wrote into memory: a read's data. */
+	u32 len = (f.flags & REQ_OP_MASK) == REQ_OP_READ ? (u32)TP_ARG(2) : 0;
+#if defined(VTRACE_AGG) && TP_POINT
+	if (slot_count(&f, 1, len))
+		return 0;
+#endif
 	struct vtrace_event e = {};
 	if (rq_event(&f, &e, VTRACE_USED))
 		return 0;
-	/* used.len counts what the device wrote into memory: a read's data. */
-	e.len = (f.flags & REQ_OP_MASK) == REQ_OP_READ ? (u32)ctx->args[2] : 0;
+	e.len = len;
 	emit(&e);
 	return 0;
 }

@@ -5,7 +5,8 @@
  *
  * Interrupts: where function probes are refused (our own machines), the
  * irq_handler_entry raw tracepoint (kernel/irq/handle.c
- * __handle_irq_event_percpu) gives (irq, struct irqaction *). A per-virtqueue
+ * __handle_irq_event_percpu) gives (irq, struct irqaction *); as tp_btf
+ * (probes/vtrace_tp.h) the irqaction is a typed pointer read by plain loads. A per-virtqueue
  * MSI-X vector's handler is vring_interrupt (registered by
  * vp_request_msix_vectors) with dev_id = the struct virtqueue *.
  *
@@ -51,6 +52,7 @@
  */
 #include <uapi/linux/ptrace.h>
 #include "vtrace.h"
+#include "vtrace_tp.h"	/* btf_typed(); the interrupt point includes it again as its own */
 
 struct vq_info {
 	u32 index;
@@ -58,6 +60,7 @@ struct vq_info {
 	u32 vdev_index;		/* virtio%d */
 	u32 device_id;		/* VIRTIO_ID_* */
 	u32 packed;
+	u32 irq;		/* its interrupt line, once it claimed an irq_slots slot; else UNOBSERVED */
 	char name[16];
 };
 
@@ -94,6 +97,7 @@ static __always_inline struct vq_info *vq_seen(const void *vq)
 	z.vdev_index = rd_u32(vdev + OFF_VDEV_INDEX);
 	z.device_id = rd_u32(vdev + OFF_VDEV_ID);
 	z.packed = rd_u64(vq + OFF_VVQ_PACKED) & 0xff;
+	z.irq = UNOBSERVED;
 	bpf_probe_read_kernel_str(z.name, sizeof(z.name), (const void *)rd_u64(vq + OFF_VQ_NAME));
 	vq_info.insert(&key, &z);
 	vi = vq_info.lookup(&key);
@@ -116,11 +120,15 @@ static __always_inline void head(struct vtrace_event *e, u8 kind, const void *vq
 }
 
 #ifdef VTRACE_AGG
-/* Interrupt counts, per CPU, in a table direct-mapped by the virtqueue's
- * address: an array slot instead of a `counts` hash lookup on the hottest
- * point (bench/live.py --per-hit). A slot keeps the first queue that claims
- * it; a queue whose slot another holds counts in `counts` as before. User
- * space reads the slots of the queues vq_info knows (vq_slot() in
+/* Interrupt counts, per CPU, in a table direct-mapped by the interrupt line
+ * and the queue's index: an array slot instead of a `counts` hash lookup on
+ * the hottest point (bench/live.py --per-hit). A queue with a vector of its
+ * own has a line of its own; queues sharing one vector take the slots after
+ * it. Not the virtqueue's address: under tp_btf the verifier types dev_id
+ * (void *) as a pointer on 6.18, and hashing a pointer's bits is refused. A
+ * slot keeps the first queue that claims it, which records its line in
+ * vq_info; a queue whose slot another holds counts in `counts` as before.
+ * User space reads the slots of the queues vq_info knows (vq_slot() in
  * vtrace/sources/live.py), so the table is there in every counting build,
  * with or without the interrupt point (VTRACE_STRATEGIES may leave it out). */
 struct vq_slot {
@@ -131,10 +139,9 @@ struct vq_slot {
 #define VQ_SLOTS 1024
 BPF_PERCPU_ARRAY(irq_slots, struct vq_slot, VQ_SLOTS);
 
-static __always_inline u32 vq_slot(u64 vq)
+static __always_inline u32 vq_slot(u32 irq, u32 index)
 {
-	/* vring_virtqueues come from kmalloc-512 or larger: the low 9 bits say nothing */
-	return (u32)((vq >> 9) ^ (vq >> 19)) & (VQ_SLOTS - 1);
+	return (irq + index) & (VQ_SLOTS - 1);
 }
 #endif
 
@@ -142,10 +149,18 @@ static __always_inline u32 vq_slot(u64 vq)
 /* One virtqueue's interrupt, as the driver is about to see it, with the
  * descriptors it has free (vq->num_free): the ring's occupancy as the device
  * signals. */
-static __always_inline void vring_irq(void *ctx, const void *vq)
+static __always_inline void vring_irq(void *ctx, const void *vq, u32 irq)
 {
 	u32 at[2] = {};		/* index, num_free */
+#ifdef VQ_BTF_ID
+	/* tp_btf on 6.2+: the virtqueue as a typed pointer, two plain loads
+	 * instead of a probe read (probes/vtrace_tp.h btf_typed()) */
+	const u8 *tv = btf_typed(vq, VQ_BTF_ID);
+	at[0] = *(const u32 *)(tv + OFF_VQ_INDEX);
+	at[1] = *(const u32 *)(tv + OFF_VQ_NUM_FREE);
+#else
 	rd_pair(at, vq, OFF_VQ_INDEX, OFF_VQ_NUM_FREE);
+#endif
 #ifdef VTRACE_AGG
 	/* Counting: the queue's own slot of irq_slots, else its `counts` entry
 	 * (keyed by the index just read, not through vq_info, whose lookup cost
@@ -155,7 +170,7 @@ static __always_inline void vring_irq(void *ctx, const void *vq)
 	 * the slots, 275.6 with `counts` alone). The queue's identity is
 	 * recorded once, before its counter exists. `bytes` sums the free
 	 * descriptors. */
-	u32 i = vq_slot((u64)vq);
+	u32 i = vq_slot(irq, at[0]);
 	struct vq_slot *s = irq_slots.lookup(&i);
 	if (s && s->obj == (u64)vq) {
 		s->n++;
@@ -163,8 +178,10 @@ static __always_inline void vring_irq(void *ctx, const void *vq)
 		return;
 	}
 	if (s && !s->obj) {	/* this CPU's first interrupt of a queue in a free slot */
-		if (!vq_seen(vq))
+		struct vq_info *vi = vq_seen(vq);
+		if (!vi)
 			return;
+		vi->irq = irq;	/* where user space finds the slot */
 		s->obj = (u64)vq;
 		s->n = 1;
 		s->bytes = at[1];
@@ -237,7 +254,7 @@ static __always_inline int used_pending(const void *vq)
  * vring_interrupt on each queue of vp_dev->virtqueues, and a queue is handled
  * when the device used buffers the driver has not taken (drivers/virtio/
  * virtio_pci_common.c): used_pending(). */
-static __always_inline void shared_vector(void *ctx, const void *vp)
+static __always_inline void shared_vector(void *ctx, const void *vp, u32 irq)
 {
 	const void *list = vp + OFF_VPDEV_VQS;
 	const void *node = (const void *)rd_u64(list);
@@ -251,25 +268,33 @@ static __always_inline void shared_vector(void *ctx, const void *vp)
 		const void *vq = (const void *)rd_u64(node - OFF_VQINFO_NODE + OFF_VQINFO_VQ);
 		node = (const void *)rd_u64(node);	/* list_head.next */
 		if (vq && used_pending(vq))
-			vring_irq(ctx, vq);
+			vring_irq(ctx, vq, irq);
 	}
 	if (!done && node != list)
 		count_lost(1);	/* more queues than MAX_SHARED: this interrupt's rest unseen */
 }
 #endif
 
-RAW_TRACEPOINT_PROBE(irq_handler_entry)
+#undef TP_POINT
+#define TP_POINT TP_BTF_irq_handler_entry
+#include "vtrace_tp.h"
+TP_PROBE(irq_handler_entry)
 {
-	const void *action = (const void *)ctx->args[1];
+	const void *action = (const void *)TP_ARG(1);
 	u64 hd[2] = {};		/* handler, dev_id (every IRQ pays this read) */
+#if TP_POINT
+	hd[0] = TP_LD(u64, action, OFF_IRQACTION_HANDLER);
+	hd[1] = TP_LD(u64, action, OFF_IRQACTION_DEV_ID);
+#else
 	rd_pair(hd, action, OFF_IRQACTION_HANDLER, OFF_IRQACTION_DEV_ID);
+#endif
 	if (hd[0] == VRING_INTERRUPT) {		/* a vector of its own: dev_id is the virtqueue */
-		vring_irq(ctx, (const void *)hd[1]);
+		vring_irq(ctx, (const void *)hd[1], (u32)TP_ARG(0));
 		return 0;
 	}
 #if defined(VP_VRING_INTERRUPT) && defined(OFF_VPDEV_VQS)
 	if (hd[0] == VP_VRING_INTERRUPT || hd[0] == VP_INTERRUPT)	/* dev_id: the virtio_pci_device */
-		shared_vector(ctx, (const void *)hd[1]);
+		shared_vector(ctx, (const void *)hd[1], (u32)TP_ARG(0));
 #endif
 	return 0;
 }

@@ -120,6 +120,18 @@ def fentry() -> Check:
     return Check("fentry", True, "fentry/fexit programs load and attach (module functions too)", required=False)
 
 
+def tp_btf() -> Check:
+    """Load and attach one BTF-typed raw tracepoint program (vtrace/kernel/fentry.py):
+    the guest points' cheaper way in, and one that needs no tracefs."""
+    from vtrace.kernel import fentry as fe
+    ok, why = fe.tp_btf_available()
+    if not ok:
+        return Check("tp_btf", False, why, "none needed: vtrace falls back to raw tracepoints", False)
+    cast = fe.kfunc_id("bpf_rdonly_cast") is not None
+    return Check("tp_btf", True, "BTF-typed raw tracepoints load and attach"
+                 + (" (with bpf_rdonly_cast)" if cast else ""), required=False)
+
+
 def events_transport() -> Check:
     """Which way records reach vtrace (vtrace/kernel/transport.py): the BPF ring
     buffer, or per-CPU perf buffers on kernels before 5.8."""
@@ -136,7 +148,7 @@ def events_transport() -> Check:
 def run_all() -> list[Check]:
     checks = [privileges(), bcc_importable(), btf_present(), tracefs_mounted()]
     if checks[0].ok and checks[1].ok:
-        checks += [kernel_headers(), kprobes(), fentry(), events_transport()]
+        checks += [kernel_headers(), kprobes(), fentry(), tp_btf(), events_transport()]
     else:
         checks += [kprobes()]
     return checks

@@ -1,8 +1,11 @@
 """Live probes on this machine: real BPF, real interrupts, a real (tiny) KVM guest.
 
 What attaches here (../shared/KERNEL-NOTES.md): tracepoints and raw
-tracepoints; no kprobes, fentry refused. So the guest-virtio point runs on
-the irq_handler_entry raw tracepoint and the kvm points on kvm tracepoints.
+tracepoints; no kprobes, fentry refused; BTF-typed raw tracepoints (tp_btf)
+load (vtrace loads them itself, vtrace/kernel/fentry.py). So the guest-virtio
+points run on irq_handler_entry and the block tracepoints as tp_btf, or as
+raw tracepoints where VTRACE_STRATEGIES leaves tp_btf out (both are held to
+the kernel's counters here), and the kvm points on kvm tracepoints.
 """
 
 from __future__ import annotations
@@ -106,6 +109,19 @@ def _require_attached(src, *points: str) -> None:
 # How records reach user space (vtrace/kernel/transport.py): this kernel has BPF
 # ring buffers; the perf-buffer fallback (kernels before 5.8) is forced here.
 TRANSPORTS = ("ringbuf", "perf")
+# How the guest points attach: tp_btf, this kernel's first choice, or the raw
+# tracepoints a kernel without it gets (the same program source, probes/vtrace_tp.h).
+RAW_ONLY = "kprobe,tracepoint,raw_tracepoint"
+STRATEGY_ENV = {"tp_btf": "", "raw_tracepoint": RAW_ONLY}
+
+
+def _strategy(monkeypatch, kind: str) -> None:
+    monkeypatch.setenv("VTRACE_STRATEGIES", STRATEGY_ENV[kind])
+
+
+def _attached_as(src, kind: str, *points: str) -> None:
+    st = {s.point: s for s in src.probes()}
+    assert all(st[p].strategy.startswith(f"{kind}:") for p in points), st
 
 
 @contextlib.contextmanager
@@ -141,8 +157,9 @@ def _irq_number(name: str) -> int:
         return next(int(ln.split(":")[0]) for ln in f if ln.split() and ln.split()[-1] == name)
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_guest_vring_interrupts_match_proc_interrupts(transport, monkeypatch):
+@pytest.mark.parametrize("transport,strategy", [("ringbuf", "tp_btf"), ("perf", "tp_btf"),
+                                                ("ringbuf", "raw_tracepoint")])
+def test_guest_vring_interrupts_match_proc_interrupts(transport, strategy, monkeypatch):
     """Every interrupt /proc/interrupts counts for the disk's virtqueue, vtrace counts too.
 
     On this kernel (6.18 under Firecracker) BPF programs on irq_handler_entry
@@ -156,6 +173,7 @@ def test_guest_vring_interrupts_match_proc_interrupts(transport, monkeypatch):
     three windows; a window where the witness itself fell short says so and
     is run again."""
     monkeypatch.setenv("VTRACE_EVENTS", transport)
+    _strategy(monkeypatch, strategy)
     disk = os.path.basename(os.path.realpath("/sys/block/vda/device"))  # e.g. virtio1
     name = f"{disk}-req.0"
     short = []
@@ -164,6 +182,7 @@ def test_guest_vring_interrupts_match_proc_interrupts(transport, monkeypatch):
         assert src.info["events"] == transport
         src.start()
         _require_attached(src, "vring_interrupt")
+        _attached_as(src, strategy, "vring_interrupt")
         with _bare_irq_counter(_irq_number(name)) as witness, _tracing(src) as result:
             before, t1, w0 = _proc_interrupts(), time.monotonic_ns(), witness()
             _direct_io(3000)
@@ -230,16 +249,19 @@ def _short_witness(what: str, seen: int, total: int, tol: int, got: int) -> None
     print(f"BPF on the tracepoint did not run for {total - seen} of {total} {what}: another window")
 
 
-def test_block_requests_match_diskstats_and_fill_latency_histograms():
+@pytest.mark.parametrize("strategy", ["tp_btf", "raw_tracepoint"])
+def test_block_requests_match_diskstats_and_fill_latency_histograms(strategy, monkeypatch):
     """Every request /proc/diskstats counts on vda, vtrace sees complete, in
     one of up to three windows: a window is run again only when a bare
     block_rq_complete counter fell short of diskstats too (BPF on a tracepoint
     now and then does not run for a burst here: see the interrupt test)."""
+    _strategy(monkeypatch, strategy)
     short = []
     for _attempt in range(3):
         src = LiveSource(programs=("block",), batch_ms=100)
         src.start()
         assert all(s.attached for s in src.probes()), src.probes()
+        _attached_as(src, strategy, "block_rq_issue", "block_rq_complete")
         agg = Aggregator()
         agg.set_source(src.info)
         with _bare_completion_counter() as witness, _tracing(src, agg) as result:
@@ -347,8 +369,18 @@ def test_no_program_stays_loaded_after_vtrace_exits(how, monkeypatch):
 def test_probes_command_lists_points_and_strategies():
     r = subprocess.run([sys.executable, "-m", "vtrace.cli", "probes"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert re.search(r"virtio-guest\s+vring_interrupt\s+raw_tracepoint:irq_handler_entry\s+attached", r.stdout)
+    for point, tp in (("vring_interrupt", "irq_handler_entry"), ("block_rq_issue", "block_rq_issue"),
+                      ("block_rq_complete", "block_rq_complete")):
+        assert re.search(rf"virtio-guest\s+{point}\s+tp_btf:{tp}\s+attached", r.stdout), r.stdout
     assert re.search(r"kvm\s+pio\s+tracepoint:kvm:kvm_pio\s+attached", r.stdout)
+
+
+def test_probes_command_without_tp_btf_takes_raw_tracepoints():
+    r = subprocess.run([sys.executable, "-m", "vtrace.cli", "probes"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "VTRACE_STRATEGIES": RAW_ONLY})
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"virtio-guest\s+vring_interrupt\s+raw_tracepoint:irq_handler_entry\s+attached", r.stdout)
+    assert re.search(r"virtio-guest\s+block_rq_issue\s+raw_tracepoint:block_rq_issue\s+attached", r.stdout)
 
 
 def test_vtrace_mounts_tracefs_when_nothing_has():
@@ -362,7 +394,8 @@ def test_vtrace_mounts_tracefs_when_nothing_has():
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("vtrace: tracefs was not mounted; mounted it at /sys/kernel/tracing\n") == 1, r.stderr
-    assert re.search(r"virtio-guest\s+vring_interrupt\s+raw_tracepoint:irq_handler_entry\s+attached", r.stdout)
+    # tp_btf needs no tracefs; the kvm tracepoints below do
+    assert re.search(r"virtio-guest\s+vring_interrupt\s+tp_btf:irq_handler_entry\s+attached", r.stdout)
     assert re.search(r"kvm\s+pio\s+tracepoint:kvm:kvm_pio\s+attached", r.stdout), r.stdout
 
 
@@ -371,7 +404,8 @@ def test_ebpf_prints_the_program_with_its_btf_offsets():
                        timeout=120)
     assert r.returncode == 0, r.stderr
     off = btf.member("virtqueue", "num_free").offset
-    assert f"#define OFF_VQ_NUM_FREE {off}" in r.stdout and "RAW_TRACEPOINT_PROBE(irq_handler_entry)" in r.stdout
+    assert f"#define OFF_VQ_NUM_FREE {off}" in r.stdout and "TP_PROBE(irq_handler_entry)" in r.stdout
+    assert "#define TP_BTF_irq_handler_entry 1" in r.stdout  # attached as tp_btf here
 
 
 def test_check_runs_on_the_live_source():
@@ -414,10 +448,11 @@ def test_probes_stats_counts_hits_and_restores_the_knob():
 
 
 def test_interrupts_count_in_the_queues_own_slot():
-    """Counting mode sums a virtqueue's interrupts in slot vq_slot(vq) of the per-CPU
-    irq_slots array (probes/virtio.bpf.c), and user space reads that same slot: the
-    disk's queue is held there and in no other slot, or, where another queue took
-    it first, counts in the `counts` hash instead."""
+    """Counting mode sums a virtqueue's interrupts in slot vq_slot(irq, index) of the
+    per-CPU irq_slots array (probes/virtio.bpf.c), and user space reads that same
+    slot: the disk's queue is held there and in no other slot, or, where another
+    queue took it first, counts in the `counts` hash instead. Its line is the one
+    /proc/interrupts names."""
     src = LiveSource(programs=("virtio",), batch_ms=100, stream=False)
     src.start()
     try:
@@ -427,27 +462,68 @@ def test_interrupts_count_in_the_queues_own_slot():
         disk = os.path.basename(os.path.realpath("/sys/block/vda/device"))  # virtio<N>
         info = {int(k.value): v for k, v in prog.bpf[b"vq_info"].items()}
         obj = next(o for o, v in info.items() if v.name == b"req.0" and v.vdev_index == int(disk[len("virtio"):]))
+        slot = vq_slot(_irq_number(f"{disk}-req.0"), 0)
         slots = prog.bpf[b"irq_slots"]
         where = {i for i in range(VQ_SLOTS) for v in slots[slots.Key(i)] if v.obj == obj}
         hashed = sum(v.n for k, per_cpu in prog.bpf[b"counts"].items() if k.obj == obj and k.kind == Kind.SIGNAL
                      for v in per_cpu)
         if where:
-            assert where == {vq_slot(obj)}, (where, vq_slot(obj))
-            assert sum(v.n for v in slots[slots.Key(vq_slot(obj))] if v.obj == obj) >= 200
+            assert where == {slot}, (where, slot)
+            assert info[obj].irq == _irq_number(f"{disk}-req.0")  # where user space looks
+            assert sum(v.n for v in slots[slots.Key(slot)] if v.obj == obj) >= 200
         else:  # its slot was taken on every CPU it ran on: each holder is another known queue
-            held = {v.obj for v in slots[slots.Key(vq_slot(obj))]} - {0}
+            held = {v.obj for v in slots[slots.Key(slot)]} - {0}
             assert held and held <= set(info) - {obj} and hashed >= 200, (held, hashed)
     finally:
         src.close()
 
 
-def test_counting_in_kernel_matches_proc_interrupts_and_diskstats():
+def test_block_requests_count_in_their_queues_own_slot():
+    """Counting under tp_btf: a hardware queue's requests, latency and in-flight
+    clocks live at the slot it claimed (probes/block.bpf.c hq_slots, hq_owner,
+    hq_flight), not in the hashes: vda's queue owns one, hq_info says which, the
+    slot holds every request and its latency, and `counts`, `lat` and `flight`
+    hold nothing of it. Nothing is left in flight once the I/O is done."""
+    src = LiveSource(programs=("block",), batch_ms=100, stream=False)
+    src.start()
+    try:
+        _attached_as(src, "tp_btf", "block_rq_issue", "block_rq_complete")
+        prog = next(p for p in src.programs if p.name == "block")
+        before = _diskstats("vda")
+        _direct_io(500)
+        req = _diskstats("vda") - before
+        info = {int(k.value): v for k, v in prog.bpf[b"hq_info"].items() if v.disk == b"vda"}
+        assert info and all(v.slot != 0xFFFFFFFF for v in info.values()), info
+        owner = prog.bpf[b"hq_owner"]
+        slots = prog.bpf[b"hq_slots"]
+        done = lat = 0
+        for obj, v in info.items():
+            assert owner[owner.Key(v.slot)].value == obj
+            per_cpu = slots[slots.Key(v.slot)]
+            done += sum(x.n[1] for x in per_cpu)
+            lat += sum(b.n for x in per_cpu for b in x.lat)
+        assert req <= done and lat >= req - 2, (req, done, lat)  # from attach: a request or two in flight then
+        assert not [k for k in prog.bpf[b"counts"].keys() if k.obj in info]
+        assert not [k for k in prog.bpf[b"lat"].keys() if k.obj in info]
+        assert not [k for k in prog.bpf[b"flight"].keys() if k.obj in info]
+        flight = prog.bpf[b"hq_flight"]
+        with open("/sys/block/vda/inflight") as f:
+            busy = sum(map(int, f.read().split()))  # the machine's own I/O may be on the disk right now
+        held = sum(flight[flight.Key(v.slot * 1024 + t)].value != 0 for v in info.values() for t in range(1024))
+        assert held <= busy + 1, (held, busy)
+    finally:
+        src.close()
+
+
+@pytest.mark.parametrize("strategy", ["tp_btf", "raw_tracepoint"])
+def test_counting_in_kernel_matches_proc_interrupts_and_diskstats(strategy, monkeypatch):
     """stat's mode: hot events summed in kernel maps, read as deltas. The totals
     still match the kernel's own counters, latency lands in log2 buckets, and
     nothing stays in flight once the I/O is done. Interrupts and completions
     are also held to bare programs counting the tracepoints' hits, which now
     and then fall short of /proc themselves
     (test_guest_vring_interrupts_match_proc_interrupts)."""
+    _strategy(monkeypatch, strategy)
     disk = os.path.basename(os.path.realpath("/sys/block/vda/device"))
     name = f"{disk}-req.0"
     short = []
@@ -457,6 +533,7 @@ def test_counting_in_kernel_matches_proc_interrupts_and_diskstats():
             src = LiveSource(programs=("virtio", "block"), batch_ms=100, stream=False)
             src.start()
             _require_attached(src, "vring_interrupt", "block_rq_issue", "block_rq_complete")
+            _attached_as(src, strategy, "vring_interrupt", "block_rq_issue", "block_rq_complete")
             agg = Aggregator()
             agg.set_source(src.info)
             with _tracing(src, agg) as result:

@@ -111,6 +111,7 @@ def _need_config() -> str:
 
 FUNCTION_PROGRAMS = sorted({p.program for p in attach.CATALOGUE
                             if any(s.kind == "fentry" for s in p.strategies)})
+TP_BTF_PROGRAMS = sorted({p.program for p in attach.CATALOGUE if any(s.kind == "tp_btf" for s in p.strategies)})
 
 
 MODES = ("stream", "count", "stream+perf", "count+perf")  # +perf: the perf-buffer fallback
@@ -118,12 +119,15 @@ MODES = ("stream", "count", "stream+perf", "count+perf")  # +perf: the perf-buff
 
 @pytest.mark.parametrize("program,mode,fn", [(p, m, "kprobe") for p in sorted({p.program for p in attach.CATALOGUE})
                                              for m in MODES]
-                         + [(p, m, "fentry") for p in FUNCTION_PROGRAMS for m in MODES])
+                         + [(p, m, "fentry") for p in FUNCTION_PROGRAMS for m in MODES]
+                         + [(p, m, "tp_btf") for p in TP_BTF_PROGRAMS for m in MODES])
 def test_every_probe_program_compiles_against_the_minimal_tree(program, mode, fn, tmp_path, monkeypatch):
     """Compile only (no root, no load): every point's code with every HAVE_ macro on,
     offsets as the loader would pass them (any value compiles). Function points
-    compile both ways: as kprobes and as fentry/fexit (probes/vtrace_fn.h); every
-    program with the ring buffer and with the perf-buffer fallback."""
+    compile both ways: as kprobes and as fentry/fexit (probes/vtrace_fn.h), raw
+    tracepoint points as raw tracepoints and as tp_btf with the typed casts
+    (probes/vtrace_tp.h); every program with the ring buffer and with the
+    perf-buffer fallback."""
     _need_config()
     root, why = attach.ensure_tracefs()  # bcc builds each tracepoint's struct from its format there
     require(root is not None, why, "unit (compiling the probes)")
@@ -149,6 +153,12 @@ def test_every_probe_program_compiles_against_the_minimal_tree(program, mode, fn
             flags.append(f"-DHAVE_{have_macro(p, s)}")  # every point's code compiled in
             if fn == "fentry" and s.kind == "fentry":
                 flags.append(f"-DFENTRY_{p.name}=7")  # fexit's return value after 7 arguments
+            if fn == "tp_btf" and s.kind == "tp_btf":
+                flags.append(f"-DTP_BTF_{s.target}=1")
+    if fn == "tp_btf":
+        from vtrace.kernel.fentry import RDONLY_CAST_MARK
+        from vtrace.sources.live import CASTS
+        flags += [f"-D{m}=1" for m in CASTS.get(program, {})] + [f"-DRDONLY_CAST_MARK={RDONLY_CAST_MARK:#x}"]
     text = attach.program_text(program).encode()
     arr = (ctypes.c_char_p * len(flags))(*[x.encode() for x in flags])
     from vtrace.kernel.bccerr import captured_stderr
@@ -164,9 +174,11 @@ def test_every_probe_program_compiles_against_the_minimal_tree(program, mode, fn
         lib.bpf_function_start.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
         for p in attach.CATALOGUE:
             for s in p.strategies if p.program == program else ():
-                fns = [fn for _ptype, fn in s.attach] + [x[2] for x in EXTRA_ATTACH.get(p.name, ())]
-                for fn in fns:
-                    assert lib.bpf_function_start(mod, fn.encode()), f"{program}: no function {fn}"
+                if s.kind == "tp_btf" and fn != "tp_btf":
+                    continue  # compiled as a raw tracepoint: bcc's raw_tracepoint__ name
+                names = [f for _ptype, f in s.attach] + [x[2] for x in EXTRA_ATTACH.get(p.name, ())]
+                for name in names:
+                    assert lib.bpf_function_start(mod, name.encode()), f"{program}: no function {name}"
     finally:
         lib.bpf_module_destroy(mod)
 
@@ -253,6 +265,49 @@ def test_function_points_try_fentry_then_kprobe(tmp_path, monkeypatch):
                                  "tracefs missing)"
     s, why = attach.choose(_fetch(), _syms(tmp_path, "ffffffff81000000 T vfs_read\n"), root, fentry_ok=(True, ""))
     assert s is None and why == "vhost_get_vq_desc is not in /proc/kallsyms (module not loaded, or inlined)"
+
+
+def test_tracepoint_points_try_tp_btf_then_raw_tracepoint(tmp_path, monkeypatch):
+    """The guest points: tp_btf where the kernel loads it and has the tracepoint's
+    BTF typedef (no tracefs needed), a raw tracepoint otherwise; each refusal named."""
+    monkeypatch.delenv("VTRACE_STRATEGIES", raising=False)
+    from vtrace.kernel import fentry
+    root = _tracefs(tmp_path, kprobes=False)
+    irq = next(p for p in attach.CATALOGUE if p.name == "vring_interrupt")
+    syms = _syms(tmp_path, "ffffffff81000000 T vring_interrupt\n")
+    monkeypatch.setattr(fentry, "tp_target", lambda name: 7)
+    s, _ = attach.choose(irq, syms, root, tp_btf_ok=(True, ""))
+    assert (s.kind, s.target, s.attach) == ("tp_btf", "irq_handler_entry",
+                                             (("tp_btf", "tp_btf__irq_handler_entry"),))
+    assert s.needs == ("vring_interrupt",)
+    s, _ = attach.choose(irq, syms, root, tp_btf_ok=(False, "the kernel refuses tp_btf programs"))
+    assert (s.kind, s.target) == ("raw_tracepoint", "irq_handler_entry")
+    s, _ = attach.choose(irq, syms, root, tp_btf_ok=(True, ""), skip=attach.BTF_KINDS)  # refused at attach
+    assert s.kind == "raw_tracepoint"
+
+    def no_typedef(name):
+        raise fentry.FentryError(f"no BTF for tracepoint {name}")
+    monkeypatch.setattr(fentry, "tp_target", no_typedef)
+    s, why = attach.choose(irq, syms, str(tmp_path / "none"), tp_btf_ok=(True, ""))
+    assert s is None and why == ("tp_btf: no BTF for tracepoint irq_handler_entry; "
+                                 "no tracepoint irq_handler_entry in this kernel")
+    monkeypatch.setenv("VTRACE_STRATEGIES", "raw_tracepoint")
+    monkeypatch.setattr(fentry, "tp_target", lambda name: 7)
+    assert attach.choose(irq, syms, root, tp_btf_ok=(True, ""))[0].kind == "raw_tracepoint"
+
+
+def test_kfunc_calls_are_patched_in():
+    """bcc cannot declare kfuncs: a call of helper RDONLY_CAST_MARK becomes a call of
+    the kfunc (src_reg BPF_PSEUDO_KFUNC_CALL, imm its BTF id); other calls stay."""
+    import struct
+
+    from vtrace.kernel import fentry
+    mark = fentry.RDONLY_CAST_MARK
+    insns = (struct.pack("<BBhi", 0xB7, 0x02, 0, 33) + struct.pack("<BBhi", 0x85, 0, 0, mark)
+             + struct.pack("<BBhi", 0x85, 0, 0, 1) + struct.pack("<BBhi", 0x95, 0, 0, 0))
+    out = fentry.patch_kfuncs(insns, {mark: 64927})
+    assert struct.unpack_from("<BBhi", out, 8) == (0x85, 0x20, 0, 64927)
+    assert out[:8] == insns[:8] and out[16:] == insns[16:]  # the map lookup call (helper 1) and the rest
 
 
 def test_strategies_can_be_limited(tmp_path, monkeypatch):

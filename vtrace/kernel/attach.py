@@ -1,9 +1,9 @@
 """The probe catalogue: every probe point, its program, its attach strategies.
 
 A point is attached by the first strategy this kernel allows. Strategies
-are ordered cheapest first (fentry/fexit, kprobe, tracepoint, raw
-tracepoint); a point with none available is reported with the reason,
-never fatal. A function point's program code serves fentry/fexit and
+are ordered cheapest first (fentry/fexit, kprobe, BTF-typed raw tracepoint
+(tp_btf), tracepoint, raw tracepoint); a point with none available is
+reported with the reason, never fatal. A function point's program code serves fentry/fexit and
 kprobe/kretprobe alike (probes/vtrace_fn.h); VTRACE_STRATEGIES limits the
 kinds (docs/live.md, "Attach strategies").
 """
@@ -38,11 +38,11 @@ def program_text(name: str) -> str:
 
 @dataclass(frozen=True)
 class Strategy:
-    kind: str    # "fentry" or "kprobe" (function), "tracepoint" (group:name), "raw_tracepoint" (name)
+    kind: str    # "fentry" or "kprobe" (function), "tracepoint" (group:name), "tp_btf" or "raw_tracepoint" (name)
     target: str
     needs: tuple[str, ...] = ()  # kallsyms symbols the program compares against
     # function probes: the program's functions to attach, as (how, function name),
-    # how = fentry|fexit or kprobe|kretprobe
+    # how = fentry|fexit or kprobe|kretprobe; tp_btf: (tp_btf, the function)
     attach: tuple[tuple[str, str], ...] = ()
 
 
@@ -56,10 +56,19 @@ class Point:
 
 
 FUNCTION_KINDS = ("fentry", "kprobe")
-KINDS = FUNCTION_KINDS + ("tracepoint", "raw_tracepoint")
+KINDS = FUNCTION_KINDS + ("tp_btf", "tracepoint", "raw_tracepoint")
+# Loaded by vtrace itself against a BTF id (vtrace/kernel/fentry.py), not by bcc.
+BTF_KINDS = ("fentry", "tp_btf")
 # The same program function attaches as either; fentry/fexit first: no int3 or
 # kretprobe trampoline, the arguments already in an array (probes/vtrace_fn.h).
 _AS = {"fentry": {"kprobe": "fentry", "kretprobe": "fexit"}, "kprobe": {"kprobe": "kprobe", "kretprobe": "kretprobe"}}
+
+
+def _tp(name: str, *needs: str) -> tuple[Strategy, ...]:
+    """A raw tracepoint point: BTF-typed (tp_btf: its arguments' fields read by
+    plain loads, probes/vtrace_tp.h), else a raw tracepoint (probe reads)."""
+    return (Strategy("tp_btf", name, needs, (("tp_btf", f"tp_btf__{name}"),)),
+            Strategy("raw_tracepoint", name, needs))
 
 
 def _kp(fn: str, *attach: tuple[str, str]) -> tuple[Strategy, ...]:
@@ -102,8 +111,7 @@ CATALOGUE: tuple[Point, ...] = (
                                               ("kretprobe", "vdpa_ioctl_return")),
           "vhost-vdpa SET_VRING_ENABLE, SUSPEND, RESUME"),
     # guest
-    Point("virtio-guest", "vring_interrupt", "virtio",
-          (Strategy("raw_tracepoint", "irq_handler_entry", ("vring_interrupt",)),),
+    Point("virtio-guest", "vring_interrupt", "virtio", _tp("irq_handler_entry", "vring_interrupt"),
           "per-virtqueue interrupts in a guest (action->handler == vring_interrupt)"),
     # The driver's own ring operations (drivers/virtio/virtio_ring.c), split rings.
     # The exported entry points (the split/packed workers are notrace `inline`);
@@ -119,9 +127,9 @@ CATALOGUE: tuple[Point, ...] = (
     Point("virtio-guest", "vq_kick_suppressed", "virtio",
           _kp("virtqueue_kick_prepare", ("kprobe", "kick_prepare_entry"), ("kretprobe", "kick_prepare_return")),
           "kicks the driver skipped: the device asked for none (EVENT_IDX or NO_NOTIFY)"),
-    Point("virtio-guest", "block_rq_issue", "block", (Strategy("raw_tracepoint", "block_rq_issue"),),
+    Point("virtio-guest", "block_rq_issue", "block", _tp("block_rq_issue"),
           "block requests issued, per blk-mq hardware queue (virtio-blk: one per virtqueue)"),
-    Point("virtio-guest", "block_rq_complete", "block", (Strategy("raw_tracepoint", "block_rq_complete"),),
+    Point("virtio-guest", "block_rq_complete", "block", _tp("block_rq_complete"),
           "block requests completed: per-request latency"),
     Point("kvm", "exit", "kvm", (Strategy("tracepoint", "kvm:kvm_exit"),), "VM exits by reason"),
     Point("kvm", "pio", "kvm", (Strategy("tracepoint", "kvm:kvm_pio"),), "port I/O"),
@@ -264,10 +272,10 @@ def fentry_target(s: Strategy, symbols) -> tuple[int, int, int]:
 
 
 def choose(point: Point, symbols=None, root: str | None = None, fentry_ok: tuple[bool, str] | None = None,
-           skip: tuple[str, ...] = ()) -> tuple[Strategy | None, str]:
-    """(the strategy to use, or None, and why not). fentry_ok: (can this kernel
-    load fentry programs, why not), tried on the kernel when not given; skip:
-    kinds already refused for this point."""
+           skip: tuple[str, ...] = (), tp_btf_ok: tuple[bool, str] | None = None) -> tuple[Strategy | None, str]:
+    """(the strategy to use, or None, and why not). fentry_ok, tp_btf_ok: (can
+    this kernel load fentry, tp_btf programs, why not), tried on the kernel when
+    not given; skip: kinds already refused for this point."""
     from vtrace.kernel import btf, fentry
     why = []
     kinds = allowed()
@@ -281,6 +289,16 @@ def choose(point: Point, symbols=None, root: str | None = None, fentry_ok: tuple
             ok, no = fentry_ok if fentry_ok is not None else fentry.available()
             if not ok:
                 why.append(f"fentry: {no}")
+                continue
+        if s.kind == "tp_btf":
+            ok, no = tp_btf_ok if tp_btf_ok is not None else fentry.tp_btf_available()
+            if ok:
+                try:
+                    fentry.tp_target(s.target)
+                except (fentry.FentryError, btf.BtfError) as e:
+                    ok, no = False, str(e)
+            if not ok:
+                why.append(f"tp_btf: {no}")
                 continue
         if s.kind == "kprobe" and not kprobes_available(root):
             why.append("kprobes are not available (CONFIG_KPROBES off or tracefs missing)")

@@ -1,4 +1,4 @@
-"""fentry/fexit programs loaded with the bpf() syscall, for vmlinux and module functions.
+"""fentry/fexit and tp_btf programs loaded with the bpf() syscall, for vmlinux and module functions.
 
 bcc 0.26 (Debian 12's python3-bpfcc) loads a KFUNC_PROBE only against
 vmlinux BTF: it cannot name a function in a module (vhost, vfio), where the
@@ -8,6 +8,13 @@ file descriptors into it) and loads it itself as BPF_PROG_TYPE_TRACING with
 the function's BTF id and, for a module, the module's BTF object
 (``attach_btf_obj_fd``, Linux 5.11+), then attaches it with
 BPF_RAW_TRACEPOINT_OPEN (a link: closing the fds detaches it).
+
+A tracepoint takes the same way in as a BTF-typed raw tracepoint (tp_btf,
+Linux 5.5+: BPF_TRACE_RAW_TP against the ``btf_trace_<name>`` typedef). Its
+arguments are typed pointers, so the program reads their fields with plain
+loads the verifier checks against BTF, where a raw tracepoint program must
+call bpf_probe_read_kernel for each (30 ns a call here, bench/bpf_ops.py).
+KERNEL-NOTES says fentry is refused on our own machines: tp_btf is not.
 
 The attr layouts are include/uapi/linux/bpf.h's union bpf_attr members for
 BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN, BPF_BTF_GET_NEXT_ID,
@@ -29,8 +36,11 @@ from vtrace.kernel import btf
 BPF_PROG_LOAD, BPF_OBJ_GET_INFO_BY_FD, BPF_BTF_GET_FD_BY_ID = 5, 15, 19
 BPF_RAW_TRACEPOINT_OPEN, BPF_BTF_GET_NEXT_ID = 17, 23
 BPF_PROG_TYPE_TRACING = 26
-BPF_TRACE_FENTRY, BPF_TRACE_FEXIT = 24, 25
-ATTACH_TYPES = {"fentry": BPF_TRACE_FENTRY, "fexit": BPF_TRACE_FEXIT}
+BPF_TRACE_RAW_TP, BPF_TRACE_FENTRY, BPF_TRACE_FEXIT = 23, 24, 25
+ATTACH_TYPES = {"fentry": BPF_TRACE_FENTRY, "fexit": BPF_TRACE_FEXIT, "tp_btf": BPF_TRACE_RAW_TP}
+# A call the program makes to this helper number is a call of the kfunc
+# bpf_rdonly_cast (patch_kfuncs): bcc 0.26 cannot declare kfuncs.
+RDONLY_CAST_MARK = 0x7F01
 _NR_BPF = {"x86_64": 321, "aarch64": 280}
 LOG_SIZE = 1 << 20
 ENOTSUPP = 524  # the kernel-internal errno arch_prepare_bpf_trampoline returns
@@ -106,7 +116,7 @@ def target(function: str, module: str | None) -> tuple[int, int, int]:
 
 
 def load(insns: bytes, kind: str, btf_id: int, obj_fd: int = 0, name: str = "") -> int:
-    """Load one fentry/fexit program; returns its fd. On refusal the verifier's
+    """Load one fentry/fexit (or tp_btf) program; returns its fd. On refusal the verifier's
     log is in the FentryError (the load is retried once with the log on)."""
     prog = ctypes.create_string_buffer(insns, len(insns))
     lic = ctypes.create_string_buffer(b"GPL")
@@ -125,10 +135,11 @@ def load(insns: bytes, kind: str, btf_id: int, obj_fd: int = 0, name: str = "") 
         return bpf(BPF_PROG_LOAD, attr(0, None))
     except OSError as e:
         first = e
-    # EPERM for root: this kernel (or its lockdown) allows no fentry at all.
+    # EPERM for root: this kernel (or its lockdown) allows no such program at all.
     # EACCES is the verifier turning this one program down: its log says why.
     if first.errno == errno.EPERM and os.geteuid() == 0:
-        raise FentryError("the kernel refuses fentry programs even for root (bpf() EPERM)")
+        raise FentryError(f"the kernel refuses {'fentry' if kind == 'fexit' else kind} programs even for root "
+                          "(bpf() EPERM)")
     log = ctypes.create_string_buffer(LOG_SIZE)
     try:
         return bpf(BPF_PROG_LOAD, attr(1, log))  # loaded with the log on after all: keep it
@@ -138,7 +149,8 @@ def load(insns: bytes, kind: str, btf_id: int, obj_fd: int = 0, name: str = "") 
 
 
 def attach(prog_fd: int) -> int:
-    """Attach a loaded fentry/fexit program to its function; returns the link fd."""
+    """Attach a loaded fentry/fexit program to its function (a tp_btf one to its
+    tracepoint); returns the link fd."""
     attr = ctypes.create_string_buffer(struct.pack("<QI", 0, prog_fd), 16)
     try:
         return bpf(BPF_RAW_TRACEPOINT_OPEN, attr)
@@ -152,6 +164,52 @@ def attach(prog_fd: int) -> int:
 # r0 = 0; exit
 _RETURN_0 = struct.pack("<BBhi", 0xB7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0)
 PROBE_FUNCTION = "vfs_read"
+
+
+def tp_target(tracepoint: str) -> int:
+    """BTF type id of the typedef a tp_btf program on ``tracepoint`` attaches to
+    (include/trace/bpf_probe.h: btf_trace_<name>, vmlinux or a module's BTF)."""
+    b = btf.load(None)
+    tid = b.find(btf.TYPEDEF, f"btf_trace_{tracepoint}")
+    if tid is None:
+        raise FentryError(f"no BTF for tracepoint {tracepoint} (btf_trace_{tracepoint}) in vmlinux")
+    return tid
+
+
+def kfunc_id(name: str) -> int | None:
+    """vmlinux BTF id of a kfunc, None where this kernel has none by that name."""
+    try:
+        return btf.load(None).find(btf.FUNC, name)
+    except btf.BtfError:
+        return None
+
+
+def patch_kfuncs(insns: bytes, marks: dict[int, int]) -> bytes:
+    """Calls of helper ``mark`` turned into calls of the vmlinux kfunc with BTF
+    id marks[mark] (src_reg BPF_PSEUDO_KFUNC_CALL, include/uapi/linux/bpf.h)."""
+    out = bytearray(insns)
+    for i in range(0, len(out) - 7, 8):
+        code, regs, _off, imm = struct.unpack_from("<BBhi", out, i)
+        if code == 0x85 and regs >> 4 == 0 and imm in marks:  # BPF_JMP|BPF_CALL, a helper
+            struct.pack_into("<BBhi", out, i, code, (2 << 4) | (regs & 0xF), 0, marks[imm])
+    return bytes(out)
+
+
+@functools.lru_cache(maxsize=None)
+def tp_btf_available() -> tuple[bool, str]:
+    """Can this kernel load and attach tp_btf programs? Tried once per process,
+    with an empty program on irq_handler_entry (every kernel has it)."""
+    try:
+        fd = load(_RETURN_0, "tp_btf", tp_target("irq_handler_entry"), 0, "vtrace_probe")
+    except (FentryError, btf.BtfError) as e:
+        return False, str(e)
+    try:
+        os.close(attach(fd))
+    except FentryError as e:
+        return False, f"tp_btf programs load but do not attach ({e})"
+    finally:
+        os.close(fd)
+    return True, ""
 
 
 @functools.lru_cache(maxsize=None)

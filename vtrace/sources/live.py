@@ -30,8 +30,8 @@ from typing import Iterator
 
 import numpy as np
 
-from vtrace.events import (COUNT_DTYPE, FLIGHT_DTYPE, LATENCY_DTYPE, RECORD_DTYPE, Batch, Kind, KernelCounts,
-                           Layer, ObjectInfo, ProbeStatus)
+from vtrace.events import (COUNT_DTYPE, FLIGHT_DTYPE, LATENCY_DTYPE, RECORD_DTYPE, UNOBSERVED, Batch, Kind,
+                           KernelCounts, Layer, ObjectInfo, ProbeStatus)
 from vtrace.kernel import attach, btf, fentry, headers, transport
 from vtrace.kernel.bccerr import captured_stderr, reason
 from vtrace.kernel.symbols import Kallsyms, SymbolError
@@ -107,6 +107,7 @@ OFFSETS: dict[str, dict[str, tuple[str, str]]] = {
         "OFF_RQ_LEN": ("request", "__data_len"),
         "OFF_HCTX_NUM": ("blk_mq_hw_ctx", "queue_num"),
         "OFF_Q_DISK": ("request_queue", "disk"),
+        "OFF_Q_ID": ("request_queue", "id"),
         "OFF_DISK_NAME": ("gendisk", "disk_name"),
     },
     "kvm": {},
@@ -151,6 +152,9 @@ POINT_OFFSETS: dict[str, dict[str, tuple[str, str]]] = {
         "OFF_VMA_PGOFF": ("vm_area_struct", "vm_pgoff"),
     },
 }
+# Structs a tp_btf program may read as typed pointers ({macro: struct}; the
+# macro carries the struct's vmlinux BTF id, LiveSource._typed_casts).
+CASTS = {"virtio": {"VQ_BTF_ID": "virtqueue"}}
 # A point whose offsets are in another module's BTF than its program's.
 POINT_BTF = {"vdpa_ioctl": "vhost_vdpa"}
 # What a point also does where the kernel has the functions it compares against
@@ -270,9 +274,15 @@ class _Program:
 VQ_SLOTS = 1024  # probes/virtio.bpf.c irq_slots
 
 
-def vq_slot(vq: int) -> int:
-    """The irq_slots slot a virtqueue's interrupts count in (probes/virtio.bpf.c vq_slot)."""
-    return ((vq >> 9) ^ (vq >> 19)) & (VQ_SLOTS - 1)
+def vq_slot(irq: int, index: int) -> int:
+    """The irq_slots slot a virtqueue's interrupts count in (probes/virtio.bpf.c vq_slot):
+    by its interrupt line and its index."""
+    return (irq + index) & (VQ_SLOTS - 1)
+
+
+def _add(totals: dict, key, n: int, b: int) -> None:
+    was = totals.get(key, (0, 0))
+    totals[key] = (was[0] + n, was[1] + b)
 
 
 def _slot_counts(bpf, totals: dict) -> None:
@@ -282,13 +292,36 @@ def _slot_counts(bpf, totals: dict) -> None:
     slots = bpf[b"irq_slots"]
     for k, vi in bpf[b"vq_info"].items():
         obj = int(k.value)
-        per_cpu = slots[slots.Key(vq_slot(obj))]
+        if vi.irq == UNOBSERVED:
+            continue  # it holds no slot: its interrupts, if any, counted in `counts`
+        per_cpu = slots[slots.Key(vq_slot(int(vi.irq), int(vi.index)))]
         n = sum(v.n for v in per_cpu if v.obj == obj)
         if n:
-            key = (obj, 0, int(vi.index), int(Kind.SIGNAL), int(Layer.VIRTIO_GUEST))
-            b = sum(v.bytes for v in per_cpu if v.obj == obj)
-            was = totals.get(key, (0, 0))
-            totals[key] = (was[0] + n, was[1] + b)
+            _add(totals, (obj, 0, int(vi.index), int(Kind.SIGNAL), int(Layer.VIRTIO_GUEST)), n,
+                 sum(v.bytes for v in per_cpu if v.obj == obj))
+
+
+def _hq_slot_counts(bpf, totals: dict, lat: dict) -> None:
+    """Add each hardware queue's requests and latency buckets from the slot it
+    owns (probes/block.bpf.c hq_slots, counting under tp_btf) to the `counts`
+    and `lat` totals; queues without a slot counted there already."""
+    try:
+        slots = bpf[b"hq_slots"]
+    except KeyError:
+        return  # not this build (raw tracepoints): everything is in the hashes
+    for k, hi in bpf[b"hq_info"].items():
+        if hi.slot == UNOBSERVED:
+            continue
+        obj, qn = int(k.value), int(hi.queue_num)
+        per_cpu = slots[slots.Key(int(hi.slot))]
+        for used, kind in ((0, Kind.AVAIL), (1, Kind.USED)):
+            n = sum(v.n[used] for v in per_cpu)
+            if n:
+                _add(totals, (obj, 0, qn, int(kind), int(Layer.VIRTIO_GUEST)), n, sum(v.bytes[used] for v in per_cpu))
+        for b in range(len(per_cpu[0].lat)):
+            n = sum(v.lat[b].n for v in per_cpu)
+            if n:
+                _add(lat, (obj, qn, b), n, sum(v.lat[b].sum_ns for v in per_cpu))
 
 
 class LiveSource:
@@ -313,7 +346,7 @@ class LiveSource:
         self.vhost_devs: dict[int, str] = {}
         self._pending: Batch | None = None  # a batch built and not yet handed over
         self._tail: list[Batch] = []        # what the last read at the end found (final())
-        self.demoted: dict[str, str] = {}    # points fentry was refused for at attach: why
+        self.demoted: dict[str, str] = {}    # points fentry or tp_btf was refused for at attach: why
         self.partial: dict[str, str] = {}    # fentry points attached without one of their extra functions
         self.without: dict[str, str] = {}    # points attached without their OPTIONAL_PARTS entry
         self.host = socket.gethostname()
@@ -344,10 +377,10 @@ class LiveSource:
         if not self.stream:
             cflags.append("-DVTRACE_AGG")
         for p in points:
-            s, why = attach.choose(p, self.syms, skip=("fentry",) if p.name in self.demoted else ())
+            s, why = attach.choose(p, self.syms, skip=attach.BTF_KINDS if p.name in self.demoted else ())
             if s is None:
                 if p.name in self.demoted:
-                    why = f"fentry refused: {self.demoted[p.name]}; {why}"
+                    why = f"{self.demoted[p.name]}; {why}"
                 self.status.append(ProbeStatus(p.layer, p.name, "-", False, why))
                 continue
             try:
@@ -366,6 +399,14 @@ class LiveSource:
                     continue
                 # the argument count: where fexit finds the return value (probes/vtrace_fn.h)
                 cflags.append(f"-DFENTRY_{p.name}={nargs}")
+            if s.kind == "tp_btf":
+                try:
+                    fentry_fns[p.name] = [(how, fn, s.target, (fentry.tp_target(s.target), 0)) for how, fn in s.attach]
+                except (fentry.FentryError, btf.BtfError) as e:
+                    self.status.append(ProbeStatus(p.layer, p.name, f"{s.kind}:{s.target}", False, str(e)))
+                    continue
+                cflags.append(f"-DTP_BTF_{s.target}=1")  # its arguments are typed: plain loads (probes/vtrace_tp.h)
+                cflags += self._typed_casts(name)
             chosen.append((p, s))
         if not chosen:
             return None
@@ -386,6 +427,25 @@ class LiveSource:
                 self.status.append(ProbeStatus(p.layer, p.name, s.kind, False, str(e)))
             return None
         return _Program(name, attach.program_text(name), cflags, [p for p, _ in chosen], chosen, fentry_fns)
+
+    def _typed_casts(self, name: str) -> list[str]:
+        """-D macros that let a tp_btf program read the structs in CASTS as typed
+        pointers (bpf_rdonly_cast, Linux 6.2+), where the kernel has the kfunc and
+        the struct is vmlinux's (the kfunc takes no module BTF): the program then
+        loads their fields directly instead of through bpf_probe_read_kernel."""
+        if fentry.kfunc_id("bpf_rdonly_cast") is None:
+            return []
+        flags = []
+        for macro, sname in CASTS.get(name, {}).items():
+            if btf_module(name) is not None:
+                continue  # the struct is a module's (virtio_ring built as one)
+            try:
+                tid = btf.load(None).find(btf.STRUCT, sname)
+            except btf.BtfError:
+                tid = None
+            if tid is not None:
+                flags.append(f"-D{macro}={tid}")
+        return flags + [f"-DRDONLY_CAST_MARK={fentry.RDONLY_CAST_MARK:#x}"] if flags else []
 
     def _optional_part(self, p: attach.Point) -> list[str]:
         """-D macros for the point's OPTIONAL_PARTS entry, or none (noted in self.without)."""
@@ -488,13 +548,13 @@ class LiveSource:
                     self._attach(prog, p, s)
                 if s.kind == "kprobe":
                     label = f"kprobe:{self.syms.lookup(s.target)[0].name}"
-                notes = [f"fentry refused: {self.demoted[p.name]}" if p.name in self.demoted else "",
+                notes = [self.demoted.get(p.name, ""),
                          self.partial.get(p.name, "") if s.kind == "fentry" else "", self.without.get(p.name, "")]
                 note = "; ".join(n for n in notes if n)
                 self.status.append(ProbeStatus(p.layer, p.name, label, True, note))
             except fentry.FentryError as e:
                 self._detach_fentry(prog, p)
-                refused[p] = reason(e.log, e)
+                refused[p] = f"{s.kind} refused: {reason(e.log, e)}"
                 self.status.append(ProbeStatus(p.layer, p.name, label, False, refused[p]))
             except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
                 self.status.append(ProbeStatus(p.layer, p.name, label, False, reason(log[0] if log else "", e)))
@@ -502,12 +562,16 @@ class LiveSource:
 
     def _attach(self, prog: _Program, p: attach.Point, s: attach.Strategy) -> None:
         """Attach one point. Tracepoint programs bcc attached when it loaded them."""
-        if s.kind == "fentry":
-            # bcc compiled it; vtrace loads it against the function's BTF (vtrace/kernel/fentry.py)
+        if s.kind in attach.BTF_KINDS:
+            # bcc compiled it; vtrace loads it against the function's (tracepoint's) BTF (vtrace/kernel/fentry.py)
             # returns before entries: an entry seen without its return would
             # leave a stale call behind (see below)
+            kfunc = {fentry.RDONLY_CAST_MARK: fentry.kfunc_id("bpf_rdonly_cast")}
             for how, fn, target, (tid, obj) in sorted(prog.fentry[p.name], key=lambda t: t[0] != "fexit"):
-                fd = fentry.load(prog.bpf.dump_func(fn.encode()), how, tid, obj, fn)
+                insns = prog.bpf.dump_func(fn.encode())
+                if how == "tp_btf" and kfunc[fentry.RDONLY_CAST_MARK] is not None:
+                    insns = fentry.patch_kfuncs(insns, kfunc)
+                fd = fentry.load(insns, how, tid, obj, fn)
                 try:
                     prog.fds[(fn, target)] = (fd, fentry.attach(fd))
                 except fentry.FentryError:
@@ -557,7 +621,7 @@ class LiveSource:
                 continue
             fds = self._prog_fds(prog)
             for p, s in prog.chosen:
-                if s.kind in attach.FUNCTION_KINDS:
+                if s.kind in attach.FUNCTION_KINDS or s.kind == "tp_btf":
                     names = _fn_names(p, s)
                 elif s.kind == "tracepoint":
                     g, n = s.target.split(":", 1)
@@ -711,8 +775,12 @@ class LiveSource:
                 continue
             totals = {(k.obj, k.id, k.queue, k.kind, k.layer): (sum(v.n for v in per_cpu), sum(v.bytes for v in per_cpu))
                       for k, per_cpu in prog.bpf[b"counts"].items()}
+            lat_totals = {(k.obj, k.queue, k.bucket): (sum(v.n for v in per_cpu), sum(v.sum_ns for v in per_cpu))
+                          for k, per_cpu in prog.bpf[b"lat"].items()}
             if prog.name == "virtio":
                 _slot_counts(prog.bpf, totals)
+            if prog.name == "block":
+                _hq_slot_counts(prog.bpf, totals, lat_totals)
             for key, tot in totals.items():
                 n, b = self._delta(prog, "counts", key, tot)
                 if n:
@@ -727,11 +795,11 @@ class LiveSource:
                 layer_of[(obj, q)] = layer
                 if kind in _STARTS or kind == Kind.USED:
                     flow[(obj, q)] = flow.get((obj, q), 0) + (n if kind in _STARTS else -n)
-            for k, per_cpu in prog.bpf[b"lat"].items():
-                key = (k.obj, k.queue, k.bucket)
-                n, ns = self._delta(prog, "lat", key, (sum(v.n for v in per_cpu), sum(v.sum_ns for v in per_cpu)))
+            for key, tot in lat_totals.items():
+                n, ns = self._delta(prog, "lat", key, tot)
                 if n:
-                    lrow.append((k.obj, n, ns, k.queue, k.bucket, layer_of.get((k.obj, k.queue), 0)))
+                    obj, q, bucket = key
+                    lrow.append((obj, n, ns, q, bucket, layer_of.get((obj, q), 0)))
             rare = {(k.obj, k.queue): (int(v.untracked), int(v.orphans)) for k, v in prog.bpf[b"qstate"].items()}
             for (obj, q), net in flow.items():
                 untracked, orphans = rare.get((obj, q), (0, 0))
