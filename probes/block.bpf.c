@@ -129,7 +129,7 @@ static __always_inline int req_obj(struct rq_fields *f, u64 *obj, u32 *qn)
  * hq_info (vtrace/sources/live.py _slot_counts). */
 #define HQ_SLOTS 64
 #define HQ_TAGS 1024
-#define HQ_BUCKETS 48		/* log2 ns buckets: up to 2^48 ns, the last takes the rest */
+#define HQ_BUCKETS 64		/* log2 ns buckets, as log2_ns() gives them */
 
 struct hq_slot {		/* per CPU */
 	u64 n[2];		/* requests issued (AVAIL), completed (USED) */
@@ -197,8 +197,12 @@ static __always_inline int slot_count(struct rq_fields *f, int used, u32 bytes)
 	}
 	u64 d = now > *t0 ? now - *t0 : 0;
 	*t0 = 0;
+	/* log2_ns() is below 64, but its shifts by variable amounts leave 6.1's
+	 * verifier no bound, and clang drops a mask it can prove idle: hide the
+	 * value from clang (libbpf's barrier_var) so that the mask stays. */
 	u32 b = log2_ns(d);
-	struct vtrace_lval *lv = &s->lat[b < HQ_BUCKETS ? b : HQ_BUCKETS - 1];
+	asm volatile("" : "+r"(b));
+	struct vtrace_lval *lv = &s->lat[b & (HQ_BUCKETS - 1)];
 	lv->n++;
 	lv->sum_ns += d;
 	return 1;

@@ -42,7 +42,9 @@ SCRIPT = lab.capture_phases(sys.executable, f"dd if=/dev/vda of=/dev/null bs=409
                             f"dd if=/dev/vdd of=/dev/null bs=4096 count={SHARED_PACKED} iflag=direct && "
                             f"{sys.executable} tests/vmlab/net_arp.py eth0 {NET} /out/$1.net.json",
                             before=DISKS + "ip link set eth0 up; cat /proc/interrupts > /out/$1.irq-before.txt",
-                            during="cat /proc/interrupts > /out/$1.irq-after.txt")
+                            during="cat /proc/interrupts > /out/$1.irq-after.txt",
+                            after=f"{sys.executable} tests/vmlab/count_mode.py vda {N} /out/$1.count.json "
+                                  "2>/out/$1.count.err; echo VTRACE-COUNT-$1 $?")
 
 
 def _irqs(text: str) -> dict[str, int]:
@@ -97,6 +99,7 @@ def lab_run(request, lab_out):
     blk = {o.obj for o in objs.values() if o.dev_type == "blk-mq" and o.device == "vda"}
     net = {o.name: o.obj for o in objs.values() if o.layer == Layer.VIRTIO_GUEST and o.dev_type == "net"}
     return {"phase": ph, "ev": ev, "objs": objs, "vda": vda, "disks": disks, "blk": blk, "net": net,
+            "out": out, "run": run,
             "capture": out / f"{ph}.vtrace",
             "nic": json.loads((out / f"{ph}.net.json").read_text()),
             "probes": lab.probe_table(out, ph),
@@ -129,6 +132,33 @@ def test_guest_ring_points_attach(lab_run):
         "vring_interrupt": f"{tp}:irq_handler_entry", "block_rq_issue": f"{tp}:block_rq_issue",
         "block_rq_complete": f"{tp}:block_rq_complete"}, pts
     assert not any(pts[n]["error"] for n in ("block_rq_issue", "block_rq_complete")), pts
+
+
+def test_counting_mode_holds_every_request_and_interrupt(lab_run):
+    """stat's mode (hot events summed in kernel maps) on this kernel's verifier:
+    under tp_btf (every kind allowed) the block programs count in their queues'
+    own slots, under raw tracepoints in the hashes. Either way vda's N reads,
+    one at a time, are N requests issued and completed with N latencies and none
+    left in flight, and its queues' interrupts are the kernel's own count."""
+    out, run = lab_run["out"], lab_run["run"]
+    ph = lab_run["phase"]
+    err = out / f"{ph}.count.err"
+    assert run.marker(f"VTRACE-COUNT-{ph}") == "0", err.read_text()[-800:] if err.exists() else run.console[-800:]
+    res = json.loads((out / f"{ph}.count.json").read_text())
+    tp = "tp_btf" if ph == "fentry" else "raw_tracepoint"
+    for point, target in (("vring_interrupt", "irq_handler_entry"), ("block_rq_issue", "block_rq_issue"),
+                          ("block_rq_complete", "block_rq_complete")):
+        p = res["probes"][point]
+        assert p["attached"] and p["strategy"] == f"{tp}:{target}" and not p["error"], p
+    hq = [q for q in res["queues"] if q["dev_type"] == "blk-mq"]
+    vq = [q for q in res["queues"] if q["dev_type"] == "blk" and q["name"].startswith("req.")]
+    assert hq and vq, res["queues"]
+    assert res["lost"] == 0 and res["streamed"] == 0
+    assert sum(q["avail_total"] for q in hq) == N and sum(q["used_total"] for q in hq) == N, hq
+    assert sum(q["latency_count"] for q in hq) == N and sum(q["in_flight"] for q in hq) == 0, hq
+    assert sum(q["used_bytes_total"] for q in hq) == N * 4096
+    irq = sum(n for name, n in res["irq"].items() if "-req." in name)
+    assert sum(q["signals_total"] for q in vq) == irq >= N, (vq, res["irq"])
 
 
 def test_every_request_is_one_buffer_made_available_and_used(lab_run):
