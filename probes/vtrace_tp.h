@@ -47,7 +47,6 @@
 #define __VTRACE_TP_H
 static __always_inline u64 tp_rd_u64(const void *p) { return rd_u64(p); }
 static __always_inline u32 tp_rd_u32(const void *p) { return rd_u32(p); }
-static __always_inline int tp_rd_int(const void *p) { return (int)rd_u32(p); }
 #ifdef RDONLY_CAST_MARK
 static void *(*btf_typed)(const void *p, u32 btf_id) = (void *)RDONLY_CAST_MARK;
 #endif

@@ -195,36 +195,31 @@ def patch_kfuncs(insns: bytes, marks: dict[int, int]) -> bytes:
     return bytes(out)
 
 
-@functools.lru_cache(maxsize=None)
-def tp_btf_available() -> tuple[bool, str]:
-    """Can this kernel load and attach tp_btf programs? Tried once per process,
-    with an empty program on irq_handler_entry (every kernel has it)."""
+def _tries(kind: str, where, hint: str = "") -> tuple[bool, str]:
+    """Load an empty ``kind`` program against ``where()`` (its BTF id, object fd)
+    and attach it for a moment: (ok, why not)."""
     try:
-        fd = load(_RETURN_0, "tp_btf", tp_target("irq_handler_entry"), 0, "vtrace_probe")
+        fd = load(_RETURN_0, kind, *where(), "vtrace_probe")
     except (FentryError, btf.BtfError) as e:
         return False, str(e)
     try:
         os.close(attach(fd))
     except FentryError as e:
-        return False, f"tp_btf programs load but do not attach ({e})"
+        return False, f"{kind} programs load but do not attach ({e}{hint})"
     finally:
         os.close(fd)
     return True, ""
+
+
+@functools.lru_cache(maxsize=None)
+def tp_btf_available() -> tuple[bool, str]:
+    """Can this kernel load and attach tp_btf programs? Tried once per process,
+    on irq_handler_entry (every kernel has it)."""
+    return _tries("tp_btf", lambda: (tp_target("irq_handler_entry"), 0))
 
 
 @functools.lru_cache(maxsize=None)
 def available() -> tuple[bool, str]:
     """Can this kernel load and attach fentry programs? (ok, why not). Tried once
     per process, on a function every kernel has."""
-    try:
-        tid, obj, _n = target(PROBE_FUNCTION, None)
-        fd = load(_RETURN_0, "fentry", tid, obj, "vtrace_probe")
-    except (FentryError, btf.BtfError) as e:
-        return False, str(e)
-    try:
-        os.close(attach(fd))
-    except FentryError as e:
-        return False, f"fentry programs load but do not attach ({e}; no BPF trampoline in this kernel?)"
-    finally:
-        os.close(fd)
-    return True, ""
+    return _tries("fentry", lambda: target(PROBE_FUNCTION, None)[:2], "; no BPF trampoline in this kernel?")

@@ -406,10 +406,11 @@ class LiveSource:
                     self.status.append(ProbeStatus(p.layer, p.name, f"{s.kind}:{s.target}", False, str(e)))
                     continue
                 cflags.append(f"-DTP_BTF_{s.target}=1")  # its arguments are typed: plain loads (probes/vtrace_tp.h)
-                cflags += self._typed_casts(name)
             chosen.append((p, s))
         if not chosen:
             return None
+        if any(s.kind == "tp_btf" for _p, s in chosen):
+            cflags += self._typed_casts(name)
         try:
             for macro, off in btf.offsets(OFFSETS.get(name, {}), btf_module(name)).items():
                 cflags.append(f"-D{macro}={off}")
@@ -431,20 +432,17 @@ class LiveSource:
     def _typed_casts(self, name: str) -> list[str]:
         """-D macros that let a tp_btf program read the structs in CASTS as typed
         pointers (bpf_rdonly_cast, Linux 6.2+), where the kernel has the kfunc and
-        the struct is vmlinux's (the kfunc takes no module BTF): the program then
-        loads their fields directly instead of through bpf_probe_read_kernel."""
+        vmlinux's BTF has the struct (the kfunc names types of vmlinux only): the
+        program then loads their fields directly instead of through
+        bpf_probe_read_kernel."""
         if fentry.kfunc_id("bpf_rdonly_cast") is None:
             return []
-        flags = []
-        for macro, sname in CASTS.get(name, {}).items():
-            if btf_module(name) is not None:
-                continue  # the struct is a module's (virtio_ring built as one)
-            try:
-                tid = btf.load(None).find(btf.STRUCT, sname)
-            except btf.BtfError:
-                tid = None
-            if tid is not None:
-                flags.append(f"-D{macro}={tid}")
+        try:
+            b = btf.load(None)
+        except btf.BtfError:
+            return []
+        flags = [f"-D{macro}={tid}" for macro, sname in CASTS.get(name, {}).items()
+                 if (tid := b.find(btf.STRUCT, sname)) is not None]
         return flags + [f"-DRDONLY_CAST_MARK={fentry.RDONLY_CAST_MARK:#x}"] if flags else []
 
     def _optional_part(self, p: attach.Point) -> list[str]:
