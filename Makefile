@@ -61,6 +61,7 @@ run: setup
 	$(VENV)/bin/vtrace top
 
 bench: setup
+	@scripts/install-system-deps.sh bench
 	$(PY) bench/pipeline.py
 	$(PY) bench/check.py
 	$(PY) bench/qemulog.py

@@ -7,6 +7,8 @@
 # only what is missing; needs root for that.
 set -euo pipefail
 pkgs=(python3-bpfcc libbpfcc bpftool qemu-system-x86 busybox-static iproute2 prometheus curl openssl tmux make gcc-12)
+# `install-system-deps.sh bench`: also the peers and loads make bench compares against
+[ "${1:-}" = bench ] && pkgs+=(fio bpftrace)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
