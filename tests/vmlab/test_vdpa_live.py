@@ -59,6 +59,19 @@ def lab_run(request, lab_out):
             "vmm": json.loads((out / f"{ph}.vmm.json").read_text()), "probes": lab.probe_table(out, ph)}
 
 
+def test_guest_points_take_tp_btf_with_the_typed_cast_on_the_newer_kernel(lab_run):
+    """6.12 has bpf_rdonly_cast (6.1 does not): under tp_btf the interrupt program
+    reads the virtqueue through the kfunc vtrace patches in, and this kernel's
+    verifier takes it and the typed block programs; raw tracepoints where
+    VTRACE_STRATEGIES leaves tp_btf out."""
+    pts = lab_run["probes"]
+    tp = "tp_btf" if lab_run["phase"] == "fentry" else "raw_tracepoint"
+    for point, target in (("vring_interrupt", "irq_handler_entry"), ("block_rq_issue", "block_rq_issue"),
+                          ("block_rq_complete", "block_rq_complete")):
+        p = pts[point]
+        assert p["attached"] and p["strategy"] == f"{tp}:{target}" and not p["error"], p
+
+
 def test_every_host_point_attaches_on_the_newer_kernel(lab_run):
     assert not lab_run["kernel"].startswith("6.1.")
     pts = {n: p for n, p in lab_run["probes"].items() if p["layer"] == "vhost" or n == "admin_cmd"}
