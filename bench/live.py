@@ -52,19 +52,30 @@ def fio(qd: int, seconds: int) -> float:
     return float(json.loads(out)["jobs"][0]["read"]["iops"])
 
 
+def _hold(code: str, what: str):
+    """A child that runs ``code`` (which loads programs), says so, and keeps them until SIGTERM."""
+    code = ("import os, signal, sys\n" + code
+            + "print('Hit Ctrl-C', file=sys.stderr, flush=True)\nsignal.sigwait({signal.SIGTERM})\n")
+    p = subprocess.Popen([PY, "-c", code], stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    line = p.stderr.readline()
+    if "Hit Ctrl-C" not in line:
+        raise RuntimeError(f"{what} program did not load: {line}")
+    return p
+
+
 def start(cfg: str, tmp: str, root: str = ROOT):
     if cfg == "none":
         return None
-    if cfg == "empty":  # the floor: a raw tracepoint program that does nothing, on the same points
-        code = ("import os, signal, sys\nfrom vtrace.kernel import headers\nos.environ.update(headers.bcc_env())\n"
-                "from bcc import BPF\nb = BPF(text=b'" + "".join(
-                    f"RAW_TRACEPOINT_PROBE({tp}) {{ return 0; }} " for tp in TPS) + "')\n"
-                "print('Hit Ctrl-C', file=sys.stderr, flush=True)\nsignal.sigwait({signal.SIGTERM})\n")
-        p = subprocess.Popen([PY, "-c", code], stderr=subprocess.PIPE, text=True, cwd=ROOT)
-        line = p.stderr.readline()
-        if "Hit Ctrl-C" not in line:
-            raise RuntimeError(f"empty program did not load: {line}")
-        return p
+    # the floor: programs that do nothing, on the same points, held by a child until SIGTERM
+    if cfg == "empty":  # raw tracepoints, loaded by bcc
+        return _hold("from vtrace.kernel import headers\nos.environ.update(headers.bcc_env())\n"
+                     "from bcc import BPF\nb = BPF(text=b'" + "".join(
+                         f"RAW_TRACEPOINT_PROBE({tp}) {{ return 0; }} " for tp in TPS) + "')\n", cfg)
+    if cfg == "empty-btf":  # tp_btf, loaded as vtrace loads its own (vtrace/kernel/fentry.py)
+        return _hold("from vtrace.kernel import fentry\nkeep = []\n"
+                     f"for tp in {TPS!r}:\n"
+                     "    fd = fentry.load(fentry._RETURN_0, 'tp_btf', fentry.tp_target(tp), 0, 'empty_btf')\n"
+                     "    keep += [fd, fentry.attach(fd)]\n", cfg)
     if cfg == "bpftrace":
         prog = f'tracepoint:irq:irq_handler_entry /str(args->name) == "{disk_queue()}"/ {{ @n = count(); }}'
         p = subprocess.Popen(["bpftrace", "-e", prog], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -130,7 +141,7 @@ def per_hit(cfg: str, tmp: str, seconds: int, baseline: str | None = None) -> di
 
 def per_hit_rounds(rounds: int, seconds: int, baseline: str | None, tmp: str, out: str) -> None:
     """Per-hit costs only: interleaved rounds, each program's median."""
-    cfgs = ["empty", "stat", *(["stat@base"] if baseline else []), "bpftrace"]
+    cfgs = ["empty", "empty-btf", "stat", *(["stat@base"] if baseline else []), "bpftrace"]
     runs: dict[str, list[dict]] = {c: [] for c in cfgs}
     for r in range(rounds):
         for cfg in cfgs[r % len(cfgs):] + cfgs[:r % len(cfgs)]:
@@ -199,7 +210,7 @@ def main() -> int:
             print(f"  QD{qd:<3} {cfg:<9} {m:9.0f}  {100 * (m - base) / base:+6.1f}%")
     print("\nper hit, mean ns (hits) at QD32, from kernel.bpf_stats_enabled:")
     print(f"  {'':<12}" + "".join(f"{tp:>28}" for tp in TPS))
-    for cfg in ("empty", "stat", "stat-stream", "capture", "bpftrace"):
+    for cfg in ("empty", "empty-btf", "stat", "stat-stream", "capture", "bpftrace"):
         res["per_hit"][cfg] = h = per_hit(cfg, tmp, a.seconds)
         print(f"  {cfg:<12}" + "".join(f"{h[tp]['ns_per_hit']:>10} ({h[tp]['run_cnt']:>13,})" if tp in h
                                       else f"{'-':>28}" for tp in TPS), flush=True)
