@@ -6,8 +6,8 @@
  * Interrupts: where function probes are refused (our own machines), the
  * irq_handler_entry raw tracepoint (kernel/irq/handle.c
  * __handle_irq_event_percpu) gives (irq, struct irqaction *); as tp_btf
- * (probes/vtrace_tp.h) the irqaction is a typed pointer read by plain loads. A per-virtqueue
- * MSI-X vector's handler is vring_interrupt (registered by
+ * (probes/vtrace_tp.h) the irqaction is a typed pointer read by plain loads.
+ * A per-virtqueue MSI-X vector's handler is vring_interrupt (registered by
  * vp_request_msix_vectors) with dev_id = the struct virtqueue *.
  *
  * The ring itself, where function probes are allowed (fentry/fexit or
