@@ -384,6 +384,18 @@ int set_owner_return(FN_CTX *ctx)
 		return 0;
 	if (RETVAL != 0)
 		return 0;	/* -EBUSY: it already had an owner, nothing changed */
+	/* A new owner: the device's queues may sit where a closed device's
+	 * were (the slab hands freed memory out again; the vhost lab's vsock VMM
+	 * once got the net VMM's rx queue and device addresses). Forget what
+	 * vq_info knew of them, so that the next touch reads who they are now;
+	 * user space renames them on this event (vtrace/sources/live.py). */
+	u64 slot[MAX_VQS] = {};
+	u32 nvqs = read_vqs((const void *)a.a0, slot);
+#pragma clang loop unroll(full)
+	for (int i = 0; i < MAX_VQS; i++) {
+		if (i < nvqs)
+			vq_info.delete(&slot[i]);
+	}
 	each_queue(ctx, (const void *)a.a0, VTRACE_SET_OWNER, 0);
 	return 0;
 }

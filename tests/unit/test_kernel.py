@@ -442,3 +442,42 @@ def test_fentry_refusal_tells_a_kernel_without_fentry_from_a_verifier_no(monkeyp
     with pytest.raises(fentry.FentryError, match="fentry program refused: Permission denied"):
         fentry.load(b"\0" * 16, "fentry", 1)
     assert len(calls) == 2  # once more, with the verifier's log
+
+
+def test_a_vhost_queue_whose_address_a_new_owner_took_gets_a_new_id():
+    """A closed vhost device's memory is handed out again (the vhost lab's vsock
+    VMM once got the net VMM's rx queue). A SET_OWNER by another process starts a
+    new life: from that event on, and in later batches, the queue's events carry
+    a new id; SET_OWNER by the same owner (after RESET_OWNER) changes nothing."""
+    import numpy as np
+
+    from vtrace.events import RECORD_DTYPE, Kind, Layer
+    from vtrace.sources.live import LiveSource
+    src = object.__new__(LiveSource)  # only the identity bookkeeping: no bcc, no kernel
+    src.lives, src.owner_of = {}, {}
+    ptr, other = 0xFFFF888101BA4200, 0xFFFF888101BA4400
+
+    def batch(*rows):
+        ev = np.zeros(len(rows), RECORD_DTYPE)
+        for i, (ts, obj, kind, pid) in enumerate(rows):
+            ev[i]["ts"], ev[i]["obj"], ev[i]["kind"], ev[i]["pid"] = ts, obj, kind, pid
+            ev[i]["layer"] = Layer.VHOST
+        return ev
+
+    first = batch((1, ptr, Kind.SET_OWNER, 474), (2, ptr, Kind.FETCH, 474), (3, other, Kind.FETCH, 474))
+    src._new_lives(first)
+    assert first["obj"].tolist() == [ptr, ptr, other] and src.owner_of == {ptr: 474}
+    again = batch((4, ptr, Kind.USED, 474), (5, ptr, Kind.SET_OWNER, 474), (6, ptr, Kind.FETCH, 474))
+    src._new_lives(again)  # the same owner again: the same queue
+    assert again["obj"].tolist() == [ptr] * 3 and not src.lives
+    new = (ptr & 0xFFFFFFFFFFFF) | (0xFFFE << 48)
+    taken = batch((7, ptr, Kind.USED, 474), (8, ptr, Kind.SET_OWNER, 478), (9, ptr, Kind.FETCH, 478),
+                  (9, other, Kind.FETCH, 474))
+    src._new_lives(taken)
+    assert taken["obj"].tolist() == [ptr, new, new, other]
+    later = batch((10, ptr, Kind.USED, 478))
+    src._new_lives(later)
+    assert later["obj"].tolist() == [new] and src.owner_of[ptr] == 478
+    third = batch((11, ptr, Kind.SET_OWNER, 512), (12, ptr, Kind.FETCH, 512))
+    src._new_lives(third)
+    assert third["obj"].tolist() == [(ptr & 0xFFFFFFFFFFFF) | (0xFFFD << 48)] * 2

@@ -343,7 +343,12 @@ class LiveSource:
         self.status: list[ProbeStatus] = []
         self.programs: list[_Program] = []
         self.known: set[int] = set()
-        self.vhost_devs: dict[int, str] = {}
+        # vhost queues whose address a new owner took over (a closed device's
+        # memory handed out again): kernel pointer -> the id its events carry
+        # now, and the owner each pointer's identity was read for (_new_lives)
+        self.lives: dict[int, int] = {}
+        self.owner_of: dict[int, int] = {}
+        self.vhost_devs: dict[tuple[int, int], str] = {}
         self._pending: Batch | None = None  # a batch built and not yet handed over
         self._tail: list[Batch] = []        # what the last read at the end found (final())
         self.demoted: dict[str, str] = {}    # points fentry or tp_btf was refused for at attach: why
@@ -721,18 +726,48 @@ class LiveSource:
                 return v.name.decode(errors="replace")
         return ""
 
+    def _new_lives(self, ev: np.ndarray) -> None:
+        """Give a vhost queue a new id where a new owner took its address over.
+
+        Objects are kernel pointers, and a closed vhost device's memory is
+        handed out again: the vhost lab's vsock VMM once got the net VMM's rx
+        queue, and its events and identity landed on the net VM's queue. A
+        SET_OWNER by another process than the one the queue's identity was
+        read for starts a new life: from that event on (and in every later
+        batch) its events carry a new id, the pointer with its top 16 bits
+        0xFFFF - generation (kernel pointers have 0xFFFF there, vtrace's
+        per-process tags 0x49-0x56), and its identity is read again (the probe
+        forgot it, probes/vhost.bpf.c set_owner_return). A SET_OWNER by the
+        same owner again (after RESET_OWNER) keeps the queue as it is."""
+        if self.lives:
+            for ptr, now in self.lives.items():
+                ev["obj"][ev["obj"] == ptr] = now
+        owned = np.flatnonzero((ev["kind"] == Kind.SET_OWNER) & (ev["layer"] == Layer.VHOST))
+        for i in owned.tolist():
+            now, pid, ts = int(ev["obj"][i]), int(ev["pid"][i]), int(ev["ts"][i])
+            ptr = next((p for p, o in self.lives.items() if o == now), now)
+            if self.owner_of.get(ptr, pid) == pid:
+                self.owner_of[ptr] = pid
+                continue
+            gen = 0xFFFF - ((now >> 48) & 0xFFFF) + 1
+            self.lives[ptr] = new = (ptr & 0xFFFFFFFFFFFF) | ((0xFFFF - gen) << 48)
+            self.owner_of[ptr] = pid
+            ev["obj"][(ev["obj"] == now) & (ev["ts"] >= ts)] = new
+
     def _vhost_objects(self, prog: _Program) -> list[ObjectInfo]:
         """vhost queues: the VM from the worker's name (vhost-<owner pid>), the
         driver and queue role from the kick handler's symbol."""
         out = []
         for k, v in prog.bpf[b"vq_info"].items():
-            obj = int(k.value)
+            ptr = int(k.value)
+            obj = self.lives.get(ptr, ptr)  # its id in this life (_new_lives)
             if obj in self.known:
                 continue
             self.known.add(obj)
             comm = v.comm.decode(errors="replace")
             worker = comm.startswith("vhost-") and comm[6:].isdigit()
             owner = int(comm[6:]) if worker else int(v.tgid)
+            self.owner_of.setdefault(ptr, owner)
             sym = self.syms.name_at(int(v.handle_kick))
             fn = sym.name if sym else ""
             mod = sym.module if sym else ""
@@ -740,7 +775,8 @@ class LiveSource:
                         else "scsi" if "scsi" in fn else "vdpa" if mod == "vhost_vdpa" or "vdpa" in fn
                         else "unknown")
             role = "rx" if "rx" in fn else "tx" if "tx" in fn else ""
-            devs = self.vhost_devs.setdefault(int(v.dev), f"{dev_type}{len(self.vhost_devs)}")
+            # by address and owner: a new owner's device may sit where a closed one's was
+            devs = self.vhost_devs.setdefault((int(v.dev), owner), f"{dev_type}{len(self.vhost_devs)}")
             qi = int(v.index)
             out.append(ObjectInfo(obj=obj, vm=vm_name(owner, "" if worker else comm), device=devs, dev_type=dev_type,
                                   queue=qi if qi != 0xFFFF else 0xFFFF,
@@ -841,6 +877,11 @@ class LiveSource:
         ev = np.concatenate(parts) if parts else np.zeros(0, RECORD_DTYPE)
         if ev.size > 1:
             ev = ev[np.argsort(ev["ts"], kind="stable")]  # several rings, several CPUs
+        self._new_lives(ev)
+        if kc is not None and self.lives:  # counted since the last read: the current life's
+            for a in (kc.counts, kc.latency, kc.flight):
+                for ptr, now in self.lives.items():
+                    a["obj"][a["obj"] == ptr] = now
         objects = tuple(self._objects(ev if kc is None else np.concatenate((ev, _as_records(kc)))))
         batch = Batch(events=ev, t_end=max(now, int(ev["ts"][-1]) if ev.size else 0), objects=objects,
                       probes=self.probes() if first else None, counts=kc)
