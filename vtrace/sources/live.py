@@ -726,6 +726,11 @@ class LiveSource:
                 return v.name.decode(errors="replace")
         return ""
 
+    def _current_ids(self, a: np.ndarray) -> None:
+        """Each taken-over pointer in ``a["obj"]`` as the id of its current life."""
+        for ptr, now in self.lives.items():
+            a["obj"][a["obj"] == ptr] = now
+
     def _new_lives(self, ev: np.ndarray) -> None:
         """Give a vhost queue a new id where a new owner took its address over.
 
@@ -739,9 +744,7 @@ class LiveSource:
         per-process tags 0x49-0x56), and its identity is read again (the probe
         forgot it, probes/vhost.bpf.c set_owner_return). A SET_OWNER by the
         same owner again (after RESET_OWNER) keeps the queue as it is."""
-        if self.lives:
-            for ptr, now in self.lives.items():
-                ev["obj"][ev["obj"] == ptr] = now
+        self._current_ids(ev)
         owned = np.flatnonzero((ev["kind"] == Kind.SET_OWNER) & (ev["layer"] == Layer.VHOST))
         for i in owned.tolist():
             now, pid, ts = int(ev["obj"][i]), int(ev["pid"][i]), int(ev["ts"][i])
@@ -878,10 +881,9 @@ class LiveSource:
         if ev.size > 1:
             ev = ev[np.argsort(ev["ts"], kind="stable")]  # several rings, several CPUs
         self._new_lives(ev)
-        if kc is not None and self.lives:  # counted since the last read: the current life's
+        if kc is not None:  # counted since the last read: the current life's
             for a in (kc.counts, kc.latency, kc.flight):
-                for ptr, now in self.lives.items():
-                    a["obj"][a["obj"] == ptr] = now
+                self._current_ids(a)
         objects = tuple(self._objects(ev if kc is None else np.concatenate((ev, _as_records(kc)))))
         batch = Batch(events=ev, t_end=max(now, int(ev["ts"][-1]) if ev.size else 0), objects=objects,
                       probes=self.probes() if first else None, counts=kc)
