@@ -422,11 +422,28 @@ def _attach_all():
     return list(src.probes())
 
 
+def _missed_cell(p) -> str:
+    """A point's skipped runs for a table: the count, '+?' where the kernel skips some uncounted."""
+    if not p.attached:
+        return "-"
+    return f"{p.missed:,}" + ("+?" if p.uncounted else "")
+
+
+def _uncounted_notes(points) -> None:
+    """Say, per point, which skipped runs this kernel does not count (the '+?' of MISSED)."""
+    notes = [p for p in points if p.attached and p.uncounted]
+    if notes:
+        click.echo("\n+? not counted by this kernel:")
+        for p in notes:
+            click.echo(f"  {p.point}: {p.uncounted}")
+
+
 def _probe_table(points) -> None:
-    click.echo(f"{'LAYER':<13} {'POINT':<18} {'STRATEGY':<38} STATUS")
+    click.echo(f"{'LAYER':<13} {'POINT':<18} {'STRATEGY':<38} {'MISSED':>7} STATUS")
     for p in points:
         status = ("attached" + (f" ({p.error})" if p.error else "")) if p.attached else f"failed: {p.error}"
-        click.echo(f"{p.layer:<13} {p.point:<18} {p.strategy:<38} {status}")
+        click.echo(f"{p.layer:<13} {p.point:<18} {p.strategy:<38} {_missed_cell(p):>7} {status}")
+    _uncounted_notes(points)
 
 
 def _probe_stats(duration_ns: int, as_json: bool, stream: bool) -> int:
@@ -455,17 +472,21 @@ def _probe_stats(duration_ns: int, as_json: bool, stream: bool) -> int:
             pass
         rows = src.prog_stats()
         src.close()
+        status = {p.point: p for p in src.probes()}
     finally:
         with open(knob, "w") as f:
             f.write(before)
     if as_json:
         for layer, point, cnt, ns in rows:
             click.echo(json.dumps({"layer": layer, "point": point, "run_cnt": cnt, "run_time_ns": ns,
-                                   "ns_per_hit": round(ns / cnt, 1) if cnt else None}))
+                                   "ns_per_hit": round(ns / cnt, 1) if cnt else None,
+                                   "missed": status[point].missed, "uncounted": status[point].uncounted}))
     else:
-        click.echo(f"{'LAYER':<13} {'POINT':<18} {'RUNS':>10} {'NS/HIT':>8}")
+        click.echo(f"{'LAYER':<13} {'POINT':<18} {'RUNS':>10} {'NS/HIT':>8} {'MISSED':>8}")
         for layer, point, cnt, ns in rows:
-            click.echo(f"{layer:<13} {point:<18} {cnt:>10,} {f'{ns / cnt:.0f}' if cnt else '-':>8}")
+            click.echo(f"{layer:<13} {point:<18} {cnt:>10,} {f'{ns / cnt:.0f}' if cnt else '-':>8} "
+                       f"{_missed_cell(status[point]):>8}")
+        _uncounted_notes([status[point] for _layer, point, _c, _n in rows])
     return 0
 
 
@@ -486,7 +507,7 @@ def probes(ebpf, as_json, stats_for, stream):
     Examples:
       sudo vtrace probes
       sudo vtrace probes -j
-      sudo vtrace probes --stats 10s     # runs and mean ns per hit of each point (BPF statistics)
+      sudo vtrace probes --stats 10s     # runs, mean ns per hit and skipped runs of each point
       sudo vtrace probes --stats 10s --stream   # the same for what capture and check load
     """
     from vtrace.sources import live_available

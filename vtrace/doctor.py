@@ -132,6 +132,25 @@ def tp_btf() -> Check:
                  + (" (with bpf_rdonly_cast)" if cast else ""), required=False)
 
 
+def skipped_runs() -> Check:
+    """Which runs the kernel skips without counting them, per attach strategy
+    vtrace may use here (vtrace/kernel/misses.py): what `lost` cannot include."""
+    from vtrace.kernel import attach, misses
+    version = misses.kernel_version()
+    try:
+        kinds = attach.allowed()
+    except ValueError as e:
+        return Check("misses", False, str(e), "unset VTRACE_STRATEGIES or name known kinds", False)
+    if not kprobes().ok:
+        kinds = tuple(k for k in kinds if k != "kprobe")
+    blind = {k: misses.uncounted(k, version, kprobe_link=True) for k in kinds}
+    blind = {k: why for k, why in blind.items() if why}
+    if not blind:
+        return Check("misses", True, "every probe run the kernel skips is counted (lost)", required=False)
+    return Check("misses", False, "; ".join(f"{k}: {why}" for k, why in blind.items()),
+                 "none needed to trace; a newer kernel counts them (vtrace probes marks each point '+?')", False)
+
+
 def events_transport() -> Check:
     """Which way records reach vtrace (vtrace/kernel/transport.py): the BPF ring
     buffer, or per-CPU perf buffers on kernels before 5.8."""
@@ -148,7 +167,7 @@ def events_transport() -> Check:
 def run_all() -> list[Check]:
     checks = [privileges(), bcc_importable(), btf_present(), tracefs_mounted()]
     if checks[0].ok and checks[1].ok:
-        checks += [kernel_headers(), kprobes(), fentry(), tp_btf(), events_transport()]
+        checks += [kernel_headers(), kprobes(), fentry(), tp_btf(), skipped_runs(), events_transport()]
     else:
         checks += [kprobes()]
     return checks

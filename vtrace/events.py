@@ -289,6 +289,8 @@ class ProbeStatus:
     strategy: str
     attached: bool
     error: str = ""
+    missed: int = 0       # runs the kernel skipped and counted (already in the source's lost)
+    uncounted: str = ""   # what this kernel skips without counting, for this point's strategy
 
 
 @dataclass

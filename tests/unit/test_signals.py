@@ -128,6 +128,7 @@ def test_a_stop_during_a_ring_read_keeps_what_was_read(tmp_path, sig):
     src.stream, src.duration_ns, src.drain_s, src.batch_ns = True, None, 0.001, 10**12  # one batch: the tail
     src.status, src.known, src.vhost_devs, src._pending, src._tail, src.demoted = [], set(), {}, None, [], {}
     src.info, src.host, src.lives, src.owner_of = {"source": "live"}, "test", {}, {}
+    src.missed, src.uncounted, src._missed_sent = {}, {}, ()
     ring = _Ring(sig)
     bpf = type("Bpf", (), {"funcs": {}, "cleanup": lambda self: None,
                            "__getitem__": lambda self, k: type("M", (), {"getvalue": lambda s, i: [0]})()})()

@@ -170,6 +170,18 @@ def _self_metrics(snap: Snapshot) -> Iterator:
     for p in snap.probes:
         per.add_metric((p.layer, p.point), 1 if p.attached else 0)
     yield per
+    missed = CounterMetricFamily("vtrace_probe_missed_runs",
+                                 "Runs of the point's programs the kernel skipped and counted "
+                                 "(part of vtrace_events_lost_total).", labels=("layer", "point"))
+    blind = GaugeMetricFamily("vtrace_probe_misses_uncounted",
+                              "1 when this kernel skips some of the point's runs without counting them "
+                              "(vtrace probes says which).", labels=("layer", "point"))
+    for p in snap.probes:
+        if p.attached:
+            missed.add_metric((p.layer, p.point), p.missed)
+            blind.add_metric((p.layer, p.point), 1 if p.uncounted else 0)
+    yield missed
+    yield blind
     dmg = GaugeMetricFamily("vtrace_source_damaged", "1 when the source could not read all of its input.")
     dmg.add_metric([], 1 if snap.damage else 0)
     yield dmg

@@ -25,14 +25,14 @@ import mmap
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import numpy as np
 
 from vtrace.events import (COUNT_DTYPE, FLIGHT_DTYPE, LATENCY_DTYPE, RECORD_DTYPE, UNOBSERVED, Batch, Kind,
                            KernelCounts, Layer, ObjectInfo, ProbeStatus)
-from vtrace.kernel import attach, btf, fentry, headers, transport
+from vtrace.kernel import attach, btf, fentry, headers, kprobe, misses, transport
 from vtrace.kernel.bccerr import captured_stderr, reason
 from vtrace.kernel.symbols import Kallsyms, SymbolError
 from vtrace.model.devtypes import DEVICE_IDS
@@ -196,18 +196,15 @@ def _fn_names(p: attach.Point, s: attach.Strategy) -> list[str]:
     return [fn for _how, fn in s.attach] + [x[2] for x in EXTRA_ATTACH.get(p.name, ())]
 
 
-def _fdinfo(fd: int) -> dict[str, int]:
-    out = {}
-    try:
-        with open(f"/proc/self/fdinfo/{fd}") as f:
-            for ln in f:
-                k, _, v = ln.partition(":")
-                v = v.strip()
-                if v.isdigit():
-                    out[k] = int(v)
-    except OSError:
-        pass
-    return out
+def point_functions(p: attach.Point, s: attach.Strategy) -> list[str]:
+    """The program functions that run for a point attached by ``s``: what its
+    run counts and skipped runs are summed over."""
+    if s.kind in attach.FUNCTION_KINDS or s.kind == "tp_btf":
+        return _fn_names(p, s)
+    if s.kind == "tracepoint":
+        g, n = s.target.split(":", 1)
+        return [f"tracepoint__{g}__{n}"]
+    return [f"raw_tracepoint__{s.target}"]
 
 
 _STARTS = (Kind.AVAIL, Kind.FETCH)
@@ -263,6 +260,8 @@ class _Program:
     # fentry points: {point: [(how, program function, kernel function, (BTF id, BTF object fd))]}
     fentry: dict = field(default_factory=dict)
     fds: dict = field(default_factory=dict)     # (program function, kernel function) -> (prog fd, link fd)
+    # kprobe points: (program function, kernel function, kprobe|kretprobe) -> kprobe.Kprobe
+    kprobes: dict = field(default_factory=dict)
     bpf: object = None
     ring: RingReader | None = None
     chunks: list[np.ndarray] = field(default_factory=list)
@@ -354,6 +353,11 @@ class LiveSource:
         self.demoted: dict[str, str] = {}    # points fentry or tp_btf was refused for at attach: why
         self.partial: dict[str, str] = {}    # fentry points attached without one of their extra functions
         self.without: dict[str, str] = {}    # points attached without their OPTIONAL_PARTS entry
+        # skipped runs the kernel counted, per attached point (read with each batch and at close),
+        # and what it skips uncounted for each (vtrace/kernel/misses.py)
+        self.missed: dict[str, int] = {}
+        self.uncounted: dict[str, str] = {}
+        self._missed_sent: tuple = ()  # the counts the last probe table carried
         self.host = socket.gethostname()
         try:
             self.syms = Kallsyms()
@@ -555,11 +559,15 @@ class LiveSource:
                          self.partial.get(p.name, "") if s.kind == "fentry" else "", self.without.get(p.name, "")]
                 note = "; ".join(n for n in notes if n)
                 self.status.append(ProbeStatus(p.layer, p.name, label, True, note))
+                links = [kp.link_fd >= 0 and kp.missed() is not None
+                         for (fn, _t, _h), kp in prog.kprobes.items() if fn in point_functions(p, s)]
+                self.uncounted[p.name] = misses.uncounted(s.kind, misses.kernel_version(), bool(links) and all(links))
             except fentry.FentryError as e:
                 self._detach_fentry(prog, p)
                 refused[p] = f"{s.kind} refused: {reason(e.log, e)}"
                 self.status.append(ProbeStatus(p.layer, p.name, label, False, refused[p]))
             except Exception as e:  # noqa: BLE001 - bcc raises bare Exception
+                self._detach_kprobes(prog, p, s)
                 self.status.append(ProbeStatus(p.layer, p.name, label, False, reason(log[0] if log else "", e)))
         return refused
 
@@ -595,9 +603,18 @@ class LiveSource:
         # behind, and the thread's next call would be paired with it: an avail
         # lost, and a false used-twice in the checker (most likely what CI's
         # guest lab saw on its 9p queue). A return with no saved entry is ignored.
+        # Through a BPF link of vtrace's own, not bcc's attach_kprobe: only a
+        # link reports the kprobe's misses (vtrace/kernel/kprobe.py).
+        from bcc import BPF  # noqa: deferred: only the live source needs bcc
         for ptype, target, fn in sorted(targets, key=lambda t: t[0] != "kretprobe"):
-            att = prog.bpf.attach_kprobe if ptype == "kprobe" else prog.bpf.attach_kretprobe
-            att(event=target.encode(), fn_name=fn.encode())
+            prog_fd = prog.bpf.load_func(fn.encode(), BPF.KPROBE).fd
+            prog.kprobes[(fn, target, ptype)] = kprobe.attach(prog_fd, target, ptype == "kretprobe")
+
+    def _detach_kprobes(self, prog: _Program, p: attach.Point | None = None, s: attach.Strategy | None = None) -> None:
+        """Close a point's (or every) kprobe: its link and perf event."""
+        names = point_functions(p, s) if p is not None else None
+        for key in [k for k in prog.kprobes if names is None or k[0] in names]:
+            prog.kprobes.pop(key).close()
 
     def _detach_fentry(self, prog: _Program, p: attach.Point | None = None) -> None:
         """Close a point's (or every) fentry/fexit link and program: that detaches them."""
@@ -613,7 +630,21 @@ class LiveSource:
             [(fn, pfd) for (fn, _target), (pfd, _link) in prog.fds.items()]
 
     def probes(self) -> tuple[ProbeStatus, ...]:
-        return tuple(self.status)
+        """Each point's status, an attached one with its skipped runs as last read."""
+        return tuple(replace(st, missed=self.missed.get(st.point, 0), uncounted=self.uncounted.get(st.point, ""))
+                     if st.attached else st for st in self.status)
+
+    def _read_missed(self, prog: _Program) -> None:
+        """Each attached point's skipped runs, as the kernel counts them now: its
+        programs' recursion_misses and its kprobes' own misses."""
+        if prog.bpf is None:
+            return
+        fds = self._prog_fds(prog)
+        for p, s in prog.chosen:
+            names = point_functions(p, s)
+            n = misses.recursion_misses(fd for name, fd in fds if name in names)
+            n += sum(kp.missed() or 0 for (fn, _t, _h), kp in prog.kprobes.items() if fn in names)
+            self.missed[p.name] = n
 
     def prog_stats(self) -> list[tuple[str, str, int, int]]:
         """(layer, point, run_cnt, run_time_ns) per attached point, from each program's
@@ -624,18 +655,12 @@ class LiveSource:
                 continue
             fds = self._prog_fds(prog)
             for p, s in prog.chosen:
-                if s.kind in attach.FUNCTION_KINDS or s.kind == "tp_btf":
-                    names = _fn_names(p, s)
-                elif s.kind == "tracepoint":
-                    g, n = s.target.split(":", 1)
-                    names = [f"tracepoint__{g}__{n}"]
-                else:
-                    names = [f"raw_tracepoint__{s.target}"]
+                names = point_functions(p, s)
                 cnt = ns = 0
                 for name, fd in fds:
                     if name not in names:
                         continue
-                    info = _fdinfo(fd)
+                    info = misses.fdinfo(fd)
                     cnt += info.get("run_cnt", 0)
                     ns += info.get("run_time_ns", 0)
                 out.append((p.layer, p.name, cnt, ns))
@@ -649,6 +674,8 @@ class LiveSource:
         if prog.ring is not None:
             prog.ring.close()
             prog.ring = None
+        self._read_missed(prog)  # the last count, for probes() after the close
+        self._detach_kprobes(prog)
         self._detach_fentry(prog)
         if prog.bpf is not None:
             try:
@@ -850,11 +877,11 @@ class LiveSource:
         for prog in self.programs:
             if prog.bpf is None:
                 continue
-            # What the programs could not store (`lost`), plus runs the kernel
-            # skipped because the program was already running on that CPU
-            # (bpf_prog_inc_misses_counter, shown as recursion_misses in fdinfo).
+            # What the programs could not store (`lost`), plus the runs the
+            # kernel skipped and counted, per point (_read_missed).
             total = sum(int(x) for x in prog.bpf[b"lost"].getvalue(0))
-            total += sum(_fdinfo(fd).get("recursion_misses", 0) for _fn, fd in self._prog_fds(prog))
+            self._read_missed(prog)
+            total += sum(self.missed.get(p.name, 0) for p, _s in prog.chosen)
             if prog.ring is not None:  # perf buffers report their own; records that came unusable
                 total += prog.ring.lost + prog.ring.unread
             if total > prog.lost_seen:
@@ -885,8 +912,13 @@ class LiveSource:
             for a in (kc.counts, kc.latency, kc.flight):
                 self._current_ids(a)
         objects = tuple(self._objects(ev if kc is None else np.concatenate((ev, _as_records(kc)))))
+        # the probe table goes with the first batch, and again whenever a point's
+        # skipped runs grew (read by _lost above)
+        missed = tuple(sorted(self.missed.items()))
+        fresh = first or missed != self._missed_sent
+        self._missed_sent = missed
         batch = Batch(events=ev, t_end=max(now, int(ev["ts"][-1]) if ev.size else 0), objects=objects,
-                      probes=self.probes() if first else None, counts=kc)
+                      probes=self.probes() if fresh else None, counts=kc)
         for prog in self.programs:
             prog.chunks.clear()
         return batch
