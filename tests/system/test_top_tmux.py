@@ -5,7 +5,6 @@ screen, send-keys drives it; after it quits the terminal must be sane
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 
@@ -34,7 +33,7 @@ def wait_screen(pred, timeout=20.0) -> str:
 
 
 def test_top_in_tmux_shows_rows_takes_keys_and_restores_the_terminal(tmp_path):
-    need(shutil.which("tmux"), "tmux")
+    need("tmux")
     done = tmp_path / "done"
     # After top exits, the shell prints the terminal state: stty (echo, icanon) and
     # tmux tells whether the alternate screen is still on.
