@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 BCC    := $(VENV)/.bcc
 PYTEST_ARGS ?=
 
-.PHONY: all setup system-deps test test-unit test-system test-live test-vmlab vmlab run bench clean help
+.PHONY: all setup system-deps test test-unit test-system test-live test-vmlab vmlab lab-soak run bench clean help
 
 all: test
 
@@ -36,8 +36,14 @@ $(BCC): $(STAMP) | system-deps
 	$(PY) -c 'import bcc'
 	touch $@
 
+# The lab's QEMU runs each guest on one host thread (tests/vmlab/lab.py, TCG):
+# two lab files boot at once, one per core (a file's boots stay on one worker).
+VMLAB_JOBS ?= 2
+VMLAB   = -n $(VMLAB_JOBS) --dist loadfile
+
 test: setup
-	$(PY) -m pytest tests/unit tests/system tests/live tests/vmlab $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit tests/system tests/live $(PYTEST_ARGS)
+	$(PY) -m pytest tests/vmlab $(VMLAB) $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -49,13 +55,20 @@ test-live: setup
 	$(PY) -m pytest tests/live $(PYTEST_ARGS)
 
 test-vmlab: setup
-	$(PY) -m pytest tests/vmlab $(PYTEST_ARGS)
+	$(PY) -m pytest tests/vmlab $(VMLAB) $(PYTEST_ARGS)
 
 # The lab: Debian's stock kernel under QEMU, running vtrace live against real
 # vhost-net and vhost-vsock (user-space VMMs), vfio-pci with QEMU's edu device
 # behind its Intel IOMMU, and the guest's own virtio-blk (tests/vmlab; the
 # kernel is cached in /var/tmp/vtrace-lab).
 vmlab: test-vmlab
+
+# Boot the lab BOOTS times (JOBS at a time) attaching every probe point while
+# its own virtio devices are busy: none may hang (tests/vmlab/soak.py).
+BOOTS ?= 20
+JOBS  ?= 2
+lab-soak: setup
+	$(PY) -m tests.vmlab.soak $(BOOTS) $(JOBS)
 
 run: setup
 	$(VENV)/bin/vtrace top

@@ -13,6 +13,8 @@ whatever happened inside).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import io
 import lzma
@@ -130,6 +132,17 @@ def _depends(pkg: str, opts: list[str] = ()) -> list[str]:
     return [ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.strip().startswith("Depends:")]
 
 
+@contextlib.contextmanager
+def _fetching():
+    """One fetch into CACHE at a time across processes (labs run in parallel
+    workers): apt's index updates and the shared download folder are not safe
+    to share."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".fetch.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _fetch_debs(pkgs: list[str], root: Path, opts: list[str] = (), fix=None) -> None:
     """apt-get download ``pkgs`` (``opts``: another suite's lists) and unpack them
     all into ``root``, through root.partial so an interrupted fetch leaves no
@@ -160,6 +173,11 @@ def _fetch_debs(pkgs: list[str], root: Path, opts: list[str] = (), fix=None) -> 
 def stock_kernel(suite: str | None = None) -> Kernel:
     """The Debian stock kernel, resolved through linux-image-amd64: the
     machine's own suites', or ``suite``'s (e.g. BACKPORTS)."""
+    with _fetching():
+        return _stock_kernel(suite)
+
+
+def _stock_kernel(suite: str | None) -> Kernel:
     opts = _suite_apt(suite) if suite else []
 
     def resolve() -> list[str]:
@@ -188,6 +206,11 @@ def kernel_headers(kernel: Kernel) -> Path:
     linux-kbuild), unpacked under CACHE, never installed: the host-root guest
     shares this machine's / and must not find a /lib/modules/<release> there.
     Returns the directory to build modules against (make -C)."""
+    with _fetching():
+        return _kernel_headers(kernel)
+
+
+def _kernel_headers(kernel: Kernel) -> Path:
     root = CACHE / f"linux-headers-{kernel.release}"
     build = root / "usr" / "src" / f"linux-headers-{kernel.release}"
     if (build / "Makefile").exists():
@@ -428,7 +451,7 @@ LAB_CPU = "max,avx=off,avx2=off"
 
 
 def boot_host_root(kernel: Kernel, initrd: Path, out: Path, script: str, extra: list[str] = (), *,
-                   timeout: int = 300, append: str = "") -> Run:
+                   timeout: int = 600, append: str = "") -> Run:
     """Run ``script`` (sh) in the host-root guest; ``out`` is its /out. `-cpu max`:
     numpy needs more than qemu64's instruction set."""
     out.mkdir(parents=True, exist_ok=True)
@@ -448,12 +471,14 @@ PROJECT = Path(__file__).resolve().parents[2]
 
 
 def run_host_root(workdir: Path, modules: list[str], script: str, extra: list[str] = (), *,
-                  append: str = "", timeout: int = 300, kernel: Kernel | None = None,
+                  append: str = "", timeout: int = 600, kernel: Kernel | None = None,
                   files: tuple[Path, ...] = ()) -> tuple[Path, Run]:
     """The whole lab run: the stock kernel, an initramfs loading ``modules``
     in ``workdir``, ``files`` copied into /out, ``script`` run from the project
     root; returns (/out, run). A guest that hangs fails the test, with its
-    hang report (boot: the NMI, the stacks): nothing boots it again."""
+    hang report (boot: the NMI, the stacks): nothing boots it again. The
+    timeout is generous (a run takes 1.5 to 4 minutes, two boot at once in
+    `make test`): it only decides how long a hang takes to fail."""
     k = kernel or stock_kernel()
     workdir.mkdir(parents=True, exist_ok=True)
     host_root_initramfs(k, modules, str(PROJECT), workdir / "initrd.gz")
@@ -465,15 +490,18 @@ def run_host_root(workdir: Path, modules: list[str], script: str, extra: list[st
 
 
 def probe_table(out: Path, phase: str) -> dict[str, dict]:
-    """The points as the phase's capture attached them (what `vtrace probes -j`
-    prints: layer, point, strategy, attached, error), by point name. The capture
-    records them with its first batch; a second `vtrace probes` run per phase
-    cost the lab about 20 s of TCG each time for the same table."""
+    """The points as the phase's capture last described them (what `vtrace probes
+    -j` prints: layer, point, strategy, attached, error, missed, uncounted), by
+    point name. The capture records them with its first batch and again whenever
+    a point's skipped runs grew; a second `vtrace probes` run per phase cost the
+    lab about 20 s of TCG each time for the same table."""
     from vtrace.capture import CaptureReader
+    last = None
     for b in CaptureReader(str(out / f"{phase}.vtrace")).batches():
         if b.probes is not None:
-            return {p.point: dict(p.__dict__) for p in b.probes}
-    raise AssertionError(f"the {phase} capture holds no probe table")
+            last = {p.point: dict(p.__dict__) for p in b.probes}
+    assert last is not None, f"the {phase} capture holds no probe table"
+    return last
 
 
 def capture_events(path: Path) -> tuple[np.ndarray, dict]:
