@@ -186,13 +186,15 @@ def test_guest_ring_points_attach(lab_run):
     assert not any(pts[n]["error"] for n in ("block_rq_issue", "block_rq_complete")), pts
 
 
-def test_no_probe_run_was_skipped_and_6_1_says_what_it_cannot_count(lab_run):
-    """Nothing can be skipped here (lab_out's CPU arrangement), so every point's
-    counted misses stay 0. 6.1 counts what fentry, tp_btf and raw tracepoint
-    programs skip (recursion_misses) but not what a kprobe skips: those points
-    say so, with the kernel that counts it (vtrace/kernel/misses.py)."""
+def test_6_1_says_which_points_skip_runs_uncounted(lab_run):
+    """6.1 counts what fentry, tp_btf and raw tracepoint programs skip
+    (recursion_misses) but not what a kprobe skips: those points, and only
+    they, say so, with the kernel that counts it (vtrace/kernel/misses.py).
+    (Their counts are not held to 0: the arrangement of lab_out protects the
+    disks' and the NIC's buffers, while a 9p interrupt may still land in the
+    NIC's NAPI poll on CPU 0, where a skipped 9p get_buf is counted.)"""
     pts = {n: p for n, p in lab_run["probes"].items() if p["attached"]}
-    assert all(p["missed"] == 0 for p in pts.values()), {n: p["missed"] for n, p in pts.items()}
+    assert all(isinstance(p["missed"], int) and p["missed"] >= 0 for p in pts.values()), pts
     blind = {n: p["uncounted"] for n, p in pts.items() if p["uncounted"]}
     if lab_run["phase"] == "kprobe":
         assert set(blind) == {"vq_add", "vq_get_buf", "vq_kick", "vq_kick_suppressed"}, blind
