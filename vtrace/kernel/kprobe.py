@@ -25,7 +25,7 @@ import platform
 import struct
 from dataclasses import dataclass
 
-from vtrace.kernel.fentry import BPF_OBJ_GET_INFO_BY_FD, FentryError, bpf
+from vtrace.kernel.fentry import BPF_OBJ_GET_INFO_BY_FD, bpf
 
 PMU_DIR = "/sys/bus/event_source/devices/kprobe"
 _NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}
@@ -37,6 +37,11 @@ BPF_LINK_CREATE, BPF_PERF_EVENT = 28, 41
 BPF_LINK_TYPE_PERF_EVENT = 7
 BPF_PERF_EVENT_KPROBE, BPF_PERF_EVENT_KRETPROBE = 3, 4
 LINK_INFO_SIZE = 64
+
+
+class KprobeError(Exception):
+    """A kprobe could not be opened or attached (one line)."""
+
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -70,14 +75,14 @@ def _pmu() -> tuple[int, int]:
         with open(f"{PMU_DIR}/format/retprobe") as f:
             bit = int(f.read().strip().split(":", 1)[1])  # "config:0"
     except (OSError, ValueError, IndexError) as e:
-        raise FentryError(f"no kprobe PMU here ({PMU_DIR}: {e})") from None
+        raise KprobeError(f"no kprobe PMU here ({PMU_DIR}: {e})") from None
     return ptype, bit
 
 
 def _perf_event_open(function: str, ret: bool) -> int:
     nr = _NR_PERF_EVENT_OPEN.get(platform.machine())
     if nr is None:
-        raise FentryError(f"perf_event_open syscall number unknown on {platform.machine()}")
+        raise KprobeError(f"perf_event_open syscall number unknown on {platform.machine()}")
     ptype, bit = _pmu()
     name = ctypes.create_string_buffer(function.encode())
     attr = bytearray(PERF_ATTR_SIZE)
@@ -89,7 +94,7 @@ def _perf_event_open(function: str, ret: bool) -> int:
                        ctypes.c_ulong(PERF_FLAG_FD_CLOEXEC))
     if fd < 0:
         e = ctypes.get_errno()
-        raise FentryError(f"cannot open a {'kretprobe' if ret else 'kprobe'} on {function}: {os.strerror(e)}")
+        raise KprobeError(f"cannot open a {'kretprobe' if ret else 'kprobe'} on {function}: {os.strerror(e)}")
     return fd
 
 
@@ -106,7 +111,7 @@ def attach(prog_fd: int, function: str, ret: bool) -> Kprobe:
         fcntl.ioctl(perf_fd, PERF_EVENT_IOC_ENABLE, 0)
     except OSError as e:
         kp.close()
-        raise FentryError(f"cannot attach the program to {function}: {e.strerror}") from None
+        raise KprobeError(f"cannot attach the program to {function}: {e.strerror}") from None
     return kp
 
 

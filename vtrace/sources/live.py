@@ -559,7 +559,7 @@ class LiveSource:
                          self.partial.get(p.name, "") if s.kind == "fentry" else "", self.without.get(p.name, "")]
                 note = "; ".join(n for n in notes if n)
                 self.status.append(ProbeStatus(p.layer, p.name, label, True, note))
-                links = [kp.link_fd >= 0 and kp.missed() is not None
+                links = [kp.missed() is not None
                          for (fn, _t, _h), kp in prog.kprobes.items() if fn in point_functions(p, s)]
                 self.uncounted[p.name] = misses.uncounted(s.kind, misses.kernel_version(), bool(links) and all(links))
             except fentry.FentryError as e:
