@@ -78,8 +78,8 @@ class Kind(enum.IntEnum):
         return self.name.lower()
 
 
-# What each payload field means, per kind. This table is the documentation
-# (docs/events.md is generated from the same words) and the JSONL schema.
+# What each payload field means, per kind: the JSONL schema, and the words of
+# docs/events.md's kinds table (tests/unit/test_docs.py holds the two equal).
 KIND_FIELDS: dict[Kind, dict[str, str]] = {
     Kind.AVAIL: {"id": "head", "len": "writable_bytes", "aux": "readable_bytes",
                  "aux2": "descs", "arg": "avail_idx"},
