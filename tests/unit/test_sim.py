@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from vtrace.events import Kind
-from vtrace.sources.sim import NS, SimConfig, SimSource
+from vtrace.sources.base import Source
+from vtrace.sources.sim import NS, T0, SimConfig, SimSource
 
 
 def _all(cfg="", seconds=3.0):
@@ -91,3 +92,13 @@ def test_scale_reaches_millions_per_simulated_second():
 def test_bad_config(bad):
     with pytest.raises(ValueError):
         SimConfig.parse(bad)
+
+
+def test_implements_the_source_protocol():
+    src = SimSource(SimConfig.parse("vms=1"), duration_ns=NS // 2)
+    assert isinstance(src, Source) and src.kind == "sim" and src.info["simulated"]
+    src.align(NS)  # a no-op: batches are cut where they were
+    assert [b.t_end for b in src.batches()] == [T0 + (i + 1) * NS // 10 for i in range(5)]
+    assert src.final() == [] and src.damage() is None
+    src.close()
+    src.close()  # safe twice
