@@ -4,7 +4,7 @@
 A raw tracepoint on sys_enter writes one 48-byte vtrace record per system
 call made by the load processes (tight getppid() loops) into a BPF ring
 buffer with BPF_RB_NO_WAKEUP, as the probes do. Side by side in one run:
-  mmap    vtrace's RingReader (vtrace/sources/ringbuf.py), drained every 50 ms,
+  mmap    vtrace's RingReader (vtrace/live/ringbuf.py), drained every 50 ms,
           records appended to a capture file
   bcc     bcc's ring_buffer_consume() with a per-record Python callback (the
           same records copied out), drained every 50 ms
@@ -34,8 +34,9 @@ sys.path.insert(0, ROOT)
 from benchlib import RESULTS, save  # noqa: E402
 from vtrace.capture import CaptureWriter  # noqa: E402
 from vtrace.events import Batch  # noqa: E402
-from vtrace.kernel import attach, headers  # noqa: E402
-from vtrace.sources.ringbuf import RingReader  # noqa: E402
+from vtrace.kernel import headers  # noqa: E402
+from vtrace.live.programs import PROBES_DIR  # noqa: E402
+from vtrace.live.ringbuf import RingReader  # noqa: E402
 
 PROG = r"""
 #include "vtrace.h"
@@ -78,7 +79,7 @@ def load(stop, ready):
 
 def run(mode: str, seconds: float, procs: int, pages: int, out_dir: str, burst: int = 1) -> dict:
     from bcc import BPF
-    b = BPF(text=PROG.encode(), cflags=[f"-I{attach.PROBES_DIR}", f"-DPAGES={pages}", f"-DBURST={burst}"])
+    b = BPF(text=PROG.encode(), cflags=[f"-I{PROBES_DIR}", f"-DPAGES={pages}", f"-DBURST={burst}"])
     stop = mp.Event()
     workers = []
     for _ in range(procs):

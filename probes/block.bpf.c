@@ -126,7 +126,7 @@ static __always_inline int req_obj(struct rq_fields *f, u64 *obj, u32 *qn)
  * claimed once for all CPUs (hq_owner, compare-and-swap) by the first queue
  * that lands on it; a queue that finds its slot taken, or a tag past
  * HQ_TAGS, goes the hash way as before. User space reads a queue's slot from
- * hq_info (vtrace/sources/live.py _hq_slot_counts). */
+ * hq_info (vtrace/live/counts.py hq_slot_counts). */
 #define HQ_SLOTS 64
 #define HQ_TAGS 1024
 #define HQ_BUCKETS 64		/* log2 ns buckets, as log2_ns() gives them */

@@ -388,7 +388,7 @@ int set_owner_return(FN_CTX *ctx)
 	 * were (the slab hands freed memory out again; the vhost lab's vsock VMM
 	 * once got the net VMM's rx queue and device addresses). Forget what
 	 * vq_info knew of them, so that the next touch reads who they are now;
-	 * user space renames them on this event (vtrace/sources/live.py). */
+	 * user space renames them on this event (vtrace/live/identity.py new_lives). */
 	u64 slot[MAX_VQS] = {};
 	u32 nvqs = read_vqs((const void *)a.a0, slot);
 #pragma clang loop unroll(full)

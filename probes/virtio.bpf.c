@@ -35,7 +35,7 @@
  * inserting only when none is pending: a call whose return was never seen
  * (it entered while vtrace attached) must not pair with the next call.
  *
- * Struct offsets come from BTF as -D macros (vtrace/sources/live.py), never
+ * Struct offsets come from BTF as -D macros (vtrace/live/loader.py), never
  * from headers:
  *   OFF_IRQACTION_HANDLER, OFF_IRQACTION_DEV_ID        struct irqaction
  *   OFF_VQ_NAME, OFF_VQ_INDEX, OFF_VQ_NUM_FREE,
@@ -129,7 +129,7 @@ static __always_inline void head(struct vtrace_event *e, u8 kind, const void *vq
  * slot keeps the first queue that claims it, which records its line in
  * vq_info; a queue whose slot another holds counts in `counts` as before.
  * User space reads the slots of the queues vq_info knows (vq_slot() in
- * vtrace/sources/live.py), so the table is there in every counting build,
+ * vtrace/live/counts.py), so the table is there in every counting build,
  * with or without the interrupt point (VTRACE_STRATEGIES may leave it out). */
 struct vq_slot {
 	u64 obj;

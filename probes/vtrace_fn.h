@@ -15,7 +15,7 @@
  *     RETVAL                the return value (kretprobe/fexit only)
  * fentry/fexit see u64 args[] with the return value after the last argument
  * (kernel/bpf/trampoline.c); a kprobe sees registers (PT_REGS_PARMn). A
- * point attached to several functions (vtrace/sources/live.py EXTRA_ATTACH)
+ * point attached to several functions (Point.extra in vtrace/live/programs.py)
  * gets the first one's count, so its code reads RETVAL only if they agree.
  */
 #undef FN_CTX

@@ -3,8 +3,8 @@
 Real-mode code at 0x1000 writes N bytes to port 0x10 (each a KVM_EXIT_IO to
 us), one byte to an ioeventfd port (signalled in the kernel, no exit), then
 one byte to port 0x11 to say it is done. An irqfd on GSI 5 is raised from
-user space afterwards. ../shared/KERNEL-NOTES.md has the measured facts
-(PVM here: kvm_exit never fires; KVM_SET_TSS_ADDR fails harmlessly).
+user space afterwards. On this machine's PVM KVM, kvm_exit never fires and
+KVM_SET_TSS_ADDR fails harmlessly.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Live probes on this machine: real BPF, real interrupts, a real (tiny) KVM guest.
 
-What attaches here (../shared/KERNEL-NOTES.md): tracepoints and raw
+What attaches here: tracepoints and raw
 tracepoints; no kprobes, fentry refused; BTF-typed raw tracepoints (tp_btf)
 load (vtrace loads them itself, vtrace/kernel/fentry.py). So the guest-virtio
 points run on irq_handler_entry and the block tracepoints as tp_btf, or as
@@ -30,7 +30,8 @@ from vtrace.capture import CaptureWriter
 from vtrace.events import RECORD_DTYPE, Kind, Layer
 from vtrace.kernel import btf
 from vtrace.pipeline import Pipeline
-from vtrace.sources.live import VQ_SLOTS, LiveSource, vq_slot
+from vtrace.live.counts import VQ_SLOTS, vq_slot
+from vtrace.live.source import LiveSource
 from vtrace.sources.replay import ReplaySource
 
 pytestmark = pytest.mark.live
@@ -106,7 +107,7 @@ def _require_attached(src, *points: str) -> None:
     assert all(s.attached or s.error for s in st.values()), st
 
 
-# How records reach user space (vtrace/kernel/transport.py): this kernel has BPF
+# How records reach user space (vtrace/live/transport.py): this kernel has BPF
 # ring buffers; the perf-buffer fallback (kernels before 5.8) is forced here.
 TRANSPORTS = ("ringbuf", "perf")
 # How the guest points attach: tp_btf, this kernel's first choice, or the raw
@@ -458,14 +459,14 @@ def test_interrupts_count_in_the_queues_own_slot():
     try:
         _require_attached(src, "vring_interrupt")
         _direct_io(200)
-        prog = next(p for p in src.programs if p.name == "virtio")
+        bpf = src.bpf("virtio")
         disk = os.path.basename(os.path.realpath("/sys/block/vda/device"))  # virtio<N>
-        info = {int(k.value): v for k, v in prog.bpf[b"vq_info"].items()}
+        info = {int(k.value): v for k, v in bpf[b"vq_info"].items()}
         obj = next(o for o, v in info.items() if v.name == b"req.0" and v.vdev_index == int(disk[len("virtio"):]))
         slot = vq_slot(_irq_number(f"{disk}-req.0"), 0)
-        slots = prog.bpf[b"irq_slots"]
+        slots = bpf[b"irq_slots"]
         where = {i for i in range(VQ_SLOTS) for v in slots[slots.Key(i)] if v.obj == obj}
-        hashed = sum(v.n for k, per_cpu in prog.bpf[b"counts"].items() if k.obj == obj and k.kind == Kind.SIGNAL
+        hashed = sum(v.n for k, per_cpu in bpf[b"counts"].items() if k.obj == obj and k.kind == Kind.SIGNAL
                      for v in per_cpu)
         if where:
             assert where == {slot}, (where, slot)
@@ -488,14 +489,14 @@ def test_block_requests_count_in_their_queues_own_slot():
     src.start()
     try:
         _attached_as(src, "tp_btf", "block_rq_issue", "block_rq_complete")
-        prog = next(p for p in src.programs if p.name == "block")
+        bpf = src.bpf("block")
         before = _diskstats("vda")
         _direct_io(500)
         req = _diskstats("vda") - before
-        info = {int(k.value): v for k, v in prog.bpf[b"hq_info"].items() if v.disk == b"vda"}
+        info = {int(k.value): v for k, v in bpf[b"hq_info"].items() if v.disk == b"vda"}
         assert info and all(v.slot != 0xFFFFFFFF for v in info.values()), info
-        owner = prog.bpf[b"hq_owner"]
-        slots = prog.bpf[b"hq_slots"]
+        owner = bpf[b"hq_owner"]
+        slots = bpf[b"hq_slots"]
         done = lat = 0
         for obj, v in info.items():
             assert owner[owner.Key(v.slot)].value == obj
@@ -503,10 +504,10 @@ def test_block_requests_count_in_their_queues_own_slot():
             done += sum(x.n[1] for x in per_cpu)
             lat += sum(b.n for x in per_cpu for b in x.lat)
         assert req <= done and lat >= req - 2, (req, done, lat)  # from attach: a request or two in flight then
-        assert not [k for k in prog.bpf[b"counts"].keys() if k.obj in info]
-        assert not [k for k in prog.bpf[b"lat"].keys() if k.obj in info]
-        assert not [k for k in prog.bpf[b"flight"].keys() if k.obj in info]
-        flight = prog.bpf[b"hq_flight"]
+        assert not [k for k in bpf[b"counts"].keys() if k.obj in info]
+        assert not [k for k in bpf[b"lat"].keys() if k.obj in info]
+        assert not [k for k in bpf[b"flight"].keys() if k.obj in info]
+        flight = bpf[b"hq_flight"]
         with open("/sys/block/vda/inflight") as f:
             busy = sum(map(int, f.read().split()))  # the machine's own I/O may be on the disk right now
         held = sum(flight[flight.Key(v.slot * 1024 + t)].value != 0 for v in info.values() for t in range(1024))
@@ -632,8 +633,8 @@ def test_block_queue_that_cannot_be_named_is_counted_lost():
     span0 = _mq_diskstats()
     src = LiveSource(programs=("block",), batch_ms=100)
     src.start()
-    prog = next(p for p in src.programs if p.name == "block")
-    info = prog.bpf[b"hq_info"]
+    bpf = src.bpf("block")
+    info = bpf[b"hq_info"]
     for k in range(1, 1025):  # small numbers: never a gendisk pointer plus a queue number
         info[info.Key(k * 2 + 1)] = info.Leaf()
     with _tracing(src) as result:

@@ -17,7 +17,7 @@ import os
 import pytest
 
 from vtrace.kernel import misses
-from vtrace.sources.live import LiveSource
+from vtrace.live.source import LiveSource
 
 pytestmark = pytest.mark.live
 N = 250

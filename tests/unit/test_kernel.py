@@ -8,12 +8,14 @@ import ctypes
 import os
 import struct
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from tests.tiers import require
 from vtrace.kernel import attach, btf, headers
 from vtrace.kernel.symbols import Kallsyms, base_name
+from vtrace.live import programs
 
 def _btf_blob() -> bytes:
     """A hand-made BTF: int, struct inner {int a; int b:3 @ bit 36}, struct outer {anon union {int x;}; inner in @ 8}."""
@@ -110,15 +112,15 @@ def _need_config() -> str:
         require(False, str(e), "unit (compiling the probes)")
 
 
-FUNCTION_PROGRAMS = sorted({p.program for p in attach.CATALOGUE
+FUNCTION_PROGRAMS = sorted({p.program for p in programs.CATALOGUE
                             if any(s.kind == "fentry" for s in p.strategies)})
-TP_BTF_PROGRAMS = sorted({p.program for p in attach.CATALOGUE if any(s.kind == "tp_btf" for s in p.strategies)})
+TP_BTF_PROGRAMS = sorted({p.program for p in programs.CATALOGUE if any(s.kind == "tp_btf" for s in p.strategies)})
 
 
 MODES = ("stream", "count", "stream+perf", "count+perf")  # +perf: the perf-buffer fallback
 
 
-@pytest.mark.parametrize("program,mode,fn", [(p, m, "kprobe") for p in sorted({p.program for p in attach.CATALOGUE})
+@pytest.mark.parametrize("program,mode,fn", [(p, m, "kprobe") for p in sorted({p.program for p in programs.CATALOGUE})
                                              for m in MODES]
                          + [(p, m, "fentry") for p in FUNCTION_PROGRAMS for m in MODES]
                          + [(p, m, "tp_btf") for p in TP_BTF_PROGRAMS for m in MODES])
@@ -135,32 +137,29 @@ def test_every_probe_program_compiles_against_the_minimal_tree(program, mode, fn
     lib = _libbcc()
     tree = headers.tree(cache_dir=str(tmp_path))
     monkeypatch.setenv("BCC_KERNEL_SOURCE", tree)
-    from vtrace.sources.live import EXTRA_ATTACH, LAYOUT_OFFSETS, OFFSETS, OPTIONAL_PARTS, POINT_OFFSETS, have_macro
-    flags = [f"-I{attach.PROBES_DIR}", "-DVTRACE_RB_PAGES=64"] + (["-DVTRACE_AGG"] if "count" in mode else [])
+    spec = programs.PROGRAMS[program]
+    flags = [f"-I{programs.PROBES_DIR}", "-DVTRACE_RB_PAGES=64"] + (["-DVTRACE_AGG"] if "count" in mode else [])
     flags += ["-DVTRACE_PERFBUF"] if "perf" in mode else []
-    flags += [f"-D{m}=8" for m in OFFSETS[program]]
+    flags += [f"-D{m}=8" for m in spec.offsets]
     # both sides of each layout: the older kernels' fields in the perf-buffer modes, the newer layout elsewhere
-    flags += [f"-D{m}=8" for m in LAYOUT_OFFSETS.get(program, {})] if "perf" in mode else []
-    flags += [f"-D{m}=8" for p in attach.CATALOGUE if p.program == program for m in POINT_OFFSETS.get(p.name, {})]
-    for p in attach.CATALOGUE:  # optional parts compiled in too (their symbols and offsets)
-        if p.program == program and p.name in OPTIONAL_PARTS:
-            _what, syms, _mod, spec = OPTIONAL_PARTS[p.name]
-            flags += [f"-D{n.upper()}=0xffffffff81000000ULL" for n in syms] + [f"-D{m}=8" for m in spec]
-    for p in attach.CATALOGUE:
-        if p.program != program:
-            continue
+    flags += [f"-D{m}=8" for m in spec.layout_offsets] if "perf" in mode else []
+    flags += [f"-D{m}=8" for p in programs.points_of(program) for m in p.offsets]
+    for p in programs.points_of(program):  # optional parts compiled in too (their symbols and offsets)
+        if p.optional is not None:
+            flags += [f"-D{n.upper()}=0xffffffff81000000ULL" for n in p.optional.symbols]
+            flags += [f"-D{m}=8" for m in p.optional.offsets]
+    for p in programs.points_of(program):
         for s in p.strategies:
             flags += [f"-D{n.upper()}=0xffffffff81000000ULL" for n in s.needs]
-            flags.append(f"-DHAVE_{have_macro(p, s)}")  # every point's code compiled in
+            flags.append(f"-DHAVE_{programs.have_macro(p, s)}")  # every point's code compiled in
             if fn == "fentry" and s.kind == "fentry":
                 flags.append(f"-DFENTRY_{p.name}=7")  # fexit's return value after 7 arguments
             if fn == "tp_btf" and s.kind == "tp_btf":
                 flags.append(f"-DTP_BTF_{s.target}=1")
     if fn == "tp_btf":
         from vtrace.kernel.fentry import RDONLY_CAST_MARK
-        from vtrace.sources.live import CASTS
-        flags += [f"-D{m}=1" for m in CASTS.get(program, {})] + [f"-DRDONLY_CAST_MARK={RDONLY_CAST_MARK:#x}"]
-    text = attach.program_text(program).encode()
+        flags += [f"-D{m}=1" for m in spec.casts] + [f"-DRDONLY_CAST_MARK={RDONLY_CAST_MARK:#x}"]
+    text = programs.program_text(program).encode()
     arr = (ctypes.c_char_p * len(flags))(*[x.encode() for x in flags])
     from vtrace.kernel.bccerr import captured_stderr
     with captured_stderr() as err:
@@ -173,11 +172,11 @@ def test_every_probe_program_compiles_against_the_minimal_tree(program, mode, fn
         # every function the catalogue attaches exists in the compiled module
         lib.bpf_function_start.restype = ctypes.c_void_p
         lib.bpf_function_start.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        for p in attach.CATALOGUE:
-            for s in p.strategies if p.program == program else ():
+        for p in programs.points_of(program):
+            for s in p.strategies:
                 if s.kind == "tp_btf" and fn != "tp_btf":
                     continue  # compiled as a raw tracepoint: bcc's raw_tracepoint__ name
-                names = [f for _ptype, f in s.attach] + [x[2] for x in EXTRA_ATTACH.get(p.name, ())]
+                names = programs.fn_names(p, s)
                 for name in names:
                     assert lib.bpf_function_start(mod, name.encode()), f"{program}: no function {name}"
     finally:
@@ -239,7 +238,7 @@ def _tracefs(tmp_path, kprobes: bool):
 
 
 def _fetch():
-    return next(p for p in attach.CATALOGUE if p.name == "fetch")
+    return next(p for p in programs.CATALOGUE if p.name == "fetch")
 
 
 def test_function_points_try_fentry_then_kprobe(tmp_path, monkeypatch):
@@ -249,7 +248,7 @@ def test_function_points_try_fentry_then_kprobe(tmp_path, monkeypatch):
     root = _tracefs(tmp_path, kprobes=True)
     vfs = _syms(tmp_path, "ffffffff81000000 T vfs_read\n")
     # vfs_read stands in for a vhost function: this kernel's BTF has its prototype
-    p = attach.Point("vhost", "t", "vhost", attach._kp("vfs_read", ("kprobe", "e"), ("kretprobe", "r")), "")
+    p = programs.fn_strategies("vfs_read", ("kprobe", "e"), ("kretprobe", "r"))
     s, _ = attach.choose(p, vfs, root, fentry_ok=(True, ""))
     assert (s.kind, s.attach) == ("fentry", (("fentry", "e"), ("fexit", "r")))
     s, _ = attach.choose(p, vfs, root, fentry_ok=(False, "refused (EPERM)"))
@@ -264,7 +263,7 @@ def test_function_points_try_fentry_then_kprobe(tmp_path, monkeypatch):
     s, why = attach.choose(p, vfs, _tracefs(tmp_path / "nokp", kprobes=False), fentry_ok=(False, "refused (EPERM)"))
     assert s is None and why == "fentry: refused (EPERM); kprobes are not available (CONFIG_KPROBES off or " \
                                  "tracefs missing)"
-    s, why = attach.choose(_fetch(), _syms(tmp_path, "ffffffff81000000 T vfs_read\n"), root, fentry_ok=(True, ""))
+    s, why = attach.choose(_fetch().strategies, _syms(tmp_path, "ffffffff81000000 T vfs_read\n"), root, fentry_ok=(True, ""))
     assert s is None and why == "vhost_get_vq_desc is not in /proc/kallsyms (module not loaded, or inlined)"
 
 
@@ -274,7 +273,7 @@ def test_tracepoint_points_try_tp_btf_then_raw_tracepoint(tmp_path, monkeypatch)
     monkeypatch.delenv("VTRACE_STRATEGIES", raising=False)
     from vtrace.kernel import fentry
     root = _tracefs(tmp_path, kprobes=False)
-    irq = next(p for p in attach.CATALOGUE if p.name == "vring_interrupt")
+    irq = next(p for p in programs.CATALOGUE if p.name == "vring_interrupt").strategies
     syms = _syms(tmp_path, "ffffffff81000000 T vring_interrupt\n")
     monkeypatch.setattr(fentry, "tp_target", lambda name: 7)
     s, _ = attach.choose(irq, syms, root, tp_btf_ok=(True, ""))
@@ -314,7 +313,7 @@ def test_kfunc_calls_are_patched_in():
 def test_strategies_can_be_limited(tmp_path, monkeypatch):
     root = _tracefs(tmp_path, kprobes=True)
     vfs = _syms(tmp_path, "ffffffff81000000 T vfs_read\n")
-    p = attach.Point("vhost", "t", "vhost", attach._kp("vfs_read", ("kprobe", "e")), "")
+    p = programs.fn_strategies("vfs_read", ("kprobe", "e"))
     monkeypatch.setenv("VTRACE_STRATEGIES", "kprobe, tracepoint")
     assert attach.choose(p, vfs, root, fentry_ok=(True, ""))[0].kind == "kprobe"
     monkeypatch.setenv("VTRACE_STRATEGIES", "tracepoint")
@@ -343,31 +342,29 @@ def test_return_probes_attach_before_entry_probes(tmp_path, monkeypatch):
     """A call that enters between its entry probe and its return probe leaves
     its saved state behind, and the thread's next call pairs with it (an
     avail lost, a false used-twice): every return first."""
-    from types import SimpleNamespace
-
     from vtrace.kernel import fentry, kprobe
-    from vtrace.sources import live
+    from vtrace.live.loader import Program, attach_point
     order = []
     monkeypatch.setattr(kprobe, "attach", lambda fd, function, ret: order.append(
         ("kretprobe" if ret else "kprobe", function)))
-    bpf = SimpleNamespace(load_func=lambda fn, kind: SimpleNamespace(fd=3), dump_func=lambda fn: fn)
+    bpf = SimpleNamespace(load_func=lambda fn, kind: SimpleNamespace(fd=3), dump_func=lambda fn: fn)  # bcc's
     syms = _syms(tmp_path, "".join(f"ffffffff8100{i:04x} T {f}\n" for i, f in enumerate(
         ["virtqueue_add_sgs", "virtqueue_add_outbuf", "virtqueue_add_inbuf"])))
-    vq_add = next(p for p in attach.CATALOGUE if p.name == "vq_add")
+    vq_add = next(p for p in programs.CATALOGUE if p.name == "vq_add")
     kp = next(s for s in vq_add.strategies if s.kind == "kprobe")
-    live.LiveSource._attach(SimpleNamespace(syms=syms), SimpleNamespace(bpf=bpf, kprobes={}), vq_add, kp)
+    attach_point(Program("virtio", "", [], [vq_add], [(vq_add, kp)], bpf=bpf), vq_add, kp, syms)
     kinds = [k for k, _fn in order]
     assert len(order) == 6 and kinds == ["kretprobe"] * 3 + ["kprobe"] * 3, order
     # fentry: the fexit programs are loaded and linked first
     monkeypatch.setattr(fentry, "load", lambda insns, how, tid, obj, fn: order.append((how, fn)) or len(order))
     monkeypatch.setattr(fentry, "attach", lambda fd: -fd)
     order.clear()
-    prog = SimpleNamespace(bpf=bpf, fds={}, fentry={"vq_add": [
+    fe = next(s for s in vq_add.strategies if s.kind == "fentry")
+    prog = Program("virtio", "", [], [vq_add], [(vq_add, fe)], bpf=bpf, fentry={"vq_add": [
         ("fentry", "vq_add_entry", "virtqueue_add_sgs", (1, 0)), ("fexit", "vq_add_return", "virtqueue_add_sgs", (1, 0)),
         ("fentry", "vq_add_entry", "virtqueue_add_inbuf", (2, 0)),
         ("fexit", "vq_add_return", "virtqueue_add_inbuf", (2, 0))]})
-    fe = next(s for s in vq_add.strategies if s.kind == "fentry")
-    live.LiveSource._attach(SimpleNamespace(syms=syms), prog, vq_add, fe)
+    attach_point(prog, vq_add, fe, syms)
     assert [k for k, _fn in order] == ["fexit", "fexit", "fentry", "fentry"], order
 
 
@@ -375,10 +372,8 @@ def test_an_extra_function_fentry_cannot_take_is_named_in_the_points_status(tmp_
     """vq_kick attaches virtqueue_notify and, as an extra, virtqueue_kick; if
     the extra has no BTF the point still attaches, but says what it lacks
     (its kicks through virtqueue_kick() would otherwise vanish silently)."""
-    from types import SimpleNamespace
-
     from vtrace.kernel import btf
-    from vtrace.sources import live
+    from vtrace.live.loader import Loader
     syms = _syms(tmp_path, "ffffffff81000000 T virtqueue_notify\nffffffff81000010 T virtqueue_kick\n")
 
     def target(s, _syms):
@@ -386,16 +381,16 @@ def test_an_extra_function_fentry_cannot_take_is_named_in_the_points_status(tmp_
             raise btf.BtfError("virtqueue_kick has no BTF id")
         return 7, 0, 1
     monkeypatch.setattr(attach, "fentry_target", target)
-    vq_kick = next(p for p in attach.CATALOGUE if p.name == "vq_kick")
+    vq_kick = next(p for p in programs.CATALOGUE if p.name == "vq_kick")
     fe = next(s for s in vq_kick.strategies if s.kind == "fentry")
-    src = SimpleNamespace(syms=syms, partial={})
-    fns, nargs = live.LiveSource._fentry_targets(src, vq_kick, fe)
+    loader = Loader(syms)
+    fns, nargs = loader.fentry_targets(vq_kick, fe)
     assert nargs == 1 and {t for _h, _f, t, _id in fns} == {"virtqueue_notify"}
-    assert src.partial == {"vq_kick": "without virtqueue_kick (virtqueue_kick has no BTF id)"}
+    assert loader.partial == {"vq_kick": "without virtqueue_kick (virtqueue_kick has no BTF id)"}
     # with BTF for both, nothing is missing (and a stale note goes)
     monkeypatch.setattr(attach, "fentry_target", lambda s, _syms: (7, 0, 1))
-    fns, _n = live.LiveSource._fentry_targets(src, vq_kick, fe)
-    assert {t for _h, _f, t, _id in fns} == {"virtqueue_notify", "virtqueue_kick"} and src.partial == {}
+    fns, _n = loader.fentry_targets(vq_kick, fe)
+    assert {t for _h, _f, t, _id in fns} == {"virtqueue_notify", "virtqueue_kick"} and loader.partial == {}
 
 
 def test_vm_name_from_the_command_line_or_the_recorded_comm():
@@ -404,7 +399,7 @@ def test_vm_name_from_the_command_line_or_the_recorded_comm():
     import subprocess
     import sys
 
-    from vtrace.sources.live import vm_name
+    from vtrace.live.identity import vm_name
     p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-name", "guest=web1,debug-threads=on"])
     try:
         for _ in range(100):  # until the exec is done
@@ -453,9 +448,8 @@ def test_a_vhost_queue_whose_address_a_new_owner_took_gets_a_new_id():
     import numpy as np
 
     from vtrace.events import RECORD_DTYPE, Kind, Layer
-    from vtrace.sources.live import LiveSource
-    src = object.__new__(LiveSource)  # only the identity bookkeeping: no bcc, no kernel
-    src.lives, src.owner_of = {}, {}
+    from vtrace.live.identity import Identity
+    ids = Identity("host")  # the identity bookkeeping only: no bcc, no kernel
     ptr, other = 0xFFFF888101BA4200, 0xFFFF888101BA4400
 
     def batch(*rows):
@@ -465,20 +459,95 @@ def test_a_vhost_queue_whose_address_a_new_owner_took_gets_a_new_id():
             ev[i]["layer"] = Layer.VHOST
         return ev
 
+    def renumber(ev):
+        ids.new_lives(ev["obj"], ev["layer"], ev["pid"], ev["kind"], ev["ts"])
+
     first = batch((1, ptr, Kind.SET_OWNER, 474), (2, ptr, Kind.FETCH, 474), (3, other, Kind.FETCH, 474))
-    src._new_lives(first)
-    assert first["obj"].tolist() == [ptr, ptr, other] and src.owner_of == {ptr: 474}
+    renumber(first)
+    assert first["obj"].tolist() == [ptr, ptr, other] and ids.owner_of == {ptr: 474}
     again = batch((4, ptr, Kind.USED, 474), (5, ptr, Kind.SET_OWNER, 474), (6, ptr, Kind.FETCH, 474))
-    src._new_lives(again)  # the same owner again: the same queue
-    assert again["obj"].tolist() == [ptr] * 3 and not src.lives
+    renumber(again)  # the same owner again: the same queue
+    assert again["obj"].tolist() == [ptr] * 3 and not ids.lives
     new = (ptr & 0xFFFFFFFFFFFF) | (0xFFFE << 48)
     taken = batch((7, ptr, Kind.USED, 474), (8, ptr, Kind.SET_OWNER, 478), (9, ptr, Kind.FETCH, 478),
                   (9, other, Kind.FETCH, 474))
-    src._new_lives(taken)
+    renumber(taken)
     assert taken["obj"].tolist() == [ptr, new, new, other]
     later = batch((10, ptr, Kind.USED, 478))
-    src._new_lives(later)
-    assert later["obj"].tolist() == [new] and src.owner_of[ptr] == 478
+    renumber(later)
+    assert later["obj"].tolist() == [new] and ids.owner_of[ptr] == 478
     third = batch((11, ptr, Kind.SET_OWNER, 512), (12, ptr, Kind.FETCH, 512))
-    src._new_lives(third)
+    renumber(third)
     assert third["obj"].tolist() == [(ptr & 0xFFFFFFFFFFFF) | (0xFFFD << 48)] * 2
+
+
+class _Map:
+    """A bcc map as the live source reads it: items() of (key, value) with fields as attributes."""
+
+    def __init__(self, rows):
+        self.rows = [(SimpleNamespace(**k), v) for k, v in rows]
+
+    def items(self):
+        return list(self.rows)
+
+
+def _per_cpu(*pairs, second="bytes"):
+    return [SimpleNamespace(**{"n": n, second: b}) for n, b in pairs]
+
+
+def test_count_maps_are_read_as_deltas_with_buffers_in_flight():
+    """Counting mode: each read returns what the maps added since the last one,
+    summed over CPUs; buffers in flight are absolute (starts - used - untracked
+    + orphans since attach), orphans a delta."""
+    from vtrace.events import Kind, Layer
+    from vtrace.live.counts import CountReader
+    q, V = 0xFFFF888101BA4200, int(Layer.VHOST)
+
+    def maps(fetch, used, lat, untracked, orphans):
+        key = {"obj": q, "id": 0, "queue": 0, "layer": V}
+        return {b"counts": _Map([({**key, "kind": int(Kind.FETCH)}, _per_cpu(*fetch)),
+                                 ({**key, "kind": int(Kind.USED)}, _per_cpu(*used))]),
+                b"lat": _Map([({"obj": q, "queue": 0, "bucket": 16}, _per_cpu(lat, second="sum_ns"))]),
+                b"qstate": _Map([({"obj": q, "queue": 0}, SimpleNamespace(untracked=untracked, orphans=orphans))])}
+
+    reader = CountReader()
+    kc = reader.read([("vhost", maps([(5, 100), (3, 60)], [(6, 600)], (6, 600), 1, 0))])
+    assert kc.counts.tolist() == [(q, 8, 160, 0, 0, Kind.FETCH, V), (q, 6, 600, 0, 0, Kind.USED, V)]
+    assert kc.latency.tolist() == [(q, 6, 600, 0, 16, V)]
+    assert kc.flight.tolist() == [(q, 1, 0, 0, V)]  # 8 fetched - 6 used - 1 never seen starting
+    kc = reader.read([("vhost", maps([(6, 120), (4, 80)], [(10, 1000)], (10, 1000), 1, 2))])
+    assert kc.counts.tolist() == [(q, 2, 40, 0, 0, Kind.FETCH, V), (q, 4, 400, 0, 0, Kind.USED, V)]
+    assert kc.latency.tolist() == [(q, 4, 400, 0, 16, V)]
+    assert kc.flight.tolist() == [(q, 1, 2, 0, V)]  # 10 - 10 - 1 + 2 orphans; 2 new orphans
+    kc = reader.read([("vhost", maps([(6, 120), (4, 80)], [(10, 1000)], (10, 1000), 1, 2))])
+    assert kc.counts.size == 0 and kc.latency.size == 0 and kc.flight.tolist() == [(q, 1, 0, 0, V)]
+
+
+def test_objects_are_described_once_from_events_and_kernel_counts():
+    """Identity takes columns: events' and kernel counts' alike (no records
+    built for the lookup). A per-VMM tag names its VMM by the pid in the id; a
+    guest virtqueue is read from vq_info; the admin queue is the host's; each
+    object is described once."""
+    import numpy as np
+
+    from vtrace.events import COUNT_DTYPE, FLIGHT_DTYPE, LATENCY_DTYPE, Kind, KernelCounts, Layer
+    from vtrace.live.counts import columns
+    from vtrace.live.identity import KVM_TAG, Identity
+    vq, pf, gone = 0xFFFF888100001000, 0xFFFF888100ABCDEF, 0x3FFFFF  # no such process
+    vq_info = _Map([({"value": vq}, SimpleNamespace(device_id=2, vdev_index=3, index=0, name=b"req.0", num_max=256))])
+    ids = Identity("host1", loaded=lambda: [("virtio", {b"vq_info": vq_info})])
+    kc = KernelCounts(
+        counts=np.array([(KVM_TAG | gone, 7, 0, 30, 0xFFFF, Kind.KVM_EXIT, Layer.KVM),
+                         (pf, 1, 0, 0, 0, Kind.ADMIN_SUBMIT, Layer.VFIO)], dtype=COUNT_DTYPE),
+        latency=np.array([(vq, 1, 100, 0, 3, Layer.VIRTIO_GUEST)], dtype=LATENCY_DTYPE),
+        flight=np.zeros(0, dtype=FLIGHT_DTYPE))
+    obj, layer, pid, kind = columns(kc)
+    assert obj.tolist() == [KVM_TAG | gone, pf, vq] and kind.tolist() == [Kind.KVM_EXIT, Kind.ADMIN_SUBMIT, 0]
+    assert layer.tolist() == [Layer.KVM, Layer.VFIO, Layer.VIRTIO_GUEST] and pid.tolist() == [0, 0, 0]
+    got = {o.obj: o for o in ids.objects(obj, layer, pid, kind)}
+    assert set(got) == {KVM_TAG | gone, pf, vq}
+    assert (got[KVM_TAG | gone].vm, got[KVM_TAG | gone].device, got[KVM_TAG | gone].pid) == (f"pid{gone}", "kvm", gone)
+    assert (got[pf].vm, got[pf].device, got[pf].dev_type) == ("host1", "pf-abcdef", "admin-queue")
+    assert (got[vq].vm, got[vq].device, got[vq].dev_type, got[vq].name, got[vq].size) == \
+        ("host1", "virtio3", "blk", "req.0", 256)
+    assert ids.objects(obj, layer, pid, kind) == []  # described once

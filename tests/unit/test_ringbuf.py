@@ -10,7 +10,7 @@ import struct
 import numpy as np
 
 from vtrace.events import RECORD_DTYPE, RECORD_SIZE
-from vtrace.sources.ringbuf import BUSY, DISCARD, HDR, PAGE, SLOT, RingReader
+from vtrace.live.ringbuf import BUSY, DISCARD, HDR, PAGE, SLOT, RingReader
 
 SIZE = 4 * PAGE
 

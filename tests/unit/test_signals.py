@@ -13,6 +13,7 @@ import pytest
 from vtrace.capture import CaptureReader, CaptureWriter
 from vtrace.events import RECORD_DTYPE, Batch
 from vtrace.pipeline import Pipeline
+from vtrace.sources.base import Source
 from vtrace.stop import held
 
 
@@ -53,11 +54,25 @@ def test_capture_finishes_cleanly_on_signal(tmp_path, sig, blocked):
 class _Source:
     """Three batches of 1000 events; with ``hold``, each is handed over inside a
     hold, like the live source's (a stop must not land between its rings' read
-    and the consumer); without, like a replay's."""
+    and the consumer); without, like a replay's. The whole Source protocol
+    (vtrace/sources/base.py), the rest as no-ops."""
+    kind = "test"
     info = {"kind": "test"}
 
     def __init__(self, hold: bool):
         self.hold = hold
+
+    def align(self, interval_ns):
+        pass
+
+    def final(self):
+        return []
+
+    def damage(self):
+        return None
+
+    def close(self):
+        pass
 
     def batches(self):
         for i in range(3):
@@ -121,19 +136,28 @@ class _Ring:
         pass
 
 
+class _Maps:
+    """Stands in for bcc's BPF object of a started program: no functions loaded, nothing lost."""
+    funcs: dict = {}
+
+    def __getitem__(self, name):
+        assert name == b"lost"
+        return type("Lost", (), {"getvalue": lambda self, cpu: [0]})()
+
+    def cleanup(self):
+        pass
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_during_a_ring_read_keeps_what_was_read(tmp_path, sig):
-    from vtrace.sources import live
-    src = live.LiveSource.__new__(live.LiveSource)
-    src.stream, src.duration_ns, src.drain_s, src.batch_ns = True, None, 0.001, 10**12  # one batch: the tail
-    src.status, src.known, src.vhost_devs, src._pending, src._tail, src.demoted = [], set(), {}, None, [], {}
-    src.info, src.host, src.lives, src.owner_of = {"source": "live"}, "test", {}, {}
-    src.missed, src.uncounted, src._missed_sent = {}, {}, ()
+    from vtrace.live.loader import Loader, Program
+    from vtrace.live.source import LiveSource
     ring = _Ring(sig)
-    bpf = type("Bpf", (), {"funcs": {}, "cleanup": lambda self: None,
-                           "__getitem__": lambda self, k: type("M", (), {"getvalue": lambda s, i: [0]})()})()
-    src.programs = [live._Program("test", "", [], [], [], {}, bpf=bpf, ring=ring)]
+    loader = Loader(None, programs=[Program("test", "", [], [], bpf=_Maps(), ring=ring)])
+    src = LiveSource(loader=loader, drain_ms=1, batch_ms=10**6)  # one batch: the tail
     pipe = Pipeline(src)
     snap = pipe.run()
     assert pipe.interrupted and ring.reads >= 5
     assert snap.events_total == 100 * ring.reads, (snap.events_total, ring.reads)
+    assert isinstance(src, Source) and src.kind == "live" and src.damage() is None
+    src.close()  # closed by the run already: a second close is harmless

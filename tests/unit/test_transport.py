@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from vtrace.events import RECORD_DTYPE, RECORD_SIZE
-from vtrace.kernel import transport
-from vtrace.sources.perfbuf import NO_WAKEUP, PerfReader
+from vtrace.live import transport
+from vtrace.live.perfbuf import NO_WAKEUP, PerfReader
 
 
 def test_env_forces_the_transport_and_rejects_unknown_ones(monkeypatch):

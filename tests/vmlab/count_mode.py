@@ -22,7 +22,7 @@ import time
 
 from vtrace.aggregate import Aggregator
 from vtrace.report import queue_dict
-from vtrace.sources.live import LiveSource
+from vtrace.live.source import LiveSource
 
 
 def interrupts() -> dict[str, int]:

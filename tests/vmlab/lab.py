@@ -3,8 +3,8 @@
 Nothing here is committed as a binary: the kernel package is fetched with
 apt-get and unpacked into a cache outside the repository (VTRACE_LAB_CACHE,
 default /var/tmp/vtrace-lab); the initramfs is a busybox one written here,
-per test, from an init script the test supplies. See ../shared/KERNEL-NOTES.md
-("The vmlab") for the measured facts this relies on.
+per test, from an init script the test supplies. The measured facts it relies
+on (boot times, TCG thread=single, the CPU arrangement) are in docs/live.md.
 
 Pass/fail always comes from markers the guest prints on its serial console,
 never from QEMU's exit status (QEMU exits 0 when the guest powers off,

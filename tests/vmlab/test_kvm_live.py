@@ -20,7 +20,7 @@ from tests.live import kvmguest
 from tests.vmlab import lab
 from tests.vmlab.test_vfio_live import BIND
 from vtrace.events import Kind
-from vtrace.sources.live import KVM_TAG  # "KVM" + tgid: a VM's kvm object (probes/kvm.bpf.c)
+from vtrace.live.identity import KVM_TAG  # "KVM" + tgid: a VM's kvm object (probes/kvm.bpf.c)
 
 pytestmark = pytest.mark.vmlab
 

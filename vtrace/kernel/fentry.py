@@ -14,7 +14,8 @@ Linux 5.5+: BPF_TRACE_RAW_TP against the ``btf_trace_<name>`` typedef). Its
 arguments are typed pointers, so the program reads their fields with plain
 loads the verifier checks against BTF, where a raw tracepoint program must
 call bpf_probe_read_kernel for each (30 ns a call here, bench/bpf_ops.py).
-KERNEL-NOTES says fentry is refused on our own machines: tp_btf is not.
+A kernel may refuse fentry programs even for root and still load tp_btf
+ones (`vtrace doctor` tries each).
 
 The attr layouts are include/uapi/linux/bpf.h's union bpf_attr members for
 BPF_PROG_LOAD, BPF_RAW_TRACEPOINT_OPEN, BPF_BTF_GET_NEXT_ID,
@@ -59,7 +60,7 @@ _libc.syscall.restype = ctypes.c_long
 
 
 def bpf(cmd: int, attr: ctypes.Array) -> int:
-    """The raw bpf() syscall (vtrace/kernel/transport.py uses it too)."""
+    """The raw bpf() syscall (vtrace/live/transport.py uses it too)."""
     nr = _NR_BPF.get(platform.machine())
     if nr is None:
         raise FentryError(f"bpf() syscall number unknown on {platform.machine()}")

@@ -5,8 +5,9 @@ in /lib/modules/$(uname -r)/build, or $BCC_KERNEL_SOURCE). Kernels without
 headers (this project's own machines) still carry what a tracepoint or
 offset-driven probe needs: the UAPI headers in /usr/include, the running
 config (/proc/config.gz, or the distribution's /boot/config-<release>), and
-bcc's own copy of bpf.h. The tree built here is that, plus a few stubs (measured in ../shared/KERNEL-NOTES.md: ~264 KB,
-enough for the kvm, iommu, block, irq and vsock tracepoints). Struct layouts
+bcc's own copy of bpf.h. The tree built here is that, plus a few stubs
+(about 264 KB in all), enough for the kvm, iommu, block, irq and vsock
+tracepoints. Struct layouts
 never come from it: probes read them from BTF (vtrace.kernel.btf).
 
 The tree is cached per kernel release and config under CACHE_DIR.

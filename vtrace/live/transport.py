@@ -1,9 +1,9 @@
 """How records reach user space: a BPF ring buffer, or the perf-buffer fallback.
 
 BPF_MAP_TYPE_RINGBUF (Linux 5.8, kernel/bpf/ringbuf.c) is one buffer shared by
-all CPUs, read a batch at a time from its mapping (vtrace/sources/ringbuf.py).
+all CPUs, read a batch at a time from its mapping (vtrace/live/ringbuf.py).
 Older kernels have only per-CPU perf buffers (BPF_MAP_TYPE_PERF_EVENT_ARRAY,
-bpf_perf_event_output), read through bcc (vtrace/sources/perfbuf.py). vtrace
+bpf_perf_event_output), read through bcc (vtrace/live/perfbuf.py). vtrace
 takes the ring buffer where the kernel creates one; VTRACE_EVENTS=perf (or
 =ringbuf) forces the choice, e.g. to test the fallback on a new kernel.
 """

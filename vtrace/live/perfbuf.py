@@ -2,10 +2,10 @@
 without BPF ring buffers (BPF_MAP_TYPE_RINGBUF came in Linux 5.8).
 
 bcc opens one perf ring per CPU (BPF_MAP_TYPE_PERF_EVENT_ARRAY) and calls back
-into Python once per record, which tops out near 1.5M records/s here
-(../shared/KERNEL-NOTES.md); the ring-buffer path reads records a batch at a
-time (vtrace/sources/ringbuf.py). Like that path, nothing here waits for a
-wakeup: the source reads on its own timer (perf_buffer_consume), so the
+into Python once per record, which falls behind at a little over 1M records/s
+(bench/ringbuf.py, docs/live.md OVERHEAD); the ring-buffer path reads records
+a batch at a time (vtrace/live/ringbuf.py). Like that path, nothing here waits
+for a wakeup: the source reads on its own timer (perf_buffer_consume), so the
 kernel is asked to wake no one (wakeup_events as high as it goes). Records
 the kernel could not fit are reported by perf itself (PERF_RECORD_LOST) and
 counted in ``lost``.

@@ -1,10 +1,10 @@
 """Reads a BPF ring buffer straight from its memory mapping, a batch at a time.
 
 bcc's ring_buffer_consume() calls back into Python once per record, which
-tops out near 1.5M records/s here (../shared/KERNEL-NOTES.md). The kernel
-maps a ring buffer (kernel/bpf/ringbuf.c) as: page 0 the consumer position
-(read-write), page 1 the producer position, then the data area mapped twice
-in a row so a record that wraps reads contiguously. Every vtrace record has
+falls behind at a little over 1M records/s (bench/ringbuf.py, docs/live.md
+OVERHEAD). The kernel maps a ring buffer (kernel/bpf/ringbuf.c) as: page 0
+the consumer position (read-write), page 1 the producer position, then the
+data area mapped twice in a row so a record that wraps reads contiguously. Every vtrace record has
 the same size, so the records between the two positions are one strided
 numpy view: checked, copied and released with one write of the consumer
 position.
