@@ -1,7 +1,8 @@
 """vtrace doctor: can live tracing run here, and if not, exactly what to do.
 
-Each check is (name, ok, detail, fix). Checks that need bcc import it
-inside the check, never at module import.
+Each check is (name, ok, detail, fix); ``lines()`` renders them for the
+terminal (the probe-point table after them is vtrace/probetable.py).
+Checks that need bcc import it inside the check, never at module import.
 """
 
 from __future__ import annotations
@@ -152,9 +153,9 @@ def skipped_runs() -> Check:
 
 
 def events_transport() -> Check:
-    """Which way records reach vtrace (vtrace/kernel/transport.py): the BPF ring
+    """Which way records reach vtrace (vtrace/live/transport.py): the BPF ring
     buffer, or per-CPU perf buffers on kernels before 5.8."""
-    from vtrace.kernel import transport
+    from vtrace.live import transport
     try:
         how, why = transport.choose()
     except ValueError as e:
@@ -175,3 +176,15 @@ def run_all() -> list[Check]:
 
 def passed(checks: list[Check]) -> bool:
     return all(c.ok for c in checks if c.required)
+
+
+def lines(checks: list[Check]) -> list[str]:
+    """The checks as `vtrace doctor` prints them: a mark, the name, what was
+    found; a failed check adds its fix."""
+    out = []
+    for c in checks:
+        mark = "ok  " if c.ok else ("FAIL" if c.required else "no  ")
+        out.append(f"{mark} {c.name:<10} {c.detail}")
+        if not c.ok and c.fix:
+            out.append(f"     {'':<10} fix: {c.fix}")
+    return out

@@ -157,3 +157,50 @@ def test_live_refused_says_why_and_names_sim(run, monkeypatch):
     monkeypatch.setattr(sources, "live_available", lambda: (False, "bcc is not importable"))
     line = one_line_error(run("stat", "--source", "live", "1", "1"))
     assert "bcc is not importable" in line and "--source sim" in line
+
+
+def test_convert_leaves_no_temp_file_when_the_write_fails(run, capfile, tmp_path, monkeypatch):
+    import vtrace.jsonl as jsonl
+
+    def broken(out, header, batches):
+        out.write("{")
+        raise OSError("disk full")
+    monkeypatch.setattr(jsonl, "write_jsonl", broken)
+    out = tmp_path / "x.jsonl"
+    assert "internal error: OSError: disk full" in one_line_error(
+        run("convert", str(capfile), "--to", "jsonl", "-o", str(out)), code=3)
+    assert os.listdir(tmp_path) == []
+
+
+def test_bpf_stats_knob_is_put_back_however_the_block_ends(tmp_path):
+    from vtrace.kernel import bpfstats
+    knob = tmp_path / "bpf_stats_enabled"
+    knob.write_text("0\n")
+    with bpfstats.enabled(str(knob)):
+        assert knob.read_text() == "1"
+    assert knob.read_text() == "0"
+    with pytest.raises(RuntimeError), bpfstats.enabled(str(knob)):
+        raise RuntimeError("probes failed")
+    assert knob.read_text() == "0"
+    with pytest.raises(bpfstats.BpfStatsError, match="cannot enable BPF statistics"):
+        with bpfstats.enabled(str(tmp_path / "missing" / "knob")):
+            pass
+
+
+def test_probe_tables_mark_uncounted_misses():
+    from vtrace import probetable
+    from vtrace.events import ProbeStatus
+    pts = [ProbeStatus(layer="kvm", point="exit", strategy="tracepoint:kvm:kvm_exit", attached=True, error="",
+                       missed=1234, uncounted="tracepoint runs skipped under recursion"),
+           ProbeStatus(layer="vhost", point="fetch", strategy="-", attached=False, error="no kprobes",
+                       missed=0, uncounted="")]
+    lines = probetable.status_lines(pts)
+    assert lines[0].split() == ["LAYER", "POINT", "STRATEGY", "MISSED", "STATUS"]
+    assert lines[1].split()[3:] == ["1,234+?", "attached"] and lines[2].endswith("- failed: no kprobes")
+    assert lines[3:] == ["", "+? not counted by this kernel:", "  exit: tracepoint runs skipped under recursion"]
+    rows = [("kvm", "exit", 100, 25_000)]
+    status = {"exit": pts[0]}
+    assert probetable.stats_lines(rows, status)[1].split() == ["kvm", "exit", "100", "250", "1,234+?"]
+    assert probetable.stats_json(rows, status) == [{"layer": "kvm", "point": "exit", "run_cnt": 100,
+                                                    "run_time_ns": 25_000, "ns_per_hit": 250.0, "missed": 1234,
+                                                    "uncounted": "tracepoint runs skipped under recursion"}]

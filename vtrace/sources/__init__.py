@@ -71,7 +71,7 @@ def open_source(spec: str, *, realtime: bool = True, duration_ns: int | None = N
         ok, why = live_available()
         if not ok:
             raise SourceError(f"--source live: {why}; or use --source sim")
-        from vtrace.sources.live import LiveError, LiveSource
+        from vtrace.live.source import LiveError, LiveSource
         try:
             src = LiveSource(realtime=realtime, duration_ns=duration_ns, stream=stream)
             src.start()

@@ -46,6 +46,7 @@ import numpy as np
 
 from vtrace.events import NO_QUEUE, RECORD_DTYPE, UNOBSERVED, Batch, Kind, Layer, ObjectInfo
 from vtrace.model.devtypes import DEVICE_IDS
+from vtrace.sources.base import Source
 
 BATCH = 65536
 U16 = 0xFFFF
@@ -218,7 +219,7 @@ def _ts(sec: str, frac: str) -> int:
     return int(sec) * 1_000_000_000 + int(frac.ljust(9, "0"))
 
 
-class QemuLogSource:
+class QemuLogSource(Source):
     """A QEMU trace log read as batches (two passes: identities, then events)."""
 
     kind = "qemu-log"
@@ -417,6 +418,12 @@ class QemuLogSource:
 
     def probes(self) -> tuple:
         return ()
+
+    def align(self, interval_ns: int) -> None:
+        pass  # every count is in the events: nothing to line up
+
+    def final(self) -> list[Batch]:
+        return []  # the log is read to its end by batches()
 
     def damage(self) -> str | None:
         s = self.stats

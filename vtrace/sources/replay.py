@@ -7,9 +7,10 @@ from typing import Iterator
 from vtrace.capture import MAGIC, CaptureError, CaptureReader
 from vtrace.events import Batch
 from vtrace.jsonl import JsonlReader
+from vtrace.sources.base import Source
 
 
-class ReplaySource:
+class ReplaySource(Source):
     kind = "replay"
 
     def __init__(self, path: str):
@@ -43,6 +44,12 @@ class ReplaySource:
 
     def batches(self) -> Iterator[Batch]:
         return self.reader.batches()
+
+    def align(self, interval_ns: int) -> None:
+        pass  # a file's batch boundaries are where they were recorded
+
+    def final(self) -> list[Batch]:
+        return []  # a file holds nothing back
 
     def damage(self) -> str | None:
         return self.reader.stats.summary(self.path)

@@ -1,6 +1,6 @@
-"""The TUI's source side: a thread runs the source into an aggregator (and
-the checker, and an optional capture writer); the UI takes one Snapshot per
-refresh. No per-event message ever reaches the UI.
+"""The TUI's source side: a thread runs the source (vtrace/runner.py) into an
+aggregator (and the checker, and an optional capture writer); the UI takes
+one Snapshot per refresh. No per-event message ever reaches the UI.
 
 Headless: imports neither textual nor bcc. A replay is paced to its own
 timestamps (it would otherwise be read in a blink), can be paused, and seeks
@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from vtrace.aggregate import Aggregator, Snapshot
-from vtrace.pipeline import feed_final
+from vtrace.runner import Runner, new_aggregator
+
+if TYPE_CHECKING:  # an output: never imports vtrace.sources
+    from vtrace.sources.base import Source
 
 NS = 1_000_000_000
 
@@ -22,7 +25,7 @@ NS = 1_000_000_000
 class Feed:
     """``open_source()`` gives a fresh source (called again for a seek)."""
 
-    def __init__(self, open_source: Callable[[], object], *, writer=None, check: bool | None = None,
+    def __init__(self, open_source: Callable[[], Source], *, writer=None, check: bool | None = None,
                  speed: float = 1.0):
         self._open = open_source
         self.writer = writer
@@ -35,27 +38,23 @@ class Feed:
         self._stop = threading.Event()
         self._seek_to: int | None = None  # source ns from the start
         self.source = open_source()
-        self.kind = getattr(self.source, "kind", "?")
+        self.kind = self.source.kind
         self.paced = self.kind == "replay"  # sim and live run in real time already
-        info = self.source.info
         if check is None:
-            check = info.get("mode", "stream") != "count"  # the checker needs every event
+            check = self.source.info.get("mode", "stream") != "count"  # the checker needs every event
         self._check = check
-        self.agg = self._new_agg()
+        self._runner = self._new_runner()
+        self.agg: Aggregator = self._runner.agg
+        self._last: Snapshot | None = None  # the latest snapshot() the UI took
         self.position_ns = 0  # replay: source time read so far, from the first event
         self.thread = threading.Thread(target=self._loop, name="vtrace-top-feed", daemon=True)
 
-    def _new_agg(self) -> Aggregator:
-        checker = None
-        if self._check:
-            from vtrace.check import Checker
-            checker = Checker()
-        agg = Aggregator(checker=checker)
-        agg.set_source(self.source.info)
-        return agg
+    def _new_runner(self) -> Runner:
+        return Runner(self.source, new_aggregator(check=self._check), writer=self.writer, lock=self.lock)
 
     @property
     def checker(self):
+        """The spec checker, or None when it is off (counting in the kernel)."""
         return self.agg.checker
 
     # control ---------------------------------------------------------------
@@ -92,24 +91,17 @@ class Feed:
     # reading ---------------------------------------------------------------
     def snapshot(self) -> Snapshot:
         with self.lock:
-            return self.agg.snapshot()
+            snap = self._last = self.agg.snapshot()
+        return snap
 
     def divergences(self, per_rule: int = 1) -> list[tuple]:
-        """(rule, severity, count, where and message of the latest, spec section) per rule."""
-        from vtrace.check import RULE_BY_ID
-        with self.lock:
-            c = self.agg.checker
-            if c is None:
-                return []
-            last: dict[str, object] = {}
-            for d in c.divergences:
-                last[d.rule] = d
-            rows = []
-            for rule, sev, n in c.summary():
-                d = last.get(rule)
-                r = RULE_BY_ID.get(rule)
-                rows.append((rule, sev, n, f"{d.where}: {d.message}" if d else "", r.section if r else ""))
-            return rows
+        """(rule, severity, count, where and message of the latest, spec section) per rule,
+        as of the latest snapshot()."""
+        snap = self._last
+        if snap is None:
+            with self.lock:
+                snap = self.agg.snapshot(close_interval=False)
+        return [(d.rule, d.severity, d.count, d.last, d.section) for d in snap.divergences]
 
     def _loop(self) -> None:
         while True:
@@ -120,59 +112,49 @@ class Feed:
             if self._seek_to is None or self._stop.is_set():
                 break
         self.ended = True
-        close = getattr(self.source, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception:  # noqa: BLE001
-                pass
+        try:
+            self.source.close()
+        except Exception:  # noqa: BLE001
+            pass
 
     def _read(self) -> None:
         target, self._seek_to = self._seek_to, None
         if target is not None:
-            close = getattr(self.source, "close", None)
-            if close is not None:
-                close()
+            self.source.close()
             self.source = self._open()
+            runner = self._new_runner()
             with self.lock:
-                self.agg = self._new_agg()
+                self._runner, self.agg = runner, runner.agg
             self.position_ns = 0
-        it = self.source.batches()
         first = None
         t0_wall = time.monotonic()
-        try:
-            for batch in it:
-                while not self._running.wait(0.1):
-                    if self._stop.is_set():
-                        return
-                    t0_wall += 0.1  # paused time does not count toward the pace
-                if self._stop.is_set() or self._seek_to is not None:
-                    return
-                if self.writer is not None:
-                    self.writer.write_batch(batch)
-                with self.lock:
-                    self.agg.feed(batch)
-                if first is None and batch.events.size:
-                    first = int(batch.events["ts"][0])
-                if first is not None:
-                    self.position_ns = batch.t_end - first
-                if self.paced and first is not None:
-                    if target is not None and self.position_ns < target:
-                        t0_wall = time.monotonic() - self.position_ns / NS / self.speed
-                        continue  # fast-forward to the seek target
-                    ahead = self.position_ns / NS / self.speed - (time.monotonic() - t0_wall)
-                    if ahead > 0:
-                        self._stop.wait(min(ahead, 1.0))
-        finally:
-            close = getattr(it, "close", None)
-            if close is not None:
-                close()  # a live source detaches its probes here
 
-            def feed(batch):
-                with self.lock:
-                    self.agg.feed(batch)
-            feed_final(self.source, self.writer, feed)
-            dmg = getattr(self.source, "damage", None)
-            if callable(dmg):
-                with self.lock:
-                    self.agg.damage = dmg()
+        def gate() -> bool:
+            """Pause, stop, seek: whether to take the next batch."""
+            nonlocal t0_wall
+            while not self._running.wait(0.1):
+                if self._stop.is_set():
+                    return False
+                t0_wall += 0.1  # paused time does not count toward the pace
+            return not (self._stop.is_set() or self._seek_to is not None)
+
+        def take(batch) -> bool:
+            """Feed, then pace a replay to its own timestamps (this thread is not
+            the main thread, so the runner's hold does not hold back a stop)."""
+            nonlocal first, t0_wall
+            runner.feed(batch)
+            if first is None and batch.events.size:
+                first = int(batch.events["ts"][0])
+            if first is not None:
+                self.position_ns = batch.t_end - first
+            if self.paced and first is not None:
+                if target is not None and self.position_ns < target:
+                    t0_wall = time.monotonic() - self.position_ns / NS / self.speed
+                    return True  # fast-forward to the seek target
+                ahead = self.position_ns / NS / self.speed - (time.monotonic() - t0_wall)
+                if ahead > 0:
+                    self._stop.wait(min(ahead, 1.0))
+            return True
+
+        runner = self._runner
+        runner.run(take, gate=gate)

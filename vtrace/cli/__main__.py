@@ -1,0 +1,5 @@
+"""`python -m vtrace.cli ...`: the same as the vtrace command."""
+
+from vtrace.cli import main
+
+main()
