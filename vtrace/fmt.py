@@ -1,4 +1,5 @@
-"""Small formatting helpers shared by stat, report and (later) top."""
+"""Small formatting helpers shared by `vtrace stat`, `report` (vtrace/report.py)
+and `top` (vtrace/tui/view.py, app.py): a figure is written the same way in each."""
 
 from __future__ import annotations
 
@@ -44,6 +45,11 @@ def bytes_(x: float) -> str:
         if x >= div:
             return f"{x / div:.1f}{unit}"
     return f"{x:.0f}B"
+
+
+def mb(x: float) -> str:
+    """Bytes per second as MB/s with one decimal: 0.0 12.3 1234.5."""
+    return f"{x / 1e6:.1f}"
 
 
 def ratio(x: float | None) -> str:

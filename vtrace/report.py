@@ -12,9 +12,8 @@ from typing import Iterable
 
 from vtrace.aggregate import QueueStats, Snapshot
 from vtrace import vfio
-from vtrace.fmt import bytes_, dur, free, log2_hist_lines, ratio, si
-
-STATE_SHORT = {"running": "run", "suspended": "susp", "stopped": "stop", "reset": "rst"}
+from vtrace.fmt import bytes_, dur, free, log2_hist_lines, mb, ratio, si
+from vtrace.vocab import divergence_counts, source_label, state_short
 
 SORT_KEYS = {
     "name": lambda q: (q.vm, q.device, q.queue),
@@ -35,25 +34,10 @@ def mig_arc(a) -> str:
     return f"{n(a.cur)}->{n(a.next)}" + ("" if a.next == a.new else f" (to {n(a.new)})")
 
 
-def source_label(s: Snapshot) -> str:
-    src = s.source
-    name = src.get("source", "?")
-    if name == "replay":
-        inner = src.get("recorded_source", "?")
-        label = f"replay of {inner}" + (" (simulated host)" if src.get("simulated") else "")
-        return f"{label}: {src.get('file', '')}"
-    return "sim (simulated host)" if src.get("simulated") else name
-
-
-def active(q: QueueStats) -> bool:
-    return (q.avail_rate > 0 or q.used_rate > 0 or q.in_flight > 0 or q.state != "running"
-            or q.signal_rate > 0 or q.kick_rate > 0)  # a guest sees interrupts before buffers
-
-
 def select(s: Snapshot, *, vms: Iterable[str] = (), sort: str = "name", top: int | None = None,
            show_all: bool = False) -> list[QueueStats]:
     vms = set(vms)
-    qs = [q for q in s.queues if (show_all or active(q)) and (not vms or q.vm in vms)]
+    qs = [q for q in s.queues if (show_all or q.active) and (not vms or q.vm in vms)]
     qs.sort(key=SORT_KEYS[sort])
     return qs[:top] if top else qs
 
@@ -78,10 +62,10 @@ def stat_rows(qs: list[QueueStats]) -> list[str]:
         est = not q.latency_exact
         rows.append(
             f"{q.vm[:7]:<7} {q.device[:7]:<7} {q.name[:6]:<6} {si(q.avail_rate):>5} {si(q.used_rate):>5} "
-            f"{si(q.signal_rate):>5} {q.bytes_rate / 1e6:>5.1f} {q.in_flight:>4} {dur(q.p50_ns, est):>6} "
+            f"{si(q.signal_rate):>5} {mb(q.bytes_rate):>5} {q.in_flight:>4} {dur(q.p50_ns, est):>6} "
             f"{dur(q.p99_ns, est):>6} "
             f"{ratio(q.kicks_per_buffer):>4} {ratio(q.signals_per_buffer):>4} "
-            f"{STATE_SHORT.get(q.state, q.state)[:4]:<4}".rstrip())
+            f"{state_short(q.state):<4}".rstrip())
     return rows
 
 
@@ -211,7 +195,7 @@ def report_text(s: Snapshot, *, hist_top: int = 6, show_all: bool = False) -> st
     if s.divergences:
         w("")
         w("DIVERGENCES FROM THE SPEC (details: vtrace check FILE)")
-        for rule, sev, n in s.divergences:
+        for rule, sev, n in divergence_counts(s):
             w(f"  {sev:<7} {rule:<28} {n:>8,}")
     w("")
     w("EVENTS BY KIND")
@@ -225,7 +209,7 @@ def report_json(s: Snapshot) -> dict:
         "events_total": s.events_total, "lost_total": s.lost_total,
         "unknown_kind_total": s.unknown_kind_total, "unidentified_total": s.unidentified_total,
         "time_reversals": s.time_reversals, "events_by_kind": dict(s.events_by_kind),
-        "divergences": [{"rule": r, "severity": sev, "count": n} for r, sev, n in s.divergences],
+        "divergences": [{"rule": r, "severity": sev, "count": n} for r, sev, n in divergence_counts(s)],
         "probes": [p.__dict__ for p in s.probes],
         "queues": [dict(queue_dict(q), latency_hist=q.latency_hist.tolist()) for q in s.queues],
         "admin": [{"opcode": a.opcode, "opcode_name": a.opcode_name, "status": a.status,

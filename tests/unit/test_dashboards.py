@@ -5,6 +5,7 @@ import json
 import re
 
 from dashboards import build
+from vtrace.export.families import ALL, COUNTER, HISTOGRAM, SUMMARY
 
 
 def test_committed_dashboard_is_the_generators_output():
@@ -35,3 +36,17 @@ def test_drill_down_variables_chain_host_vm_device_queue():
     assert "$instance" in v["vm"]["query"]["query"]
     assert "$vm" in v["device"]["query"]["query"]
     assert "$device" in v["queue"]["query"]["query"]
+
+
+def test_every_metric_the_dashboard_queries_is_a_family_the_exporter_serves():
+    served = set()
+    for f in ALL:
+        served.add(f.sample_name)
+        if f.type == HISTOGRAM:
+            served |= {f.name + "_bucket", f.name + "_sum", f.name + "_count"}
+        elif f.type == SUMMARY:
+            served |= {f.name + "_sum", f.name + "_count"}
+        elif f.type == COUNTER:
+            served.add(f.name + "_total")
+    used = set(re.findall(r"\bvtrace_[a-z_]+", build.render()))
+    assert used and used <= served, sorted(used - served)

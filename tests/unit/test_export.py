@@ -12,10 +12,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from vtrace.aggregate import NBUCKETS, Aggregator
 from vtrace.events import Kind, Layer, ObjectInfo
 from vtrace.export import SharedAggregator, parse_listen, registry_for
-from vtrace.export.metrics import LE_POW, QUEUE_STATES, cumulative_buckets
+from vtrace.export.families import ALL, FAMILIES, LE_POW, cumulative_buckets
 from vtrace.export.text import renderer
 from vtrace.pipeline import Pipeline
 from vtrace.sources.sim import SimConfig, SimSource
+from vtrace.vocab import QUEUE_STATES, QueueState
 from tests.unit.helpers import MIGRATION, batch, ev, migration
 
 
@@ -184,3 +185,32 @@ def test_vfio_migration_families_through_both_paths():
         [("vtrace_vfio_migration_state", (("state", "RUNNING"), ("vm", vm)))]
     assert got[("vtrace_vfio_migration_arcs_total", (("vm", vm),))] == 7
     assert got[("vtrace_vfio_migration_refused_total", (("vm", vm),))] == 1
+
+
+def test_one_table_of_families_gives_both_paths_their_names_types_and_help():
+    # Every family of the table, and only those, in both paths, with the
+    # table's type and help: the collector and the text renderer are both
+    # generated from vtrace/export/families.py.
+    agg = Aggregator()
+    Pipeline(SimSource(SimConfig.parse("seed=4,vms=2,suspend_every=0.3,fault=used_twice"),
+                       duration_ns=1_000_000_000), aggregator=agg).run()
+    fast = b"".join(renderer(_read(agg))()).decode()
+    slow = generate_latest(registry_for(_read(agg))).decode()
+    want = {f.sample_name: f for f in FAMILIES}
+    want["vtrace_scrape_collect_duration_seconds"] = next(f for f in ALL if f.scope == "scrape")
+    for text in (fast, slow):
+        types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
+        helps = dict(re.findall(r"^# HELP (\S+) (.*)$", text, re.M))
+        assert types.keys() == want.keys(), sorted(types.keys() ^ want.keys())
+        for name, f in want.items():
+            assert types[name] == ("gauge" if f.type == "stateset" else f.type), name
+            assert helps[name] == f.help.replace("\\", "\\\\").replace("\n", "\\n"), name
+    # and in the table's order, queue and VM families first in the text path
+    order = [n for n in re.findall(r"^# TYPE (\S+)", fast, re.M)]
+    bulk = [f.sample_name for f in FAMILIES if f.scope in ("queue", "vm")]
+    assert order[:len(bulk)] == bulk
+
+
+def test_queue_states_are_the_vocabularys():
+    assert QUEUE_STATES == ("running", "suspended", "stopped", "disabled", "reset")
+    assert all(QueueState(s) == s for s in QUEUE_STATES)

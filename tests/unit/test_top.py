@@ -60,7 +60,7 @@ def test_table_header_and_every_key_binding():
             assert app.v.reverse != r
             # sort by used/s desc really orders rows
             app.v.sort, app.v.reverse = "used_rate", True
-            app._refill()
+            app.refill()
             used = [app.snap.table["used_rate"][i] for i in view.order(app.snap, app.v)]
             assert used == sorted(used, reverse=True)
             # g: group by VM keeps each VM's rows together
@@ -76,7 +76,7 @@ def test_table_header_and_every_key_binding():
             assert {(t["vm"][i], t["name"][i]) for i in hidden} >= {(vm, "event") for vm in ("web1", "web2", "db1")}
             for i in hidden:  # only queues with nothing going on are hidden
                 assert t["state"][i] == "running" and t["in_flight"][i] == 0
-                assert t["avail_rate"][i] == t["used_rate"][i] == t["signal_rate"][i] == 0
+                assert t["avail_rate"][i] == t["used_rate"][i] == t["signal_rate"][i] == t["kick_rate"][i] == 0
             await pilot.press("a")
             await _until(pilot, lambda: app.shown == 24)
             # / filter, Enter applies, Esc clears
@@ -142,7 +142,7 @@ def test_enter_opens_queue_detail_and_escape_returns():
             t = app.snap.table
             target = next(o for o, r in zip(t["obj"], t["last_suspend"]) if r is not None)
             app.v.filter = ""
-            app._refill()
+            app.refill()
             qt = app.query_one("#qt")
             keys = [rk.value for rk in qt.rows]
             qt.move_cursor(row=keys.index(str(target)))
@@ -183,6 +183,9 @@ class _Broken:
         self.inner = SimSource(SimConfig.parse("seed=4,vms=1"), realtime=True)
         self.info = self.inner.info
 
+    def __getattr__(self, name):  # the rest of the Source protocol (final, align, ...): the sim's
+        return getattr(self.inner, name)
+
     def batches(self):
         for i, b in enumerate(self.inner.batches()):
             if i == 30:
@@ -213,7 +216,7 @@ def test_tiny_terminal_degrades_and_narrow_drops_columns():
         app = _sim_app()
         async with app.run_test(size=(80, 24)) as pilot:
             await _until(pilot, lambda: app.shown > 0)
-            keys = [c.key for c in app._cols]
+            keys = [c.key for c in app.queue_columns]
             assert "device" not in keys and "p99_ns" in keys and not app.screen.has_class("tiny")
     run(go())
 
@@ -286,6 +289,71 @@ def test_hiding_idle_keeps_queues_that_are_not_running():
     assert set(events) == {"running", "reset"}
     assert events["reset"] in shown and events["running"] not in shown
     assert len(shown) < len(t) and len(view.order(snap, view.View())) == len(t)
+
+
+def test_a_queue_only_kicked_is_active_in_top_and_stat():
+    # The driver kicks, the device serves nothing: what a stuck queue looks
+    # like, so neither top (idle hidden) nor stat (without --all) hides it.
+    # The other queue has nothing at all: both hide it.
+    from tests.unit.helpers import OBJECTS, Q0, Kind, batch, ev
+    from vtrace.aggregate import Aggregator
+    from vtrace.report import select, stat_rows
+    a = Aggregator()
+    a.feed(batch([ev(Kind.KICK, 10, Q0, arg=1), ev(Kind.KICK, 20, Q0, arg=2)], t_end=1_000_000_000,
+                 objects=OBJECTS))
+    snap = a.snapshot()
+    t = snap.table
+    kicked = [i for i in range(len(t)) if t["kick_rate"][i] > 0]
+    assert len(kicked) == 1 and len(t) == 2
+    i = kicked[0]
+    assert t["avail_rate"][i] == t["used_rate"][i] == t["signal_rate"][i] == t["in_flight"][i] == 0
+    assert t["state"][i] == "running"
+    top = view.order(snap, view.View(show_idle=False)).tolist()
+    stat = select(snap)
+    assert top == [i] and [q.obj for q in stat] == [t["obj"][i]]
+    assert t.row(i).active and list(t["active"]) == [q.active for q in t.rows()]
+    assert len(stat_rows(stat)) == 1
+
+
+def test_top_and_stat_hide_the_same_idle_queues():
+    # One definition of idle (vtrace/queuetable.py active): the table's column
+    # and the row's property agree, so top's filter and stat's do.
+    p = Pipeline(SimSource(SimConfig.parse("seed=1,vms=3,suspend_every=0.4"), duration_ns=1_000_000_000))
+    p.run()
+    from vtrace.report import select
+    for snap in (p.agg.snapshot(), p.agg.snapshot()):  # the second: an interval with nothing in it
+        t = snap.table
+        top = {t["obj"][i] for i in view.order(snap, view.View(show_idle=False)).tolist()}
+        assert top == {q.obj for q in select(snap)}
+    assert 0 < len(top) < len(t)
+
+
+def test_state_and_rates_cells_use_the_shared_vocabulary():
+    from vtrace.fmt import mb
+    from vtrace.vocab import STATE_SHORT, QueueState
+    snap = _big_snapshot(vms=2)
+    t = snap.table
+    idx = view.order(snap, view.View())
+    cols = (view.COLUMN["bytes_rate"], view.COLUMN["state"], view.COLUMN["p99_ns"])
+    for i, (b, st, p99) in zip(idx.tolist(), view.cells(snap, idx, cols)):
+        q = t.row(i)
+        assert b == mb(q.bytes_rate) and st == STATE_SHORT[q.state] == QueueState(q.state).short
+        assert (p99 == "-") == (q.p99_ns is None)
+    assert set(STATE_SHORT) == {s.value for s in QueueState}
+
+
+def test_tui_takes_its_words_from_vocab_not_from_report_or_check():
+    import ast
+    import pathlib
+    import vtrace.tui
+    for path in pathlib.Path(vtrace.tui.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+                  for a in n.names}
+        bad = {m for m in names if m.split(".")[:2] in (["vtrace", "report"], ["vtrace", "check"])}
+        assert not bad, (path.name, bad)
 
 
 def _big_snapshot(vms):

@@ -10,8 +10,10 @@ the same, so a scrape only turns numbers into text.
 
 The per-VM families are rendered the same way, without metric objects. The
 small families (self-metrics, admin commands, divergences) still go through
-the collector in vtrace/export/metrics.py; tests/unit/test_export.py
-checks both paths parse to the same samples.
+the collector in vtrace/export/metrics.py. Both paths are generated from one
+table of families (vtrace/export/families.py): this module only knows how to
+write each type fast; tests/unit/test_export.py checks both paths parse to
+the same samples.
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ import numpy as np
 from prometheus_client import generate_latest
 
 from vtrace.aggregate import Snapshot
-from vtrace.export.metrics import (LE_TEXT, Q_COUNTERS, Q_FREE, Q_GAUGES, Q_HIST, Q_STATE, Q_SUSPEND, QUEUE_STATES,
-                                   VM_COUNTERS, VM_EXITS, VM_MIGRATION, VM_NONCOHERENT, VM_VFIO_IOCTLS,
-                                   cumulative_buckets, families, first_rows, group_keys, scrape_family, sum_groups,
-                                   vfio_ioctl_rows)
-from vtrace.vfio import mig_state_name
+from vtrace.export.families import (COUNTER, FAMILIES, GAUGE, HISTOGRAM, LE_TEXT, STATESET, SUMMARY, Family,
+                                    QueueIds)
+from vtrace.export.metrics import families, scrape_family
+from vtrace.vocab import QUEUE_STATES
+
+QUEUE_FAMILIES = tuple(f for f in FAMILIES if f.scope == "queue")
+VM_FAMILIES = tuple(f for f in FAMILIES if f.scope == "vm")
+_TYPE = {COUNTER: "counter", GAUGE: "gauge", HISTOGRAM: "histogram", SUMMARY: "summary",
+         STATESET: "gauge"}  # the text format has no state set: client_python says gauge too
 
 
 def _esc(v: str) -> str:
@@ -36,10 +42,11 @@ def _esc(v: str) -> str:
     return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _header(name: str, doc: str, kind: str) -> str:
+def _header(f: Family) -> str:
     # HELP text escapes only backslash and newline (a quote stays as is).
-    doc = doc.replace("\\", "\\\\").replace("\n", "\\n")
-    return f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"
+    doc = f.help.replace("\\", "\\\\").replace("\n", "\\n")
+    name = f.sample_name
+    return f"# HELP {name} {doc}\n# TYPE {name} {_TYPE[f.type]}\n"
 
 
 class _Layout:
@@ -50,16 +57,28 @@ class _Layout:
 
     def __init__(self, keys: list[tuple]):
         self.keys = keys
-        lab = [f'vm="{_esc(vm)}",device="{_esc(d)}",queue="{_esc(q)}",layer="{_esc(ly)}"'
-               for vm, d, q, ly in keys]
-        self.plain = ["{" + x + "} " for x in lab]  # '{labels} '
-        sn = Q_STATE[0]
-        self.state = [f'{sn}{{{x},{sn}="{s}"}} ' for x in lab for s in QUEUE_STATES]
-        hb, hc, hs = Q_HIST[0] + "_bucket", Q_HIST[0] + "_count", Q_HIST[0] + "_sum"
-        # Per queue: every bucket line, then _count, then _sum (client_python's
-        # order: the lines of one labelset stay together).
-        self.hist = [p for x, pl in zip(lab, self.plain)
-                     for p in [f'{hb}{{{x},le="{le}"}} ' for le in LE_TEXT] + [hc + pl, hs + pl]]
+        self.lab = [f'vm="{_esc(vm)}",device="{_esc(d)}",queue="{_esc(q)}",layer="{_esc(ly)}"'
+                    for vm, d, q, ly in keys]
+        self.plain = ["{" + x + "} " for x in self.lab]  # '{labels} '
+        self._state: dict[str, list[str]] = {}
+        self._hist: dict[str, list[str]] = {}
+
+    def state(self, sn: str) -> list[str]:
+        """Per queue, one prefix per state of the state set ``sn``."""
+        p = self._state.get(sn)
+        if p is None:
+            p = self._state[sn] = [f'{sn}{{{x},{sn}="{s}"}} ' for x in self.lab for s in QUEUE_STATES]
+        return p
+
+    def hist(self, name: str) -> list[str]:
+        """Per queue: every bucket line, then _count, then _sum (client_python's
+        order: the lines of one labelset stay together)."""
+        p = self._hist.get(name)
+        if p is None:
+            hb, hc, hs = name + "_bucket", name + "_count", name + "_sum"
+            p = self._hist[name] = [x for lb, pl in zip(self.lab, self.plain)
+                                    for x in [f'{hb}{{{lb},le="{le}"}} ' for le in LE_TEXT] + [hc + pl, hs + pl]]
+        return p
 
 
 class QueueText:
@@ -78,14 +97,9 @@ class QueueText:
 
     def render(self, snap: Snapshot) -> list[str]:
         """The queue families' text, a few chunks per family."""
-        t = snap.table
-        keys, g = group_keys(t)
-        lay = self.layout(keys)
-        G = len(keys)
-
-        def col(name: str, dtype=np.int64) -> np.ndarray:
-            return sum_groups(t[name], g, G, dtype)
-
+        q = QueueIds(snap.table)
+        lay = self.layout(q.keys)
+        G = q.G
         out: list[str] = []
 
         def lines(name: str, prefixes: list[str], values: list[str]) -> None:
@@ -95,51 +109,39 @@ class QueueText:
             parts[2::3] = values
             out.append("".join(parts))
 
-        for name, doc, attr in Q_COUNTERS:
-            out.append(_header(name + "_total", doc, "counter"))
-            lines(name + "_total", lay.plain, [f"{v}\n" for v in col(attr).tolist()])
-        for name, doc, attr in Q_GAUGES:
-            out.append(_header(name, doc, "gauge"))
-            lines(name, lay.plain, [f"{v}\n" for v in col(attr).tolist()])
-
-        name, doc = Q_HIST
-        out.append(_header(name, doc, "histogram"))
-        cum = cumulative_buckets(sum_groups(t["latency_hist"], g, G))
-        w = len(LE_TEXT) + 2  # buckets, _count, _sum
-        vals: list = [None] * (w * G)
-        for j in range(len(LE_TEXT)):
-            vals[j::w] = [f"{v}\n" for v in cum[:, j].tolist()]
-        vals[w - 2::w] = vals[w - 3::w]  # _count is the +Inf bucket
-        vals[w - 1::w] = [f"{v!r}\n" for v in (col("latency_sum_ns", np.float64) / 1e9).tolist()]
-        parts: list = [None] * (2 * w * G)
-        parts[0::2] = lay.hist
-        parts[1::2] = vals
-        out.append("".join(parts))
-
-        name, doc = Q_FREE
-        out.append(_header(name, doc, "summary"))
-        out.append("".join(f"{name}_count{lay.plain[gi]}{n}\n{name}_sum{lay.plain[gi]}{s}\n"
-                           for gi, (n, s) in enumerate(zip(col("free_at_signal_count_total").tolist(),
-                                                           col("free_at_signal_sum_total").tolist())) if n))
-
-        # State and suspend: a shared identity shows its first object's.
-        first = first_rows(g, G).tolist()
-        states = [t["state"][i] for i in first]
-        name, doc = Q_STATE
-        out.append(_header(name, doc, "gauge"))
-        ns = len(QUEUE_STATES)
-        vals = [None] * (ns * G)
-        for j, s in enumerate(QUEUE_STATES):
-            vals[j::ns] = ["1\n" if st == s else "0\n" for st in states]
-        parts = [None] * (2 * ns * G)
-        parts[0::2] = lay.state
-        parts[1::2] = vals
-        out.append("".join(parts))
-        name, doc = Q_SUSPEND
-        out.append(_header(name, doc, "gauge"))
-        susp = t["last_suspend"]
-        out.append("".join(f"{name}{lay.plain[gi]}{susp[i].in_flight}\n"
-                           for gi, i in enumerate(first) if susp[i] is not None))
+        for f in QUEUE_FAMILIES:
+            out.append(_header(f))
+            name = f.sample_name
+            vals = f.read(q)
+            if f.type == HISTOGRAM:
+                cum, sums = vals
+                w = len(LE_TEXT) + 2  # buckets, _count, _sum
+                v: list = [None] * (w * G)
+                for j in range(len(LE_TEXT)):
+                    v[j::w] = [f"{x}\n" for x in cum[:, j].tolist()]
+                v[w - 2::w] = v[w - 3::w]  # _count is the +Inf bucket
+                v[w - 1::w] = [f"{x!r}\n" for x in sums.tolist()]
+                parts: list = [None] * (2 * w * G)
+                parts[0::2] = lay.hist(name)
+                parts[1::2] = v
+                out.append("".join(parts))
+            elif f.type == SUMMARY:
+                counts, sums = vals
+                out.append("".join(f"{name}_count{lay.plain[gi]}{n}\n{name}_sum{lay.plain[gi]}{s}\n"
+                                   for gi, (n, s) in enumerate(zip(counts.tolist(), sums.tolist())) if n))
+            elif f.type == STATESET:
+                ns = len(QUEUE_STATES)
+                v = [None] * (ns * G)
+                for j, s in enumerate(QUEUE_STATES):
+                    v[j::ns] = ["1\n" if st == s else "0\n" for st in vals]
+                parts = [None] * (2 * ns * G)
+                parts[0::2] = lay.state(name)
+                parts[1::2] = v
+                out.append("".join(parts))
+            elif isinstance(vals, np.ndarray):  # a counter or gauge of every identity
+                lines(name, lay.plain, [f"{x}\n" for x in vals.tolist()])
+            else:  # some identities have no sample (None)
+                out.append("".join(f"{name}{lay.plain[gi]}{x}\n" for gi, x in enumerate(vals) if x is not None))
         return out
 
 
@@ -147,27 +149,25 @@ def vm_text(snap: Snapshot) -> str:
     """The per-VM families (kvm exits, ioeventfd/irqfd, DMA): one line per
     VM and family, a few per exit reason."""
     vms = snap.vms
-    lab = ['{vm="' + _esc(v.vm) + '"} ' for v in vms]
+    esc = [_esc(v.vm) for v in vms]
     out = []
-    name, doc = VM_EXITS
-    out.append(_header(name + "_total", doc, "counter"))
-    out.append("".join(f'{name}_total{{vm="{_esc(v.vm)}",reason="{r}"}} {n}\n'
-                       for v in vms for r, n in v.exits_by_reason))
-    for name, doc, attr in VM_COUNTERS:
-        out.append(_header(name + "_total", doc, "counter"))
-        out.append("".join([f"{name}_total{p}{getattr(v, attr)}\n" for v, p in zip(vms, lab)]))
-    name, doc = VM_NONCOHERENT
-    out.append(_header(name, doc, "gauge"))
-    out.append("".join([f"{name}{p}{int(v.noncoherent_dma)}\n" for v, p in zip(vms, lab)]))
-    name, doc = VM_MIGRATION
-    out.append(_header(name, doc, "gauge"))
-    out.append("".join(f'{name}{{vm="{_esc(v.vm)}",state="{mig_state_name(v.migration_state)}"}} 1\n'
-                       for v in vms if v.migration_state is not None))
-    rows = [(v, vfio_ioctl_rows(v)) for v in vms]
-    for name, doc, i in VM_VFIO_IOCTLS:
-        out.append(_header(name + "_total", doc, "counter"))
-        out.append("".join(f'{name}_total{{vm="{_esc(v.vm)}",fd="{fd}",ioctl="{io}"}} {row[i]}\n'
-                           for v, r in rows for (fd, io), row in r.items()))
+    for f in VM_FAMILIES:
+        out.append(_header(f))
+        name = f.sample_name
+        if isinstance(f.read, str):
+            attr = f.read
+            out.append("".join([f'{name}{{vm="{e}"}} {getattr(v, attr)}\n' for v, e in zip(vms, esc)]))
+        else:  # vm="..." then the family's other labels, bounded: their text is made once per value
+            fmt = '"' + "".join(f',{k}="{{}}"' for k in f.labels[1:]) + "}} "
+            rest: dict[tuple, str] = {}
+            parts = []
+            for v, e in zip(vms, esc):
+                for lab, x in f.read(v):
+                    r = rest.get(lab)
+                    if r is None:
+                        r = rest[lab] = fmt.format(*map(_esc, lab))
+                    parts.append(f'{name}{{vm="{e}{r}{x}\n')
+            out.append("".join(parts))
     return "".join(out)
 
 

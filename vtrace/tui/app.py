@@ -18,7 +18,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import (DataTable, Footer, Input, Sparkline, Static, TabbedContent, TabPane)
 
 from vtrace import vfio
-from vtrace.fmt import bytes_, dur, log2_hist_lines, si
+from vtrace.fmt import bytes_, dur, log2_hist_lines, mb, si
 from vtrace.tui import view
 from vtrace.tui.feed import Feed
 
@@ -76,7 +76,7 @@ class DetailScreen(Screen):
         q = t.row(rows[0])
         self.query_one("#dtitle", Static).update(
             f"{q.label}  [{q.layer}] {q.dev_type} ring {q.size or '?'}  state {q.state}  "
-            f"used {si(q.used_rate)}/s  {q.bytes_rate / 1e6:.1f} MB/s  in flight {q.in_flight}  "
+            f"used {si(q.used_rate)}/s  {mb(q.bytes_rate)} MB/s  in flight {q.in_flight}  "
             f"p50 {dur(q.p50_ns, not q.latency_exact)}  p99 {dur(q.p99_ns, not q.latency_exact)}")
         hist = self.app.history.get(self.obj)
         self.query_one("#spark", Sparkline).data = list(hist) if hist else [0.0]
@@ -332,7 +332,7 @@ class TopApp(App):
     def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
         if event.data_table.id == "qt":
             self.v.sort_by(event.column_key.value)
-            self._refill()
+            self.refill()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.data_table.id == "qt" and event.row_key is not None:
@@ -342,11 +342,19 @@ class TopApp(App):
         self.v.filter = event.value.strip()
         event.input.remove_class("on")
         self.query_one("#qt", DataTable).focus()
-        self._refill()
+        self.refill()
 
-    def _refill(self) -> None:
+    def refill(self) -> None:
+        """Redraw the queue table from the current Snapshot, after a change
+        to the view (``app.v``: sort, filter, grouping, idle)."""
         if self.snap is not None:
             self._fill_queues(self.snap)
+
+    @property
+    def queue_columns(self) -> tuple:
+        """The queue table's columns now (view.Column; the narrow set below
+        view.NARROW cells)."""
+        return self._cols
 
     # actions -----------------------------------------------------------------
     def action_pause(self) -> None:
@@ -372,24 +380,24 @@ class TopApp(App):
         i.remove_class("on")
         if self.v.filter:
             self.v.filter = ""
-            self._refill()
+            self.refill()
         self.query_one("#qt", DataTable).focus()
 
     def action_sort(self, step: int) -> None:
         self.v.cycle_sort(step)
-        self._refill()
+        self.refill()
 
     def action_reverse(self) -> None:
         self.v.reverse = not self.v.reverse
-        self._refill()
+        self.refill()
 
     def action_group(self) -> None:
         self.v.group_vm = not self.v.group_vm
-        self._refill()
+        self.refill()
 
     def action_idle(self) -> None:
         self.v.show_idle = not self.v.show_idle
-        self._refill()
+        self.refill()
 
     def action_interval(self, step: int) -> None:
         i = min(range(len(INTERVALS)), key=lambda k: abs(INTERVALS[k] - self.interval))

@@ -4,6 +4,8 @@ order (sort, filter, group by VM), the formatted cells and the header.
 Headless (no textual): the app, the tests and bench/top.py use it alike.
 Rows are chosen and sorted over the Snapshot's columns (QueueTable) with
 numpy, and only the rows shown are formatted, so 10k queues stay cheap.
+Figures (bytes/s, idle) are the QueueTable's, words (states, the source)
+vtrace/vocab.py's, formats vtrace/fmt.py's: the same as `vtrace stat`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from vtrace.aggregate import Snapshot
-from vtrace.fmt import dur, ratio, si
-from vtrace.report import STATE_SHORT, source_label
+from vtrace.fmt import dur, free, mb, ratio, si
+from vtrace.vocab import divergence_counts, source_label, state_short
 
 # Rows put in the table, in sort order; the rest are counted in the footer.
 # A textual DataTable row costs ~40 us to add here (bench/top.py): 500 keeps
@@ -78,21 +80,13 @@ class View:
             self.sort, self.reverse = key, COLUMN[key].numeric
 
 
-def column_values(t, key: str) -> np.ndarray | list:
-    if key == "bytes_rate":
-        return np.asarray(t["used_bytes_rate"]) + np.asarray(t["read_bytes_rate"])
-    return t[key]
-
-
 def order(snap: Snapshot, v: View) -> np.ndarray:
     """Row indices of snap.table to show, in order."""
     t = snap.table
     n = len(t)
     keep = np.ones(n, dtype=bool)
     if not v.show_idle and n:
-        keep &= ((np.asarray(t["avail_rate"]) > 0) | (np.asarray(t["used_rate"]) > 0)
-                 | (np.asarray(t["in_flight"]) > 0) | (np.asarray(t["signal_rate"]) > 0)
-                 | np.array([s != "running" for s in t["state"]], dtype=bool))
+        keep &= t["active"]  # the same queues `vtrace stat` shows without --all
     if v.filter:
         f = v.filter.lower()
         keep &= np.array([f in f"{a}/{b}/{c} {s}".lower()
@@ -100,7 +94,7 @@ def order(snap: Snapshot, v: View) -> np.ndarray:
     idx = np.flatnonzero(keep)
     if not idx.size:
         return idx
-    vals = column_values(t, v.sort)
+    vals = t[v.sort]
     if COLUMN[v.sort].numeric:
         x = np.asarray(vals, dtype=np.float64)[idx]
         x = np.where(np.isnan(x), -np.inf if v.reverse else np.inf, x)  # no value sorts last
@@ -147,8 +141,7 @@ def cells(snap: Snapshot, rows, cols: tuple[Column, ...]) -> list[tuple[str, ...
     rows = [int(i) for i in rows]
 
     def take(name):
-        c = t[name]
-        return c[rows].tolist() if isinstance(c, np.ndarray) else [c[i] for i in rows]
+        return t.values(name, rows)
     exact = take("latency_exact")
     out = []
     for c in cols:
@@ -158,17 +151,17 @@ def cells(snap: Snapshot, rows, cols: tuple[Column, ...]) -> list[tuple[str, ...
         elif k in ("avail_rate", "used_rate"):
             out.append([si(x) for x in take(k)])
         elif k == "bytes_rate":
-            out.append([f"{(a + b) / 1e6:.1f}" for a, b in zip(take("used_bytes_rate"), take("read_bytes_rate"))])
+            out.append([mb(x) for x in take(k)])
         elif k == "in_flight":
             out.append([in_flight_cell(n, z) for n, z in zip(take("in_flight"), take("size"))])
         elif k in ("p50_ns", "p99_ns"):
-            out.append([dur(None if x != x else x, not e) for x, e in zip(take(k), exact)])
+            out.append([dur(x, not e) for x, e in zip(take(k), exact)])
         elif k == "free_at_signal":
-            out.append(["-" if x is None or x != x else f"{x:.0f}" for x in take(k)])
+            out.append([free(x) for x in take(k)])
         elif k in ("kicks_per_buffer", "signals_per_buffer"):
-            out.append([ratio(None if x != x else x) for x in take(k)])
+            out.append([ratio(x) for x in take(k)])
         elif k == "state":
-            out.append([STATE_SHORT.get(x, x) for x in take(k)])
+            out.append([state_short(x) for x in take(k)])
     return list(zip(*out)) if out else [() for _ in rows]
 
 
@@ -185,14 +178,12 @@ def header(snap: Snapshot, *, paused: bool = False, interval_s: float = 1.0) -> 
     host = src.get("host") or platform.node()
     kernel = src.get("kernel") or platform.release()
     label = source_label(snap)
-    if snap.simulated and "simulated" not in label:
-        label += " (simulated host)"
     mode = " counting in kernel" if src.get("mode") == "count" else ""
     line1 = f"vtrace top  {label}{mode}  host {host}  kernel {kernel}  up {uptime(snap)}"
     ok = sum(1 for p in snap.probes if p.attached)
     failed = len(snap.probes) - ok
     sev: dict[str, int] = {}
-    for _rule, s, n in snap.divergences:
+    for _rule, s, n in divergence_counts(snap):
         sev[s] = sev.get(s, 0) + n
     div = " ".join(f"{k} {v}" for k, v in sorted(sev.items())) or "none"
     line2 = (f"events {si(snap.events_rate)}/s  lost {snap.lost_total}  probes {ok} attached / {failed} failed"
