@@ -132,8 +132,7 @@ def header_for(source, argv) -> dict:
     """The header of a capture of ``source``: its identity, its probes, the
     command line that recorded it."""
     info = dict(source.info)
-    probes = source.probes() if hasattr(source, "probes") else ()
-    return {"source": info, "probes": [p.__dict__ for p in probes], "argv": list(argv),
+    return {"source": info, "probes": [p.__dict__ for p in source.probes()], "argv": list(argv),
             "ts_start": info.get("ts_start")}
 
 

@@ -62,6 +62,9 @@ class _Source:
     def __init__(self, hold: bool):
         self.hold = hold
 
+    def probes(self):
+        return ()
+
     def align(self, interval_ns):
         pass
 

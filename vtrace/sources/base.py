@@ -28,6 +28,11 @@ class Source(Protocol):
         """Batches in time order until the source ends; closing the iterator stops the source."""
         ...
 
+    def probes(self) -> tuple:
+        """What the source attached and how (ProbeStatus rows, as a capture header records
+        them); empty for sources that attach nothing."""
+        ...
+
     def align(self, interval_ns: int) -> None:
         """Make batch boundaries fall on a period that divides ``interval_ns`` (a no-op for
         sources whose counts are all in their events)."""

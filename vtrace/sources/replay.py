@@ -45,6 +45,9 @@ class ReplaySource(Source):
     def batches(self) -> Iterator[Batch]:
         return self.reader.batches()
 
+    def probes(self) -> tuple:
+        return ()  # a re-recording attaches nothing; the file's own probes stay in its header
+
     def align(self, interval_ns: int) -> None:
         pass  # a file's batch boundaries are where they were recorded
 
