@@ -185,7 +185,7 @@ def test_admin_kvm_dma_lost_unknown():
 
 def test_vfio_ioctls_regions_and_mmaps_per_vm():
     from vtrace import vfio
-    from vtrace.export.metrics import vfio_ioctl_rows
+    from vtrace.export.families import vfio_ioctl_rows
     base = vfio.VFIO_BASE
     a = Aggregator()
     c = dict(obj=KVM, layer=Layer.VFIO)
@@ -375,3 +375,49 @@ def test_used_before_available_is_counted_not_garbage():
     a.feed(batch([ev(Kind.FETCH, 500, id=1), ev(Kind.USED, 100, id=1)]))  # unsorted input
     s = a.snapshot()
     assert s.time_reversals == 1 and q(s, "rx0").p50_ns == 0
+
+
+def test_snapshot_summarises_divergences_per_rule():
+    """One DivergenceSummary per rule in checker.summary() order: its count, the
+    latest divergence kept as "where: message" ("" when none was kept) and the
+    rule's spec section; none without a checker."""
+    from vtrace.aggregate import DivergenceSummary
+    from vtrace.check import RULE_BY_ID, Checker
+
+    from .checkhelp import OBJECTS as CHECK_OBJECTS
+    from .checkhelp import RX, TX, e, records
+
+    def fetch(t, head, q, idx):
+        return e("fetch", t, q, head=head, writable_bytes=0, readable_bytes=100, descs=1, last_avail_idx=idx)
+
+    def used(t, head, q, idx):
+        return e("used", t, q, head=head, used_len=0, descs=1, used_idx=idx)
+
+    rows = [e("queue_reset", 0, RX), used(5, 5, RX, 1)]  # head 5 never made available
+    for i in range(3):  # each head used twice
+        rows += [fetch(100 * i + 10, i, TX, i + 1), used(100 * i + 20, i, TX, 2 * i + 1),
+                 used(100 * i + 30, i, TX, 2 * i + 2)]
+    b = Batch(events=records(rows), t_end=1000, objects=CHECK_OBJECTS)
+
+    a = Aggregator(checker=Checker(keep_per_rule=2))
+    a.feed(b)
+    s = a.snapshot()
+    assert [(d.rule, d.severity, d.count) for d in s.divergences] == list(a.checker.summary())
+    by_rule = {d.rule: d for d in s.divergences}
+    assert set(by_rule) == {"used-twice", "used-unknown-id"}
+    # three found, two kept: the latest kept is head 1's
+    assert by_rule["used-twice"] == DivergenceSummary(
+        "used-twice", RULE_BY_ID["used-twice"].severity, 3,
+        "vm1/net0/tx0: head 1 used again without being made available", RULE_BY_ID["used-twice"].section)
+    last = [d for d in a.checker.divergences if d.rule == "used-unknown-id"][-1]
+    assert by_rule["used-unknown-id"].last == f"{last.where}: {last.message}"
+    assert by_rule["used-unknown-id"].section == RULE_BY_ID["used-unknown-id"].section
+
+    none_kept = Aggregator(checker=Checker(keep_per_rule=0))
+    none_kept.feed(b)
+    assert [(d.rule, d.count, d.last) for d in none_kept.snapshot().divergences] == [
+        (d.rule, d.count, "") for d in s.divergences]
+
+    plain = Aggregator()
+    plain.feed(b)
+    assert plain.snapshot().divergences == ()
