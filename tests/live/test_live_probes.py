@@ -354,7 +354,9 @@ def test_no_program_stays_loaded_after_vtrace_exits(how, monkeypatch):
     before = _bpf_prog_ids()
     args = [sys.executable, "-m", "vtrace.cli", "stat", "--source", "live", "0.2"] + (["2"] if how == "count" else [])
     p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4 if how != "count" else 0)
+    if how != "count":  # stat says it traces once every program is attached
+        said = _until(p.stdout, "Tracing virtqueues")
+        assert said[-1].startswith("Tracing virtqueues"), "".join(said)
     during = _bpf_prog_ids()
     if how != "count":
         p.send_signal(getattr(signal, how))
@@ -413,14 +415,26 @@ def test_check_runs_on_the_live_source():
     """`vtrace check --source live`: real block requests pair up; no divergence, exit 0."""
     p = subprocess.Popen([sys.executable, "-m", "vtrace.cli", "check", "--source", "live", "-d", "6s", "-j"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)  # compile and attach
+    said = _until(p.stderr, "Checking virtqueues")  # compiled and attached
+    assert said[-1].startswith("Checking virtqueues"), "".join(said)
     _direct_io(1000)
     out, err = p.communicate(timeout=120)
+    err = "".join(said) + err
     assert p.returncode == 0, (out[-2000:], err)
     res = json.loads(out)
     assert res["events"] >= 2000
     tally = {r["id"]: r for r in res["rules"]}
     assert tally["used-unknown-id"]["checked"] >= 1000 and tally["used-twice"]["checked"] >= 1000
+
+
+def _until(stream, prefix: str) -> list[str]:
+    """The lines ``stream`` gives up to the first that starts with ``prefix`` (or its end)."""
+    said = []
+    for line in stream:
+        said.append(line)
+        if line.startswith(prefix):
+            break
+    return said or [""]
 
 
 def test_probes_stats_counts_hits_and_restores_the_knob():
@@ -431,12 +445,8 @@ def test_probes_stats_counts_hits_and_restores_the_knob():
     # interrupts (937 counted).
     p = subprocess.Popen([sys.executable, "-m", "vtrace.cli", "probes", "--stats", "120s", "-j"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    said = []
-    for ln in p.stderr:
-        said.append(ln)
-        if ln.startswith("Counting for"):
-            break
-    assert said and said[-1].startswith("Counting for"), "".join(said)
+    said = _until(p.stderr, "Counting for")
+    assert said[-1].startswith("Counting for"), "".join(said)
     _direct_io(500)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)

@@ -102,6 +102,8 @@ def check(file, source_spec, duration, fail_on, max_inflight, stall, rules, as_j
         live = source_spec.startswith("live")
         src = open_spec(source_spec, realtime=live, duration_ns=duration)
         what, dur_ns = f"--source {source_spec}", duration
+        if src.kind == "live":  # attached: what happens from here on is checked
+            click.echo("Checking virtqueues (live)... Hit Ctrl-C to end.", err=True)
     try:
         pipe = Pipeline(src, aggregator=Aggregator(checker=checker))
         snap = pipe.run(duration_ns=dur_ns)
