@@ -43,3 +43,28 @@ def migration(a, arcs, t0=1000):
 # A migration out and back in, as the vmlab's device does it (tests/vmlab/vfio_mig.py):
 # STOP 1, RUNNING 2, STOP_COPY 3, RESUMING 4, PRE_COPY 6 (not offered: EINVAL 22)
 MIGRATION = [(2, 3, 1, 0), (1, 3, 3, 0), (3, 1, 1, 0), (1, 6, None, 22), (1, 4, 4, 0), (4, 2, 1, 0), (1, 2, 2, 0)]
+
+
+class ScriptedSource:
+    """A test's own source: subclasses give ``batches()``; the rest of the Source
+    protocol (vtrace/sources/base.py) is what a finite, attach-nothing source does."""
+    kind = "test"
+    info = {"source": "test"}
+
+    def batches(self):
+        raise NotImplementedError
+
+    def probes(self):
+        return ()
+
+    def align(self, interval_ns):
+        pass  # the batch ends are the test's
+
+    def final(self):
+        return []
+
+    def damage(self):
+        return None
+
+    def close(self):
+        pass

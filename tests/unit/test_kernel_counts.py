@@ -7,7 +7,7 @@ from vtrace.events import (COUNT_DTYPE, FLIGHT_DTYPE, LATENCY_DTYPE, RECORD_DTYP
                            Layer)
 from vtrace.pipeline import Pipeline
 
-from .helpers import KVM, OBJECTS, Q0, Q1, batch, ev
+from .helpers import KVM, OBJECTS, Q0, Q1, ScriptedSource, batch, ev
 
 S = 1_000_000_000
 
@@ -64,10 +64,8 @@ def test_events_and_counts_mix_in_one_batch():
     assert q0.fetch_total == 4 and q0.state == "suspended"
 
 
-class _Src:
-    """Batches every 0.25 s, each carrying one count of a FETCH (a Source: vtrace/sources/base.py)."""
-    kind = "test"
-    info = {"source": "test"}
+class _Src(ScriptedSource):
+    """Batches every 0.25 s, each carrying one count of a FETCH."""
 
     def __init__(self, ends):
         self.ends = ends
@@ -76,18 +74,6 @@ class _Src:
         for i, t in enumerate(self.ends):
             yield empty(t, kc(counts=[(Q0, 1, 0, 0, 0, Kind.FETCH, Layer.VHOST)]),
                         objects=OBJECTS if i == 0 else ())
-
-    def align(self, interval_ns):
-        pass  # the batch ends are the test's
-
-    def final(self):
-        return []
-
-    def damage(self):
-        return None
-
-    def close(self):
-        pass
 
 
 def test_pipeline_puts_counts_in_the_interval_holding_most_of_their_span():

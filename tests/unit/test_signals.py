@@ -16,6 +16,8 @@ from vtrace.pipeline import Pipeline
 from vtrace.sources.base import Source
 from vtrace.stop import held
 
+from .helpers import ScriptedSource
+
 
 def _child_signals(blocked: bool):
     def setup():
@@ -51,31 +53,13 @@ def test_capture_finishes_cleanly_on_signal(tmp_path, sig, blocked):
     assert f"{n:,} events" in last  # every event counted is in the file
 
 
-class _Source:
+class _Source(ScriptedSource):
     """Three batches of 1000 events; with ``hold``, each is handed over inside a
     hold, like the live source's (a stop must not land between its rings' read
-    and the consumer); without, like a replay's. The whole Source protocol
-    (vtrace/sources/base.py), the rest as no-ops."""
-    kind = "test"
-    info = {"kind": "test"}
+    and the consumer); without, like a replay's."""
 
     def __init__(self, hold: bool):
         self.hold = hold
-
-    def probes(self):
-        return ()
-
-    def align(self, interval_ns):
-        pass
-
-    def final(self):
-        return []
-
-    def damage(self):
-        return None
-
-    def close(self):
-        pass
 
     def batches(self):
         for i in range(3):
