@@ -94,6 +94,7 @@ def test_table_header_and_every_key_binding():
             # p pauses reading (sim): the event count stops moving
             await pilot.press("p")
             assert app.feed.paused and "PAUSED" in str(app.query_one("#head").render())
+            await _until(pilot, lambda: app.feed.parked)  # a batch being fed as p came still lands
             n0 = app.feed.agg.events_total
             await pilot.pause(0.5)
             assert app.feed.agg.events_total == n0
@@ -148,7 +149,7 @@ def test_enter_opens_queue_detail_and_escape_returns():
             qt.move_cursor(row=keys.index(str(target)))
             await pilot.press("enter")
             assert isinstance(app.screen, DetailScreen) and app.screen.obj == target
-            await pilot.pause(0.5)
+            await _until(pilot, lambda: "completion latency" in str(app.screen.query_one("#dbody").render()))
             body = str(app.screen.query_one("#dbody").render())
             assert "completion latency" in body and "in flight now" in body
             assert "in flight at the last suspend" in body and "never suspended" not in body
@@ -197,9 +198,8 @@ def test_source_error_shows_a_banner_and_keeps_the_last_data():
     async def go():
         app = make_app(_Broken(), interval=0.2)
         async with app.run_test(size=SIZE) as pilot:
-            await _until(pilot, lambda: app.feed.error is not None)
-            await pilot.pause(0.5)
             banner = app.query_one("#banner")
+            await _until(pilot, lambda: banner.has_class("on"))
             assert banner.has_class("on") and "perf buffer went away" in str(banner.render())
             assert app.shown == 8  # the last data stays
             await pilot.press("q")
@@ -210,8 +210,7 @@ def test_tiny_terminal_degrades_and_narrow_drops_columns():
     async def go():
         app = _sim_app()
         async with app.run_test(size=(30, 8)) as pilot:
-            await pilot.pause(0.5)
-            assert app.screen.has_class("tiny")
+            await _until(pilot, lambda: app.screen.has_class("tiny"))
             assert "too small" in str(app.query_one("#toosmall").render())
         app = _sim_app()
         async with app.run_test(size=(80, 24)) as pilot:
@@ -227,7 +226,7 @@ def test_record_writes_a_capture_that_replays(tmp_path):
     async def go():
         app = _sim_app("seed=5,vms=1", record=out)
         async with app.run_test(size=SIZE) as pilot:
-            await pilot.pause(1.0)
+            await _until(pilot, lambda: app.feed.agg.events_total > 0)
             await pilot.press("q")
         return app.feed.agg.events_total
     fed = run(go())
@@ -247,10 +246,11 @@ def test_replay_paces_pauses_and_seeks(tmp_path):
         app = make_app(ReplaySource(out), interval=0.2, reopen=lambda: ReplaySource(out))
         async with app.run_test(size=SIZE) as pilot:
             await pilot.pause(1.0)
+            await _until(pilot, lambda: app.feed.position_ns > 0)
             pos = app.feed.position_ns
             assert 0 < pos < 5e9  # paced: about a second of a 20 s file, not all of it
             await pilot.press("p")
-            await pilot.pause(0.3)
+            await _until(pilot, lambda: app.feed.parked)
             p0 = app.feed.position_ns
             await pilot.pause(0.5)
             assert app.feed.position_ns == p0

@@ -35,6 +35,7 @@ class Feed:
         self.speed = speed
         self._running = threading.Event()
         self._running.set()
+        self._parked = threading.Event()  # the reader waits at the pause, between two batches
         self._stop = threading.Event()
         self._seek_to: int | None = None  # source ns from the start
         self.source = open_source()
@@ -71,6 +72,12 @@ class Feed:
     @property
     def paused(self) -> bool:
         return not self._running.is_set()
+
+    @property
+    def parked(self) -> bool:
+        """Paused, and the reader has stopped: nothing more is fed until the pause ends
+        (pause() only asks; a batch already being fed still lands)."""
+        return self._parked.is_set()
 
     def pause(self, on: bool) -> None:
         """Replay and sim stop reading while paused; a live source keeps
@@ -133,9 +140,11 @@ class Feed:
             """Pause, stop, seek: whether to take the next batch."""
             nonlocal t0_wall
             while not self._running.wait(0.1):
+                self._parked.set()
                 if self._stop.is_set():
                     return False
                 t0_wall += 0.1  # paused time does not count toward the pace
+            self._parked.clear()
             return not (self._stop.is_set() or self._seek_to is not None)
 
         def take(batch) -> bool:
