@@ -61,13 +61,5 @@ def source_label(s) -> str:
 
 
 def divergence_counts(s) -> list[tuple[str, str, int]]:
-    """A Snapshot's divergences as (rule, severity, count): from a plain
-    3-tuple or from a summary record with those fields (and more)."""
-    out = []
-    for d in s.divergences:
-        if hasattr(d, "rule"):
-            out.append((d.rule, d.severity, d.count))
-        else:
-            rule, sev, n = d[:3]
-            out.append((rule, sev, n))
-    return out
+    """A Snapshot's divergences as (rule, severity, count), in the checker's order."""
+    return [(d.rule, d.severity, d.count) for d in s.divergences]

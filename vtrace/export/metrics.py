@@ -21,7 +21,6 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
 from vtrace.aggregate import Snapshot
 from vtrace.export.families import (COUNTER, FAMILIES, GAUGE, HISTOGRAM, LE_TEXT, QUEUE_STATES, SCRAPE, SERVER,
                                     STATESET, SUMMARY, Family, QueueIds)
-from vtrace.export.families import vfio_ioctl_rows  # noqa: F401 - its old home (tests/unit/test_aggregate.py)
 
 _CLASS = {COUNTER: CounterMetricFamily, GAUGE: GaugeMetricFamily, HISTOGRAM: HistogramMetricFamily,
           SUMMARY: SummaryMetricFamily, STATESET: StateSetMetricFamily}
