@@ -41,12 +41,8 @@ def test_btf_members_bitfields_anonymous_and_paths(tmp_path):
     assert ms["x"].offset == 0 and ms["in"].offset == 8 and ms["in"].size == 8
     inner = {m.name: m for m in b.members(b.find(btf.STRUCT, "inner"))}
     assert (inner["b"].bit_offset, inner["b"].bitfield) == (36, 3)
-    btf._cache.clear()
-    try:
-        b2 = btf.load(btf_dir=str(tmp_path))
-        assert b2.find(btf.STRUCT, "outer") == outer
-    finally:
-        btf._cache.clear()
+    b2 = btf.load(btf_dir=str(tmp_path))  # cached per directory: tmp_path is this test's own
+    assert b2.find(btf.STRUCT, "outer") == outer
 
 
 def test_btf_rejects_other_files(tmp_path):
@@ -55,11 +51,8 @@ def test_btf_rejects_other_files(tmp_path):
     with pytest.raises(btf.BtfError, match="kernel has no BTF"):
         btf.load(None, btf_dir=str(tmp_path))
     (tmp_path / "vmlinux").write_bytes(_btf_blob())
-    try:
-        with pytest.raises(btf.BtfError, match="no_such_module is not loaded or has no BTF"):
-            btf.load("no_such_module", btf_dir=str(tmp_path))
-    finally:
-        btf._cache.clear()
+    with pytest.raises(btf.BtfError, match="no_such_module is not loaded or has no BTF"):
+        btf.load("no_such_module", btf_dir=str(tmp_path))
 
 
 @pytest.mark.skipif(not os.path.exists("/sys/kernel/btf/vmlinux"), reason="no kernel BTF")
