@@ -12,6 +12,7 @@ is recorded on the aggregator. Headless: imports neither textual nor bcc.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import TYPE_CHECKING, Callable
 
@@ -41,16 +42,13 @@ class Runner:
         self.source = source
         self.agg = agg
         self.writer = writer
-        self._lock = lock
+        self._lock = lock if lock is not None else contextlib.nullcontext()
         agg.set_source(source.info)
 
     def feed(self, batch: Batch) -> None:
         """Into the aggregator, under the lock if there is one."""
-        if self._lock is None:
+        with self._lock:
             self.agg.feed(batch)
-        else:
-            with self._lock:
-                self.agg.feed(batch)
 
     def run(self, take: Callable[[Batch], bool] | None = None, *,
             gate: Callable[[], bool] | None = None) -> bool:
@@ -99,8 +97,5 @@ class Runner:
                 self.writer.write_batch(batch)
             self.feed(batch)
         damage = self.source.damage()
-        if self._lock is None:
+        with self._lock:
             self.agg.damage = damage
-        else:
-            with self._lock:
-                self.agg.damage = damage

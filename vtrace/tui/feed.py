@@ -45,13 +45,17 @@ class Feed:
             check = self.source.info.get("mode", "stream") != "count"  # the checker needs every event
         self._check = check
         self._runner = self._new_runner()
-        self.agg: Aggregator = self._runner.agg
         self._last: Snapshot | None = None  # the latest snapshot() the UI took
         self.position_ns = 0  # replay: source time read so far, from the first event
         self.thread = threading.Thread(target=self._loop, name="vtrace-top-feed", daemon=True)
 
     def _new_runner(self) -> Runner:
         return Runner(self.source, new_aggregator(check=self._check), writer=self.writer, lock=self.lock)
+
+    @property
+    def agg(self) -> Aggregator:
+        """The aggregator being fed (a seek starts a new one)."""
+        return self._runner.agg
 
     @property
     def checker(self):
@@ -101,7 +105,7 @@ class Feed:
             snap = self._last = self.agg.snapshot()
         return snap
 
-    def divergences(self, per_rule: int = 1) -> list[tuple]:
+    def divergences(self) -> list[tuple]:
         """(rule, severity, count, where and message of the latest, spec section) per rule,
         as of the latest snapshot()."""
         snap = self._last
@@ -131,7 +135,7 @@ class Feed:
             self.source = self._open()
             runner = self._new_runner()
             with self.lock:
-                self._runner, self.agg = runner, runner.agg
+                self._runner = runner
             self.position_ns = 0
         first = None
         t0_wall = time.monotonic()
