@@ -406,6 +406,19 @@ def test_vm_name_from_the_command_line_or_the_recorded_comm():
     assert vm_name(p.pid, "qemu-kvm") == f"qemu-kvm-{p.pid}" and vm_name(p.pid) == f"pid{p.pid}"
 
 
+def test_vm_name_of_an_exiting_vmm_is_its_recorded_comm(tmp_path):
+    """An exiting process's /proc/PID/cmdline reads empty (its memory is gone
+    first): named by the recorded comm, as if it had gone; a kernel thread
+    (no comm passed) stays ?-PID."""
+    from vtrace.live.identity import vm_name
+    (tmp_path / "718").mkdir()
+    (tmp_path / "718" / "cmdline").write_bytes(b"")
+    assert vm_name(718, "python", proc=str(tmp_path)) == "python-718"
+    assert vm_name(718, proc=str(tmp_path)) == "?-718"
+    (tmp_path / "718" / "cmdline").write_bytes(b"/venv/bin/python\0tests/vmlab/vdpa_vmm.py\0")
+    assert vm_name(718, "python", proc=str(tmp_path)) == "python-718"
+
+
 def test_fentry_refusal_tells_a_kernel_without_fentry_from_a_verifier_no(monkeypatch):
     """EPERM for root: no fentry on this kernel at all. EACCES: the verifier
     turned this one program down, and the load is retried with its log on

@@ -32,13 +32,16 @@ _TAGGED = {KVM_TAG: ("kvm", Layer.KVM), IOMMU_TAG: ("iommu", Layer.IOMMU), VFIO_
 def vm_name(pid: int, comm: str = "", proc: str = "/proc") -> str:
     """The VM's name from the VMM's command line (QEMU: -name guest=web1,... or -name web1).
     A VMM gone before vtrace read its identity (a short run between two reads) is
-    ``<comm>-<pid>`` when the probe recorded its comm, else ``pid<N>``."""
+    ``<comm>-<pid>`` when the probe recorded its comm, else ``pid<N>``; one still
+    exiting reads an empty command line and is named by its comm the same way."""
     try:
         with open(f"{proc}/{pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
     except OSError:
         return f"{comm}-{pid}" if comm else f"pid{pid}"
     args = [a.decode(errors="replace") for a in argv if a]
+    if not args:  # exiting (its memory, and so its command line, already gone) or a kernel thread
+        return f"{comm}-{pid}" if comm else f"?-{pid}"
     for i, a in enumerate(args[:-1]):
         if a in ("-name", "--name"):
             v = args[i + 1]
@@ -46,8 +49,7 @@ def vm_name(pid: int, comm: str = "", proc: str = "/proc") -> str:
                 if part.startswith("guest="):
                     return part[len("guest="):]
             return v.split(",")[0]
-    comm = os.path.basename(args[0]) if args else "?"
-    return f"{comm}-{pid}"
+    return f"{os.path.basename(args[0])}-{pid}"
 
 
 def vhost_dev_type(fn: str, module: str) -> str:
