@@ -192,6 +192,8 @@ class TopApp(App):
 
     # refresh -----------------------------------------------------------------
     def tick(self) -> None:
+        if not self.is_running:  # shutting down: textual closes the screens before the timers
+            return
         if self.frozen or self.feed.paused:
             self._banner()
             return
