@@ -187,6 +187,26 @@ def test_tree_is_cached_and_complete(tmp_path):
         ("CONFIG_BPF_SYSCALL=y" in cfg)
 
 
+def test_a_tree_another_process_published_first_is_kept(tmp_path):
+    """Two vtrace processes starting at once both build the tree: the second
+    to finish keeps the first one's (its compile may be reading it) and drops
+    its own; an unfinished tree (no .complete) is replaced."""
+    dest = tmp_path / "headers-x"
+    (dest / "include").mkdir(parents=True)
+    (dest / ".complete").write_text("")
+    (dest / "include" / "first").write_text("")
+    mine = tmp_path / ".headers-mine"
+    (mine / "include").mkdir(parents=True)
+    (mine / ".complete").write_text("")
+    headers.publish_tree(str(mine), str(dest))
+    assert (dest / "include" / "first").exists() and not mine.exists()
+    (dest / ".complete").unlink()
+    (mine / "include").mkdir(parents=True)
+    (mine / ".complete").write_text("")
+    headers.publish_tree(str(mine), str(dest))
+    assert (dest / ".complete").exists() and not (dest / "include" / "first").exists() and not mine.exists()
+
+
 def test_bcc_failure_reason_is_the_verifiers_verdict():
     """A rejected load: the verifier's last verdict, not bcc's "Bad address" (log tail from
     the 6.1 vmlab, vhost used_entry before its loop was unrolled)."""

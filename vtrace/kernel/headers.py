@@ -156,13 +156,27 @@ def tree(release: str | None = None, cache_dir: str = CACHE_DIR) -> str:
             with open(p, "w") as f:
                 f.write(text)
         open(j(tmp, ".complete"), "w").close()
-        if os.path.isdir(dest):
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+        publish_tree(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def publish_tree(tmp: str, dest: str) -> None:
+    """Move a built tree into place. Two vtrace processes starting at once
+    (capture beside stat) both build it: the first to finish publishes, the
+    other keeps that tree and drops its own (removing a published tree would
+    pull the headers from under a compile running in the other process)."""
+    complete = os.path.join(dest, ".complete")
+    if os.path.isdir(dest) and not os.path.isfile(complete):
+        shutil.rmtree(dest, ignore_errors=True)  # an unfinished tree of an older vtrace: not in use
+    try:
+        os.rename(tmp, dest)
+    except OSError:
+        if not os.path.isfile(complete):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def bcc_env(release: str | None = None) -> dict[str, str]:
