@@ -22,6 +22,18 @@
  *   long vhost_vdpa_unlocked_ioctl(struct file *filep, unsigned int cmd, unsigned long arg)
  *            (drivers/vhost/vdpa.c, module vhost_vdpa) SET_VRING_ENABLE, SUSPEND
  *            (6.3+), RESUME (6.5+); filep->private_data is the struct vhost_vdpa
+ *   long vhost_net_ioctl(struct file *f, unsigned int ioctl, unsigned long arg)
+ *            (drivers/vhost/net.c, module vhost_net; vhost_net_set_backend is
+ *            inlined into it) VHOST_NET_SET_BACKEND: f->private_data is the
+ *            struct vhost_net, its dev the vhost_dev; arg a struct vhost_vring_file
+ *   long vhost_vsock_dev_ioctl(struct file *f, unsigned int ioctl, unsigned long arg)
+ *            (drivers/vhost/vsock.c, module vhost_vsock) VHOST_VSOCK_SET_GUEST_CID:
+ *            f->private_data is the struct vhost_vsock (dev, guest_cid)
+ * Who a device is beyond its queues (vtrace/live/identity.py reads dev_info):
+ * when its owner took it (SET_OWNER: the order the VMM opened its devices in),
+ * its backend (vhost-net: the tap fd of SET_BACKEND, named from the VMM's
+ * /proc/PID/fdinfo; vhost-vsock: the guest CID). dev_gen counts the changes,
+ * so user space reads dev_info again only when something changed.
  * Offsets come from the vhost module's BTF (-D OFF_*), the ioctl numbers
  * from include/uapi/linux/vhost.h.
  */
@@ -35,16 +47,30 @@
 #define VHOST_VDPA_SET_VRING_ENABLE 0x4008af75U	/* _IOW(0xAF, 0x75, struct vhost_vring_state) */
 #define VHOST_VDPA_SUSPEND 0xaf7dU		/* _IO(0xAF, 0x7D) */
 #define VHOST_VDPA_RESUME 0xaf7eU		/* _IO(0xAF, 0x7E) */
+#define VHOST_NET_SET_BACKEND 0x4008af30U	/* _IOW(0xAF, 0x30, struct vhost_vring_file) */
+#define VHOST_VSOCK_SET_GUEST_CID 0x4008af60U	/* _IOW(0xAF, 0x60, __u64) */
 
 struct vq_info {
 	u64 dev;
 	u64 handle_kick;	/* names the driver and the queue role (kallsyms) */
 	u64 features;		/* vq->acked_features when first seen */
+	u64 first_ns;		/* when first seen (bpf_ktime_get_ns) */
 	u32 index;
 	u32 num;
 	u32 tgid;		/* the task that first touched it: a vhost worker "vhost-<owner>" */
-	u32 pad;
+	u32 guest_cid;		/* read as a struct vhost_vsock's (where the vsock_ioctl point's
+				 * offsets are in): meaningful only for a vsock device's queue */
 	char comm[16];
+};
+
+struct dev_info {
+	u64 owned_ns;		/* its SET_OWNER (bpf_ktime_get_ns); 0: not seen (owned before vtrace attached) */
+	s32 backend_fd;		/* vhost-net: the fd the last SET_BACKEND that set one passed; -1 none */
+	u32 fd_tgid;		/* whose fd table backend_fd is in */
+	u32 tgid;		/* the owner (SET_OWNER's caller), or the first backend setter's */
+	u32 guest_cid;		/* vhost-vsock: what SET_GUEST_CID set; 0 none */
+	u32 pid;		/* that caller's thread: the <pid> of its worker's name vhost-<pid> */
+	u32 pad;
 };
 
 struct call {
@@ -52,6 +78,8 @@ struct call {
 };
 
 BPF_HASH(vq_info, u64, struct vq_info, 4096);
+BPF_HASH(dev_info, u64, struct dev_info, 4096);	/* struct vhost_dev * -> who it is */
+BPF_ARRAY(dev_gen, u64, 1);			/* dev_info changes so far */
 BPF_HASH(calls, u64, struct call, 4096);	/* (tid, point) -> entry args for the return probe */
 #include "vtrace_emit.inc"	/* lost, events, emit(): pasted in by the loader */
 
@@ -94,9 +122,39 @@ static __always_inline struct vq_info *vq_seen(const void *vq)
 		idx = (i < nvqs && slot[i] == key) ? i : idx;
 	z.index = idx;
 	z.tgid = bpf_get_current_pid_tgid() >> 32;
+	z.first_ns = bpf_ktime_get_ns();
+#ifdef OFF_VSOCK_GUEST_CID
+	/* container_of(dev, struct vhost_vsock, dev)->guest_cid: a device set up
+	 * before vtrace attached has its CID here, never in a SET_GUEST_CID */
+	z.guest_cid = rd_u32((const void *)dev - OFF_VSOCK_DEV + OFF_VSOCK_GUEST_CID);
+#endif
 	bpf_get_current_comm(z.comm, sizeof(z.comm));
 	vq_info.insert(&key, &z);
 	return vq_info.lookup(&key);
+}
+
+/* dev_info changed: user space reads it again (vtrace/live/identity.py). */
+static __always_inline void dev_changed(void)
+{
+	u32 zero = 0;
+	u64 *g = dev_gen.lookup(&zero);
+	if (g)
+		__sync_fetch_and_add(g, 1);
+}
+
+/* The device's dev_info, made (SET_OWNER not seen) if it has none; NULL when the map is full. */
+static __always_inline struct dev_info *dev_seen(u64 dev)
+{
+	struct dev_info *d = dev_info.lookup(&dev);
+	if (d)
+		return d;
+	struct dev_info z = {};
+	u64 id = bpf_get_current_pid_tgid();
+	z.backend_fd = -1;
+	z.tgid = id >> 32;
+	z.pid = (u32)id;
+	dev_info.insert(&dev, &z);
+	return dev_info.lookup(&dev);
 }
 
 static __always_inline void head(struct vtrace_event *e, u8 kind, const void *vq, struct vq_info *vi)
@@ -396,6 +454,21 @@ int set_owner_return(FN_CTX *ctx)
 		if (i < nvqs)
 			vq_info.delete(&slot[i]);
 	}
+	/* When the owner took the device: the order the VMM opened its devices
+	 * in (QEMU opens and owns each at once). The same owner again (after
+	 * RESET_OWNER) keeps what is known, owned_ns 0 included (owned before
+	 * vtrace attached); another owner's device starts anew. */
+	u64 key = a.a0, id = bpf_get_current_pid_tgid();
+	struct dev_info *d = dev_info.lookup(&key);
+	if (!d || d->tgid != id >> 32) {
+		struct dev_info z = {};
+		z.owned_ns = bpf_ktime_get_ns();
+		z.tgid = id >> 32;
+		z.pid = (u32)id;
+		z.backend_fd = -1;
+		dev_info.update(&key, &z);
+	}
+	dev_changed();
 	each_queue(ctx, (const void *)a.a0, VTRACE_SET_OWNER, 0);
 	return 0;
 }
@@ -438,6 +511,72 @@ int vdpa_ioctl_return(FN_CTX *ctx)
 	head(&e, VTRACE_VRING_ENABLE, vq, vq_seen(vq));
 	e.id = num != 0;	/* set_vq_ready(vdpa, idx, s.num): a bool */
 	emit(&e);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_net_ioctl
+#undef FN_POINT
+#define FN_POINT FENTRY_net_ioctl
+#include "vtrace_fn.h"
+int net_ioctl_entry(FN_CTX *ctx)
+{
+	if ((u32)ARG(2) != VHOST_NET_SET_BACKEND)
+		return 0;
+	s32 f[2] = {};	/* struct vhost_vring_file {index, fd} in the VMM's memory */
+	if (bpf_probe_read_user(f, sizeof(f), (const void *)ARG(3)))
+		return 0;
+	struct call c = {};
+	c.a0 = rd_u64((const void *)ARG(1) + OFF_FILE_PRIVATE) + OFF_NET_DEV;	/* &n->dev */
+	c.a1 = (u64)(s64)f[1];
+	put_call(6, &c);
+	return 0;
+}
+
+int net_ioctl_return(FN_CTX *ctx)
+{
+	struct call a;
+	if (take_call(6, &a))
+		return 0;
+	if (RETVAL != 0 || (s64)a.a1 < 0)
+		return 0;	/* refused, or the backend removed (fd -1): the last one set names it */
+	struct dev_info *d = dev_seen(a.a0);
+	if (!d)
+		return 0;
+	d->backend_fd = (s32)a.a1;
+	d->fd_tgid = bpf_get_current_pid_tgid() >> 32;
+	dev_changed();
+	return 0;
+}
+#endif
+
+#ifdef HAVE_vsock_ioctl
+#undef FN_POINT
+#define FN_POINT FENTRY_vsock_ioctl
+#include "vtrace_fn.h"
+int vsock_ioctl_entry(FN_CTX *ctx)
+{
+	if ((u32)ARG(2) != VHOST_VSOCK_SET_GUEST_CID)
+		return 0;
+	struct call c = {};
+	c.a0 = rd_u64((const void *)ARG(1) + OFF_FILE_PRIVATE);	/* the struct vhost_vsock */
+	put_call(7, &c);
+	return 0;
+}
+
+int vsock_ioctl_return(FN_CTX *ctx)
+{
+	struct call a;
+	if (take_call(7, &a))
+		return 0;
+	if (RETVAL != 0)
+		return 0;	/* refused: a CID out of range or in use, nothing changed */
+	const void *vsock = (const void *)a.a0;
+	struct dev_info *d = dev_seen((u64)vsock + OFF_VSOCK_DEV);
+	if (!d)
+		return 0;
+	d->guest_cid = rd_u32(vsock + OFF_VSOCK_GUEST_CID);	/* as the kernel keeps it */
+	dev_changed();
 	return 0;
 }
 #endif

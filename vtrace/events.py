@@ -120,7 +120,7 @@ KIND_FIELDS: dict[Kind, dict[str, str]] = {
     Kind.KVM_MMIO: {"len": "size", "aux": "write", "arg": "gpa"},
     Kind.KVM_USERSPACE_EXIT: {"id": "reason"},
     Kind.KVM_IOEVENTFD: {"len": "size", "arg": "addr"},
-    Kind.KVM_IRQFD: {"id": "gsi"},
+    Kind.KVM_IRQFD: {"id": "gsi", "aux": "fast_path"},
     Kind.KVM_SET_IRQ: {"id": "gsi", "aux": "level"},
     Kind.KVM_MSI: {"id": "data", "arg": "address"},
     Kind.NONCOHERENT_DMA_REGISTER: {},
@@ -253,6 +253,9 @@ class ObjectInfo:
     pid: int = 0
     features: int = 0
     member: int = 0  # SR-IOV member id of the VF behind this device (0: none)
+    # what the device serves: a vhost-net device's tap interface, a vhost-vsock
+    # device's guest CID ("cid:3"); "" unknown or none
+    backend: str = ""
 
     def to_json(self) -> dict:
         d = {
@@ -263,6 +266,8 @@ class ObjectInfo:
         }
         if self.member:
             d["member"] = self.member
+        if self.backend:
+            d["backend"] = self.backend
         return d
 
     @classmethod
@@ -274,7 +279,7 @@ class ObjectInfo:
                 queue=int(d.get("queue", NO_QUEUE)), name=str(d.get("name", "")),
                 size=int(d.get("size", 0)), layer=int(d.get("layer", Layer.VHOST)),
                 pid=int(d.get("pid", 0)), features=int(d.get("features", 0)),
-                member=int(d.get("member", 0)),
+                member=int(d.get("member", 0)), backend=str(d.get("backend", "")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"bad object record {d!r}: {e}") from None

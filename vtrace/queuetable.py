@@ -55,6 +55,7 @@ class QueueStats(NamedTuple):
     size: int
     layer: str
     pid: int
+    backend: str  # the device's backend: a vhost-net tap, a vhost-vsock guest CID ("cid:3"); "" none known
     state: str
     # lifetime totals
     avail_total: int

@@ -13,6 +13,7 @@ from typing import Iterable
 from vtrace.aggregate import QueueStats, Snapshot
 from vtrace import vfio
 from vtrace.fmt import bytes_, dur, free, log2_hist_lines, mb, ratio, si
+from vtrace.kvmexits import ISAS as KVM_ISAS
 from vtrace.vocab import divergence_counts, source_label, state_short
 
 SORT_KEYS = {
@@ -71,7 +72,7 @@ def stat_rows(qs: list[QueueStats]) -> list[str]:
 
 def queue_dict(q: QueueStats) -> dict:
     d = {k: getattr(q, k) for k in (
-        "vm", "device", "dev_type", "queue", "name", "size", "layer", "state",
+        "vm", "device", "dev_type", "backend", "queue", "name", "size", "layer", "state",
         "avail_total", "fetch_total", "used_total", "used_bytes_total", "read_bytes_total", "kicks_total",
         "kicks_suppressed_total", "signals_total", "signals_suppressed_total", "orphan_used_total",
         "avail_rate", "used_rate", "used_bytes_rate", "read_bytes_rate", "kick_rate", "signal_rate",
@@ -86,14 +87,34 @@ def queue_dict(q: QueueStats) -> dict:
     return d
 
 
-def stat_json(s: Snapshot, qs: list[QueueStats]) -> dict:
+def stat_json(s: Snapshot, qs: list[QueueStats], vms: Iterable[str] = ()) -> dict:
+    """One interval of `vtrace stat -j`: the queues ``qs``, and the KVM exits of
+    each VM (of ``vms`` if given) by reason name, as totals."""
+    vms = set(vms)
     return {"time": s.wall_time, "ts_end": s.ts_end, "interval_ns": s.interval_ns,
             "source": s.source.get("source"), "simulated": s.simulated,
             "events_rate": s.events_rate, "events_total": s.events_total, "lost_total": s.lost_total,
-            "unknown_kind_total": s.unknown_kind_total, "queues": [queue_dict(q) for q in qs]}
+            "unknown_kind_total": s.unknown_kind_total, "queues": [queue_dict(q) for q in qs],
+            "vms": [{"vm": v.vm, "exits_total": sum(n for _, n in v.exits_by_reason),
+                     "exits_by_reason": dict(v.exits_by_reason)}
+                    for v in s.vms if v.exits_by_reason and (not vms or v.vm in vms)]}
 
 
 # report ---------------------------------------------------------------------
+def backend_lines(queues: Iterable[QueueStats]) -> list[str]:
+    """A BACKENDS section: each device with a known backend (a vhost-net tap,
+    a vhost-vsock guest CID), its type and queues; none if no device has one."""
+    devs: dict[tuple[str, str], tuple[str, str, list[tuple[int, str]]]] = {}
+    for q in queues:
+        if q.backend:
+            devs.setdefault((q.vm, q.device), (q.dev_type, q.backend, []))[2].append((q.queue, q.name or str(q.queue)))
+    if not devs:
+        return []
+    w = max(len(f"{vm}/{d}") for vm, d in devs)
+    return ["", "BACKENDS"] + [f"  {f'{vm}/{d}':<{w}}  {t:<6} {b:<16} {' '.join(n for _q, n in sorted(qs))}".rstrip()
+                               for (vm, d), (t, b, qs) in sorted(devs.items())]
+
+
 def report_text(s: Snapshot, *, hist_top: int = 6, show_all: bool = False) -> str:
     out: list[str] = []
     w = out.append
@@ -128,6 +149,7 @@ def report_text(s: Snapshot, *, hist_top: int = 6, show_all: bool = False) -> st
           f"{free(fr):>5} "
           f"{dur(q.p50_ns):>6} {dur(q.p99_ns):>6} {ratio(kpb):>5} {ratio(spb):>5} "
           f"{q.state}")
+    out.extend(backend_lines(s.queues))
     busiest = sorted((q for q in qs if q.latency_count), key=lambda q: -q.latency_count)
     if not show_all:
         busiest = busiest[:hist_top]
@@ -161,6 +183,10 @@ def report_text(s: Snapshot, *, hist_top: int = 6, show_all: bool = False) -> st
             w(f"{v.vm[:8]:<8} {exits:>8} {v.pio_total:>7} {v.ioeventfd_total:>8} {v.irqfd_total:>8} "
               f"{bytes_(v.dma_map_bytes_total):>9} {bytes_(v.dma_unmap_bytes_total):>9} "
               f"{'yes' if v.noncoherent_dma else 'no'}")
+        isa = s.source.get("kvm_isa")
+        if any(v.exits_by_reason for v in s.vms) and isa not in KVM_ISAS:
+            w("  (exit reasons as numbers: " + (f"no table names {isa}'s exits)" if isa else
+                                                "the source does not say whether the host ran VMX or SVM)"))
         for v in s.vms:
             if v.exits_by_reason:
                 w(f"  {v.vm} exits by reason: " + ", ".join(f"{r}:{c}" for r, c in v.exits_by_reason))
@@ -217,7 +243,7 @@ def report_json(s: Snapshot) -> dict:
                    "p50_ns": a.p50_ns, "p99_ns": a.p99_ns, "max_ns": a.max_ns,
                    "latency_hist": a.latency_hist.tolist(), "qualifiers": dict(a.qualifiers)}
                   for a in s.admin],
-        "vms": [dict(v.__dict__, exits_by_reason={str(r): c for r, c in v.exits_by_reason},
+        "vms": [dict(v.__dict__, exits_by_reason=dict(v.exits_by_reason),
                      migration_state_name=vfio.mig_state_name(v.migration_state),
                      migration_arcs=[dict(a.__dict__) for a in v.migration_arcs]) for v in s.vms],
     }

@@ -82,7 +82,7 @@ def test_sim_exposition_has_every_family_with_base_units_and_bounded_labels():
     assert les[-1] == "+Inf" and [float(x) for x in les[:-1]] == sorted(float(x) for x in les[:-1])
     assert 'simulated="true"' in text
     labels = set(re.findall(r"[{,](\w+)=", text))
-    assert labels <= {"vm", "device", "queue", "layer", "opcode", "status", "reason", "rule", "severity",
+    assert labels <= {"vm", "device", "queue", "layer", "backend", "opcode", "status", "reason", "rule", "severity",
                       "state", "point", "kind", "mode", "simulated", "le", "vtrace_queue_state", "fd",
                       "ioctl"}, labels
 

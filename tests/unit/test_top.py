@@ -50,7 +50,7 @@ def test_table_header_and_every_key_binding():
             head = str(app.query_one("#head").render())
             assert "sim (simulated host)" in head and "queues 24" in head and "probes 1 attached / 0 failed" in head
             qt = app.query_one("#qt")
-            assert [c.label.plain.rstrip("▲▼") for c in qt.columns.values()][:3] == ["VM", "DEVICE", "QUEUE"]
+            assert [c.label.plain.rstrip("▲▼") for c in qt.columns.values()][:4] == ["VM", "DEVICE", "BACKEND", "QUEUE"]
             # s: next sort column; S: reverse
             before = app.v.sort
             await pilot.press("s")
@@ -129,6 +129,10 @@ def test_panes_show_admin_kvm_dma_and_divergences():
             row = div.get_row_at(0)
             assert row[0] == "used-twice" or any("used" in str(c) for c in row)
             assert row[4].startswith("2.") or "§" in row[4] or row[4]  # spec section shown
+            # the top exit reasons by name (the simulator's host is VMX), not by number
+            top_exits = str(app.query_one("#kvmt").get_row_at(0)[3])
+            assert any(n in top_exits for n in ("EXTERNAL_INTERRUPT:", "HLT:", "MSR_WRITE:", "EPT_VIOLATION:")), \
+                top_exits
             await pilot.press("ctrl+c")
     run(go())
 
@@ -273,7 +277,7 @@ def test_view_orders_ten_thousand_queues_and_formats_only_shown_rows():
     cells = view.cells(agg_snap, idx[:3], view.COLUMNS)
     assert len(cells) == 3 and len(cells[0]) == len(view.COLUMNS)
     q = agg_snap.table.row(int(idx[0]))
-    assert cells[0][:3] == (q.vm, q.device, q.name)
+    assert cells[0][:4] == (q.vm, q.device, q.backend, q.name)
 
 
 def test_hiding_idle_keeps_queues_that_are_not_running():

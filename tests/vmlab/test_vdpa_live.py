@@ -24,7 +24,7 @@ import pytest
 
 from tests.vmlab import lab
 from vtrace.aggregate import Aggregator
-from vtrace.events import Kind
+from vtrace.events import Kind, Layer
 from vtrace.pipeline import Pipeline
 from vtrace.sources.replay import ReplaySource
 
@@ -39,7 +39,7 @@ SCRIPT = lab.capture_phases(
     after=f"[ $1 = kprobe ] && {{ {sys.executable} tests/vmlab/kprobe_missed.py {MISSES} /out/kmissed.json "
           "2>/out/kmissed.err; echo VTRACE-KMISSED $?; }")
 VHOST_POINTS = {"fetch", "used", "signal", "notify_enable", "notify_disable", "kick", "vring_ioctl", "reset_owner",
-                "set_owner", "vdpa_ioctl"}
+                "set_owner", "vdpa_ioctl", "net_ioctl", "vsock_ioctl"}
 OP_KIND = {"set_vring_base": Kind.VRING_BASE_SET, "get_vring_base": Kind.VRING_BASE_GET,
            "set_vring_enable": Kind.VRING_ENABLE}
 
@@ -48,7 +48,8 @@ OP_KIND = {"set_vring_base": Kind.VRING_BASE_SET, "get_vring_base": Kind.VRING_B
 def lab_out(tmp_path_factory):
     d = tmp_path_factory.mktemp("vdpa-lab")
     kernel = lab.stock_kernel(lab.BACKPORTS)
-    out, run = lab.run_host_root(d, ["vhost_vdpa", "vduse", "vhost_net", "tun"], SCRIPT, kernel=kernel)
+    # vhost_vsock: no VMM drives it here, but its SET_GUEST_CID point must load on this kernel too
+    out, run = lab.run_host_root(d, ["vhost_vdpa", "vduse", "vhost_net", "tun", "vhost_vsock"], SCRIPT, kernel=kernel)
     return out, run, kernel
 
 
@@ -177,3 +178,9 @@ def test_vhost_net_rings_match_the_vmm_on_the_newer_kernel(lab_run):
         assert (kinds["KICK"], kinds["SIGNAL"]) == (vmm["kicks"][key], vmm["calls"][key]), (name, kinds)
         assert kinds["SET_OWNER"] == 1 and q[name][q[name]["kind"] == Kind.VRING_BASE_GET]["id"].tolist() == \
             [vmm["bases"][key]]
+    # its NIC is its net0, on its tap; the vDPA VMM's device its own vdpa0
+    _ev, objs = lab.capture_events(lab_run["capture"])
+    devs = {(o.vm, o.device, o.backend) for o in objs.values() if o.layer == Layer.VHOST}
+    assert {d for d in devs if d[0] == f"python-{vmm['pid']}"} == {(f"python-{vmm['pid']}", "net0", "vt0")}, devs
+    assert {d for d in devs if d[0] == f"python-{lab_run['vdpa']['pid']}"} == \
+        {(f"python-{lab_run['vdpa']['pid']}", "vdpa0", "")}, devs

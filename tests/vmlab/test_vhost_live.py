@@ -69,7 +69,7 @@ def _queues(lab_run, vmm: str = "vmm", names=("rx0", "tx0")) -> dict[str, np.nda
 def test_every_vhost_point_attaches_on_the_stock_kernel(lab_run):
     pts = {n: p for n, p in lab_run["probes"].items() if p["layer"] == "vhost"}
     assert set(pts) == {"fetch", "used", "signal", "notify_enable", "notify_disable", "kick", "vring_ioctl",
-                        "reset_owner", "set_owner", "vdpa_ioctl"}
+                        "reset_owner", "set_owner", "vdpa_ioctl", "net_ioctl", "vsock_ioctl"}
     failed = {n: p["error"] for n, p in pts.items() if not p["attached"]}
     # Debian 6.1 is built without vDPA (CONFIG_VDPA is not set): no vhost_vdpa module
     assert set(failed) == {"vdpa_ioctl"} and "vhost_vdpa_unlocked_ioctl is not in /proc/kallsyms" in \
@@ -156,6 +156,20 @@ def test_set_owner_once_per_queue_before_setup(lab_run, vmm):
         assert own["pid"].tolist() == [rec["pid"]], (name, own)
         first_set = ev[ev["kind"] == Kind.VRING_BASE_SET]["ts"][0]
         assert own["ts"][0] < first_set, name
+
+
+def test_devices_are_numbered_per_vm_with_their_backends(lab_run):
+    """Each VMM's first device of a type is its 0 (not a host-wide count): the
+    vhost-net VMM's NIC is net0 on the tap its SET_BACKEND passed (named from
+    the VMM's /proc/PID/fdinfo), the vsock VMM's device vsock0 with the CID
+    its SET_GUEST_CID set; the last description of each queue says so."""
+    from vtrace.events import Layer
+    _ev, objs = lab.capture_events(lab_run["capture"])
+    got = {(o.vm, o.device, o.name, o.queue, o.backend) for o in objs.values() if o.layer == Layer.VHOST}
+    net, vs = f"python-{lab_run['vmm']['pid']}", f"python-{lab_run['vsock']['pid']}"
+    assert {g for g in got if g[0] == net} == {(net, "net0", "rx0", 0, "vt0"), (net, "net0", "tx0", 1, "vt0")}, got
+    cid = f"cid:{lab_run['vsock']['cid']}"
+    assert {g for g in got if g[0] == vs} == {(vs, "vsock0", "rx", 0, cid), (vs, "vsock0", "tx", 1, cid)}, got
 
 
 def test_checker_finds_the_healthy_run_conformant_and_nothing_in_flight(lab_run):

@@ -160,7 +160,7 @@ class Aggregator:
             lost_total=self.lost_total, unknown_kind_total=self.counters.unknown_kinds,
             unidentified_total=self.slots.unidentified,
             table=table, admin=self.host.admin_stats(),
-            vms=self.host.vm_stats(self.slots.info, layout.vm_slots, self.counters),
+            vms=self.host.vm_stats(self.slots.info, layout.vm_slots, self.counters, self.source.get("kvm_isa")),
             damage=self.damage, time_reversals=self.inflight.time_reversals,
             divergences=divergence_summaries(self.checker),
             _inflight_key=readonly(self.inflight.keys), _inflight_ts=readonly(self.inflight.started),

@@ -15,6 +15,7 @@ from collections import deque
 import numpy as np
 
 from vtrace import admin as admin_codes
+from vtrace.kvmexits import exit_name
 from vtrace.events import UNOBSERVED, Kind, Layer, ObjectInfo
 
 from .counters import DMA_MAP_BYTES, DMA_UNMAP_BYTES, KI, NK, Counters
@@ -192,12 +193,14 @@ class Host:
                        max_ns=a.lat_max)
             for (op, st), a in sorted(self.admin.items()))
 
-    def vm_stats(self, info: list[ObjectInfo | None], vm_slots: list[int], counters: Counters) -> tuple[VmStats, ...]:
-        """The VM-level objects in ``vm_slots`` rolled up per VM, by VM name."""
+    def vm_stats(self, info: list[ObjectInfo | None], vm_slots: list[int], counters: Counters,
+                 kvm_isa: str | None = None) -> tuple[VmStats, ...]:
+        """The VM-level objects in ``vm_slots`` rolled up per VM, by VM name;
+        exit reasons named by the traced host's ``kvm_isa`` (vtrace/kvmexits.py)."""
         vms: dict[str, _VmAcc] = {}
         for s in vm_slots:
             self._roll_up(vms, s, info[s], counters)
-        return tuple(_vm_stats(v) for _, v in sorted(vms.items()))
+        return tuple(_vm_stats(v, kvm_isa) for _, v in sorted(vms.items()))
 
     def _roll_up(self, vms: dict[str, _VmAcc], s: int, info: ObjectInfo, counters: Counters) -> None:
         v = vms.get(info.vm)
@@ -222,13 +225,13 @@ class Host:
             v.pid = info.pid
 
 
-def _vm_stats(v: _VmAcc) -> VmStats:
+def _vm_stats(v: _VmAcc, kvm_isa: str | None) -> VmStats:
     def hits(kind: Kind) -> int:
         return int(v.hits[KI[kind]])
 
     registered = hits(Kind.NONCOHERENT_DMA_REGISTER)
     return VmStats(
-        vm=v.vm, pid=v.pid, exits_by_reason=tuple(sorted(v.exits.items())),
+        vm=v.vm, pid=v.pid, exits_by_reason=tuple((exit_name(kvm_isa, r), n) for r, n in sorted(v.exits.items())),
         pio_total=hits(Kind.KVM_PIO), mmio_total=hits(Kind.KVM_MMIO),
         userspace_exits_total=hits(Kind.KVM_USERSPACE_EXIT),
         ioeventfd_total=hits(Kind.KVM_IOEVENTFD), irqfd_total=hits(Kind.KVM_IRQFD),

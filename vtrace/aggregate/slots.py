@@ -228,6 +228,7 @@ class Slots:
                 "obj": [i.obj for i in infos], "vm": [i.vm for i in infos], "device": [i.device for i in infos],
                 "dev_type": [i.dev_type for i in infos], "queue": [i.queue for i in infos],
                 "name": [i.name or str(i.queue) for i in infos], "size": [i.size for i in infos],
-                "layer": [layers[i.layer] for i in infos], "pid": [i.pid for i in infos]}
+                "layer": [layers[i.layer] for i in infos], "pid": [i.pid for i in infos],
+                "backend": [i.backend for i in infos]}
             self._layout = QueueLayout(np.array(queue_slots, dtype=np.int64), vm_slots, identity)
         return self._layout

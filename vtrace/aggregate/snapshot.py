@@ -56,7 +56,10 @@ class MigrationArc:
 class VmStats:
     vm: str
     pid: int
-    exits_by_reason: tuple[tuple[int, int], ...]
+    # kvm_exit counts by exit reason, in exit code order: the reason's name in the
+    # traced host's table (VMX or SVM, vtrace/kvmexits.py; Snapshot.source's
+    # kvm_isa says which), its decimal code where none names it
+    exits_by_reason: tuple[tuple[str, int], ...]
     pio_total: int
     mmio_total: int
     userspace_exits_total: int

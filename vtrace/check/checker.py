@@ -60,8 +60,13 @@ class Checker:
     # identities ----------------------------------------------------------
     def register(self, objects: Iterable[ObjectInfo]) -> None:
         for info in objects:
+            old = self.infos.get(info.obj)
             self.infos[info.obj] = info
             dev = (info.vm, info.device)
+            if old is not None:  # described again (a backend learnt, a NIC's queue pairs joined)
+                was = self.device_queues.get((old.vm, old.device), [])
+                if info.obj in was:
+                    was.remove(info.obj)
             if info.queue == NO_QUEUE or info.dev_type in ("admin-queue", "kvm", "vfio"):
                 self.not_queue.add(info.obj)
                 if info.member and info.queue == NO_QUEUE:
@@ -72,9 +77,11 @@ class Checker:
                 continue
             self.device_queues.setdefault(dev, []).append(info.obj)
             member = info.member or self.device_member.get(dev, 0)
-            if member:
+            if member and info.obj not in self.member_queues.get(member, ()):
                 self.member_queues.setdefault(member, []).append(info.obj)
             if info.obj in self.queues:
+                if old is not None and self.queues[info.obj].relabel(info):
+                    continue  # the same queue under new labels: its model goes on
                 self.queues[info.obj] = QueueState(info, info.obj)  # late identity: restart its model
 
     def _queue(self, obj: int) -> QueueState:

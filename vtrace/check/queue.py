@@ -47,6 +47,17 @@ class QueueState:
         self.resumed_ts: int | None = None
         self.pending_kick: tuple[int, int, int] | None = None  # (ts, ordinal, avail_idx)
 
+    def relabel(self, info: ObjectInfo) -> bool:
+        """Take ``info`` as this queue's identity if the model would be the same
+        under it (role, ring size, features): only labels changed. False if not."""
+        feats = info.features
+        if self.info is None or (info.size or 0) != (self.info.size or 0) or feats != self.info.features or \
+                devtypes.role(info.dev_type, info.queue, info.name, feats) != self.role:
+            return False
+        self.info = info
+        self.where = f"{info.vm}/{info.device}/{info.name or info.queue}"
+        return True
+
     @property
     def running(self) -> bool:
         return not (self.ring_stopped or self.suspended or self.devstopped)

@@ -62,7 +62,7 @@ def stat(interval, count, source_spec, as_json, sort, top, vms, show_all, stream
     def show(snap):
         qs = report.select(snap, vms=vms, sort=sort, top=top, show_all=show_all)
         if as_json:
-            click.echo(json.dumps(report.stat_json(snap, qs), default=str))
+            click.echo(json.dumps(report.stat_json(snap, qs, vms), default=str))
         else:
             click.echo()
             click.echo(report.stat_summary(snap))

@@ -39,7 +39,9 @@ from vtrace.vfio import FD_NAMES, ioctl_label, mig_state_name
 from vtrace.vocab import QUEUE_STATES, divergence_counts  # noqa: F401 - QUEUE_STATES: the state set's values
 
 COUNTER, GAUGE, HISTOGRAM, SUMMARY, STATESET = "counter", "gauge", "histogram", "summary", "stateset"
-QUEUE_LABELS = ("vm", "device", "queue", "layer")
+# backend: what the queue's device serves (a vhost-net tap, a vhost-vsock guest
+# CID as cid:N; "" where none is known): one value per device, so as bounded as device
+QUEUE_LABELS = ("vm", "device", "queue", "layer", "backend")
 
 # Latency buckets. The aggregator keeps log2 buckets: bucket b holds
 # [2^b, 2^(b+1)) ns. Every second power of two is exported as an upper bound
@@ -76,12 +78,12 @@ def cumulative_buckets(hist: np.ndarray) -> np.ndarray:
 
 # Queue identities --------------------------------------------------------------
 def group_keys(table) -> tuple[list[tuple], np.ndarray]:
-    """One series per (vm, device, queue name, layer). Two kernel objects can
+    """One series per (vm, device, queue name, layer, backend). Two kernel objects can
     share that identity (a queue re-created under the same name, or two
     hardware queues of one disk reported by name): their counts are summed so
     the exposition never holds a duplicate series. Returns the identities and
     each row's index into them."""
-    ids = list(zip(table["vm"], table["device"], table["name"], table["layer"]))
+    ids = list(zip(table["vm"], table["device"], table["name"], table["layer"], table["backend"]))
     index = dict.fromkeys(ids)
     if len(index) == len(ids):
         return ids, np.arange(len(ids))
@@ -262,8 +264,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("vtrace_admin_command_duration_seconds", HISTOGRAM, "Submit -> complete time of virtio admin commands.",
            ("opcode", "status"), read=_admin_latency),
     # per VM: KVM, DMA, VFIO
-    Family("vtrace_kvm_exits", COUNTER, "KVM exits by exit reason (VMX/SVM number, from kvm_exit).",
-           ("vm", "reason"), "vm", lambda v: [((str(r),), n) for r, n in v.exits_by_reason]),
+    Family("vtrace_kvm_exits", COUNTER,
+           "KVM exits by exit reason (kvm_exit; the VMX or SVM name, as kvm_stat prints it, else the number).",
+           ("vm", "reason"), "vm", lambda v: [((r,), n) for r, n in v.exits_by_reason]),
     Family("vtrace_kvm_pio", COUNTER, "Port I/O exits (kvm_pio).", ("vm",), "vm", "pio_total"),
     Family("vtrace_kvm_mmio", COUNTER, "MMIO exits (kvm_mmio).", ("vm",), "vm", "mmio_total"),
     Family("vtrace_kvm_userspace_exits", COUNTER, "Exits to the VMM in user space.", ("vm",), "vm",

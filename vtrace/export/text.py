@@ -65,8 +65,8 @@ class _Layout:
 
     def __init__(self, keys: list[tuple]):
         self.keys = keys
-        lab = [f'vm="{_esc(vm)}",device="{_esc(d)}",queue="{_esc(q)}",layer="{_esc(ly)}"'
-               for vm, d, q, ly in keys]
+        lab = [f'vm="{_esc(vm)}",device="{_esc(d)}",queue="{_esc(q)}",layer="{_esc(ly)}",backend="{_esc(be)}"'
+               for vm, d, q, ly, be in keys]
         self.plain = ["{" + x + "} " for x in lab]  # '{labels} '
         # Per queue, one prefix per state of each state set.
         self._state: dict[str, list[str]] = {

@@ -7,6 +7,16 @@ programs' identity maps (vq_info, hq_info, mig_info), read only when a batch
 names an object not seen before, in a layer that has such a map. A vhost
 queue whose memory a new owner took over gets a new id (``new_lives``).
 
+vhost devices are numbered per VM and device type (net0, vsock0) in the
+order the VMM opened them: its SET_OWNER's time (dev_info), or for a device
+owned before vtrace attached the time its first queue was seen (those come
+first). A vhost-net device's backend is the tap its SET_BACKEND fd serves
+(the VMM's /proc/PID/fdinfo/FD, ``iff:``), a vhost-vsock device's its guest
+CID; vhost-net devices of one VM on the same tap are one NIC (QEMU opens
+/dev/vhost-net once per queue pair: queues rx0/tx0, rx1/tx1 in open order).
+A backend learnt after the queues were described (SET_BACKEND runs after the
+rings are set up) describes them again: dev_gen says when dev_info changed.
+
 ``Identity`` works on columns (numpy arrays of obj, layer, pid, kind), so it
 is tested without a kernel: the identity maps come from ``loaded``, a
 callable returning (program name, bcc BPF object) pairs.
@@ -15,6 +25,7 @@ callable returning (program name, bcc BPF object) pairs.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
@@ -52,6 +63,59 @@ def vm_name(pid: int, comm: str = "", proc: str = "/proc") -> str:
     return f"{os.path.basename(args[0])}-{pid}"
 
 
+def tap_of(pid: int, fd: int, proc: str = "/proc") -> str:
+    """The tap (tun) interface file descriptor ``fd`` of ``pid`` serves, from its
+    fdinfo (drivers/net/tun.c tun_chr_show_fdinfo: ``iff:\t<ifname>``); empty
+    for any other fd, one not attached to an interface, or one gone."""
+    try:
+        with open(f"{proc}/{pid}/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("iff:"):
+                    return line[4:].strip()
+    except (OSError, UnicodeDecodeError):
+        pass
+    return ""
+
+
+def taps_of(pid: int, proc: str = "/proc") -> list[str]:
+    """The tap interface of each tun fd ``pid`` holds, in fd order (a multiqueue
+    tap: one fd per queue, each naming the same interface)."""
+    try:
+        fds = sorted(int(n) for n in os.listdir(f"{proc}/{pid}/fdinfo") if n.isdigit())
+    except OSError:
+        return []
+    return [t for t in (tap_of(pid, fd, proc) for fd in fds) if t]
+
+
+@dataclass
+class _VhostQueue:
+    """A vhost queue as vq_info described it: kept to describe it again."""
+    vm: str
+    dev_type: str
+    role: str        # rx/tx from the kick handler's name, else ""
+    index: int       # in its vhost_dev (0xFFFF: not found)
+    num: int
+    features: int
+    owner: int
+    guest_cid: int   # its device's struct vhost_vsock guest_cid when first seen (vsock only)
+
+
+@dataclass
+class _VhostDev:
+    """One vhost_dev of one owner."""
+    dev_type: str
+    first_ns: int                                   # its first queue first seen
+    queues: list[int] = field(default_factory=list)  # ids, in the order described
+    owned_ns: int = 0       # its SET_OWNER (0: owned before vtrace attached)
+    backend: str = ""       # the last known: tap name, cid:N
+    named_by: tuple = ()    # (pid, fd) whose fdinfo gave ``backend``; ("fds",): the fd table
+
+    def order(self) -> tuple[int, int]:
+        """Where it comes in its VM's open order: devices owned before vtrace
+        attached (by when first seen) before those whose SET_OWNER it saw."""
+        return (1, self.owned_ns) if self.owned_ns else (0, self.first_ns)
+
+
 def vhost_dev_type(fn: str, module: str) -> str:
     """A vhost device's type from its queue's kick handler: the function's name and module."""
     return ("vsock" if "vsock" in fn else "net" if module == "vhost_net" or "_net" in fn
@@ -67,17 +131,28 @@ class Identity:
     compiled programs, as (name, bcc BPF object), in order."""
 
     def __init__(self, host: str, syms=None,
-                 loaded: Callable[[], Iterable[tuple[str, object]]] = lambda: ()):
+                 loaded: Callable[[], Iterable[tuple[str, object]]] = lambda: (), proc: str = "/proc"):
         self.host = host
         self.syms = syms
         self.loaded = loaded
+        self.proc = proc
         self.known: set[int] = set()
         # vhost queues whose address a new owner took over (a closed device's
         # memory handed out again): kernel pointer -> the id its events carry
         # now, and the owner each pointer's identity was read for (new_lives)
         self.lives: dict[int, int] = {}
         self.owner_of: dict[int, int] = {}
-        self.vhost_devs: dict[tuple[int, int], str] = {}
+        # vhost: each queue as first read, each device by (address, owner), the
+        # devices of each owner, what each queue was last described as, the
+        # dev_info rows last read and dev_gen's count then, and the fd-table
+        # reads of owners whose devices vtrace did not see set up
+        self.vhost_queues: dict[int, _VhostQueue] = {}
+        self.vhost_devs: dict[tuple[int, int], _VhostDev] = {}
+        self.owner_devs: dict[int, list[tuple[int, int]]] = {}
+        self.described: dict[int, ObjectInfo] = {}
+        self.dev_rows: dict[int, tuple[int, int, int, int, int]] = {}
+        self.dev_gen: int | None = None
+        self.fd_tables: dict[int, tuple[frozenset, str]] = {}
 
     # pointer reuse ----------------------------------------------------------------
     def current_ids(self, obj: np.ndarray) -> None:
@@ -114,18 +189,20 @@ class Identity:
     # descriptions -----------------------------------------------------------------
     def objects(self, obj: np.ndarray, layer: np.ndarray, pid: np.ndarray, kind: np.ndarray) -> list[ObjectInfo]:
         """Identities of objects these rows name for the first time (each object's
-        layer, pid and kind taken from its first row). The identity maps are read
-        from the kernel only when such an object appears in their layer."""
-        if not obj.size:
-            return []
-        objs, first = np.unique(obj, return_index=True)
-        fresh = np.array([o not in self.known for o in objs.tolist()], dtype=bool)
-        if not fresh.any():
-            return []
-        layers = set(layer[first[fresh]].tolist())
+        layer, pid and kind taken from its first row), and of vhost queues named
+        before whose description changed (a backend learnt, queue pairs joined).
+        The identity maps are read from the kernel only when such an object
+        appears in their layer, or (vhost) when dev_gen says dev_info changed."""
+        layers: set[int] = set()
+        if obj.size:
+            objs, first = np.unique(obj, return_index=True)
+            fresh = np.array([o not in self.known for o in objs.tolist()], dtype=bool)
+            layers = set(layer[first[fresh]].tolist())
         new = []
         for name, bpf in self.loaded():
-            if name == "vhost" and Layer.VHOST in layers:
+            # vhost: also when a device's owner or backend changed (dev_gen), so a
+            # backend set after its queues were described is still shown
+            if name == "vhost" and (self._vhost_changed(bpf) or Layer.VHOST in layers):
                 new.extend(self._vhost_objects(bpf))
             if name in ("virtio", "block") and Layer.VIRTIO_GUEST in layers:
                 new.extend(self._guest_objects(name, bpf))
@@ -184,10 +261,25 @@ class Identity:
                 return v.name.decode(errors="replace")
         return ""
 
+    def _vhost_changed(self, bpf) -> bool:
+        """Whether dev_info changed since it was last looked at (a SET_OWNER,
+        SET_BACKEND or SET_GUEST_CID ran) while vtrace has vhost queues to name."""
+        try:
+            t = bpf[b"dev_gen"]
+            gen = int(t[t.Key(0)].value)
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return False  # a program without it
+        if gen == self.dev_gen:
+            return False
+        self.dev_gen = gen
+        return bool(self.vhost_queues)
+
     def _vhost_objects(self, bpf) -> list[ObjectInfo]:
         """vhost queues: the VM from the worker's name (vhost-<owner pid>), the
-        driver and queue role from the kick handler's symbol."""
-        out = []
+        driver and queue role from the kick handler's symbol; the device's
+        number, queue pair and backend from all of its VM's devices (described
+        again whenever those change)."""
+        owners = set()
         for k, v in bpf[b"vq_info"].items():
             ptr = int(k.value)
             obj = self.lives.get(ptr, ptr)  # its id in this life (new_lives)
@@ -202,13 +294,111 @@ class Identity:
             fn = sym.name if sym else ""
             dev_type = vhost_dev_type(fn, sym.module if sym else "")
             role = "rx" if "rx" in fn else "tx" if "tx" in fn else ""
+            first_ns = int(getattr(v, "first_ns", 0))
+            self.vhost_queues[obj] = _VhostQueue(
+                vm=vm_name(owner, "" if worker else comm, self.proc), dev_type=dev_type, role=role,
+                index=int(v.index), num=int(v.num), features=int(v.features), owner=owner,
+                guest_cid=int(getattr(v, "guest_cid", 0)))
             # by address and owner: a new owner's device may sit where a closed one's was
-            devs = self.vhost_devs.setdefault((int(v.dev), owner), f"{dev_type}{len(self.vhost_devs)}")
-            qi = int(v.index)
-            out.append(ObjectInfo(obj=obj, vm=vm_name(owner, "" if worker else comm), device=devs, dev_type=dev_type,
-                                  queue=qi if qi != 0xFFFF else 0xFFFF,
-                                  # net: rx0/tx0 per pair; vsock rx/tx; else (vdpa: any device type) q<index>
-                                  name=(f"{role}{qi // 2}" if dev_type == "net" and role else role
-                                        or (f"q{qi}" if qi != 0xFFFF else "")),
-                                  size=int(v.num), layer=int(Layer.VHOST), pid=owner, features=int(v.features)))
+            key = (int(v.dev), owner)
+            d = self.vhost_devs.get(key)
+            if d is None:
+                d = self.vhost_devs[key] = _VhostDev(dev_type, first_ns)
+                self.owner_devs.setdefault(owner, []).append(key)
+            d.first_ns = min(d.first_ns, first_ns)
+            d.queues.append(obj)
+            owners.add(owner)
+        rows = self._dev_info(bpf)
+        for dev, row in rows.items():  # SET_OWNER, SET_BACKEND, SET_GUEST_CID since the last read
+            if self.dev_rows.get(dev) != row and (dev, row[4]) in self.vhost_devs:
+                owners.add(row[4])
+        self.dev_rows = rows
+        out = []
+        for owner in sorted(owners):
+            out.extend(self._describe_owner(owner, rows))
         return out
+
+    def _dev_info(self, bpf) -> dict[int, tuple[int, int, int, int, int]]:
+        """dev_info: device -> (owned_ns, backend_fd, fd_tgid, guest_cid, owner), the
+        owner as its queues name it: the vhost worker's vhost-<pid> is the thread
+        that took the device (the VMM's main thread: its tgid, in practice)."""
+        try:
+            items = bpf[b"dev_info"].items()
+        except KeyError:
+            return {}
+        out = {}
+        for k, v in items:
+            dev, tgid, pid = int(k.value), int(v.tgid), int(getattr(v, "pid", 0))
+            owner = pid if pid and (dev, pid) in self.vhost_devs else tgid
+            out[dev] = (int(v.owned_ns), int(v.backend_fd), int(v.fd_tgid), int(v.guest_cid), owner)
+        return out
+
+    def _describe_owner(self, owner: int, rows: dict) -> list[ObjectInfo]:
+        """Name every vhost queue of one VMM again; the identities that changed."""
+        keys = self.owner_devs[owner]
+        devs = [self.vhost_devs[k] for k in keys]
+        for (dev, _owner), d in zip(keys, devs):
+            row = rows.get(dev)
+            if row is None or row[4] != owner:  # none, or another owner's (this one's was not seen)
+                row = (0, -1, 0, 0, owner)
+            owned_ns, fd, fd_pid, cid, _owner = row
+            d.owned_ns = owned_ns
+            if d.dev_type == "net" and fd >= 0 and d.named_by != (fd_pid, fd):
+                tap = tap_of(fd_pid, fd, self.proc)
+                if tap:  # else (the fd closed already) the last known stays
+                    d.backend, d.named_by = tap, (fd_pid, fd)
+            elif d.dev_type == "vsock":
+                cid = cid or max((self.vhost_queues[q].guest_cid for q in d.queues), default=0)
+                if cid:
+                    d.backend = f"cid:{cid}"
+        self._taps_from_fd_table(owner, keys, devs)
+        # one unit per NIC (vhost-net devices on one tap) or other device, numbered per type in open order
+        units: dict[tuple, list[_VhostDev]] = {}
+        for (dev, _owner), d in zip(keys, devs):
+            key = (d.dev_type, "tap", d.backend) if d.dev_type == "net" and d.backend else (d.dev_type, "dev", dev)
+            units.setdefault(key, []).append(d)
+        by_type: dict[str, list[list[_VhostDev]]] = {}
+        for key, members in units.items():
+            members.sort(key=_VhostDev.order)
+            by_type.setdefault(key[0], []).append(members)
+        out = []
+        for dev_type, found in by_type.items():
+            found.sort(key=lambda m: m[0].order())
+            for n, members in enumerate(found):
+                for pair, d in enumerate(members):
+                    for obj in d.queues:
+                        info = self._queue_info(obj, f"{dev_type}{n}", pair, d.backend)
+                        if self.described.get(obj) != info:
+                            self.described[obj] = info
+                            out.append(info)
+        return out
+
+    def _taps_from_fd_table(self, owner: int, keys: list[tuple[int, int]], devs: list[_VhostDev]) -> None:
+        """vhost-net devices set up before vtrace attached (no SET_OWNER or
+        SET_BACKEND seen): their tap from the VMM's fd table, when that is
+        unambiguous: every tun fd not already a seen backend names one
+        interface, with at least one fd per such device. Otherwise none."""
+        todo = [(k, d) for k, d in zip(keys, devs)
+                if d.dev_type == "net" and not d.owned_ns and d.named_by in ((), ("fds",))]
+        if not todo:
+            return
+        key = frozenset(k for k, _d in todo)
+        seen = self.fd_tables.get(owner)
+        if seen is None or seen[0] != key:
+            known = {d.backend for d in devs if d.named_by and d.named_by != ("fds",)}
+            taps = [t for t in taps_of(owner, self.proc) if t not in known]
+            seen = self.fd_tables[owner] = (key, taps[0] if len(set(taps)) == 1 and len(taps) >= len(todo) else "")
+        if seen[1]:
+            for _k, d in todo:
+                d.backend, d.named_by = seen[1], ("fds",)
+
+    def _queue_info(self, obj: int, device: str, pair: int, backend: str) -> ObjectInfo:
+        q = self.vhost_queues[obj]
+        qi = q.index
+        if q.dev_type == "net" and qi != 0xFFFF:
+            qi += 2 * pair  # the NIC's queue pair: virtio-net's receiveqN = 2N, transmitqN = 2N+1
+        return ObjectInfo(obj=obj, vm=q.vm, device=device, dev_type=q.dev_type, queue=qi,
+                          # net: rx0/tx0 per pair; vsock rx/tx; else (vdpa: any device type) q<index>
+                          name=(f"{q.role}{qi // 2}" if q.dev_type == "net" and q.role else q.role
+                                or (f"q{qi}" if qi != 0xFFFF else "")),
+                          size=q.num, layer=int(Layer.VHOST), pid=q.owner, features=q.features, backend=backend)

@@ -28,6 +28,7 @@ import numpy as np
 from vtrace.events import RECORD_DTYPE, Batch, Kind, Layer, ProbeStatus
 from vtrace.kernel import attach
 from vtrace.kernel.symbols import Kallsyms, SymbolError
+from vtrace.kvmexits import host_isa
 from vtrace.live import transport
 from vtrace.live.counts import CountReader, columns
 from vtrace.live.identity import Identity
@@ -79,7 +80,10 @@ class LiveSource:
         self._missed_sent: tuple = ()       # the skipped-run counts the last probe table carried
         self._info = {"source": "live", "host": self.host, "kernel": os.uname().release, "simulated": False,
                       "ts_start": time.monotonic_ns(), "mode": "stream" if stream else "count",
-                      "events": loader.transport}
+                      "events": loader.transport,
+                      # which table names kvm_exit's codes (vtrace/kvmexits.py): the traced host's
+                      # KVM vendor, kept in a capture's header so a replay names them alike
+                      "kvm_isa": host_isa()}
 
     @property
     def info(self) -> dict:

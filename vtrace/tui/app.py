@@ -29,7 +29,7 @@ INTERVALS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 KEYS = """\
  q / Ctrl-C   quit                    p      pause (replay: stop reading)
  Enter        queue detail            Esc    back / clear the filter
- /            filter (VM, device, queue, state)
+ /            filter (VM, device, queue, state, backend)
  s / S        sort by next column / reverse the order (or click a header)
  g            group rows by VM        a      show or hide idle queues
  + / -        refresh interval        1-5    queues, admin, KVM, DMA, divergences
@@ -75,7 +75,8 @@ class DetailScreen(Screen):
             return
         q = t.row(rows[0])
         self.query_one("#dtitle", Static).update(
-            f"{q.label}  [{q.layer}] {q.dev_type} ring {q.size or '?'}  state {q.state}  "
+            f"{q.label}  [{q.layer}] {q.dev_type}{f' on {q.backend}' if q.backend else ''} ring {q.size or '?'}"
+            f"  state {q.state}  "
             f"used {si(q.used_rate)}/s  {mb(q.bytes_rate)} MB/s  in flight {q.in_flight}  "
             f"p50 {dur(q.p50_ns, not q.latency_exact)}  p99 {dur(q.p99_ns, not q.latency_exact)}")
         hist = self.app.history.get(self.obj)

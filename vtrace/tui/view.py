@@ -39,6 +39,8 @@ class Column:
 COLUMNS = (
     Column("vm", "VM", 10, numeric=False),
     Column("device", "DEVICE", 8, numeric=False, wide_only=True),
+    # what the device serves: a vhost-net tap, a vhost-vsock guest CID
+    Column("backend", "BACKEND", 8, numeric=False, wide_only=True),
     Column("name", "QUEUE", 8, numeric=False),
     Column("avail_rate", "AVAIL/s", 7),
     Column("used_rate", "USED/s", 7),
@@ -89,8 +91,9 @@ def order(snap: Snapshot, v: View) -> np.ndarray:
         keep &= t["active"]  # the same queues `vtrace stat` shows without --all
     if v.filter:
         f = v.filter.lower()
-        keep &= np.array([f in f"{a}/{b}/{c} {s}".lower()
-                          for a, b, c, s in zip(t["vm"], t["device"], t["name"], t["state"])], dtype=bool)
+        keep &= np.array([f in f"{a}/{b}/{c} {s} {be}".lower()
+                          for a, b, c, s, be in zip(t["vm"], t["device"], t["name"], t["state"], t["backend"])],
+                         dtype=bool)
     idx = np.flatnonzero(keep)
     if not idx.size:
         return idx
@@ -146,7 +149,7 @@ def cells(snap: Snapshot, rows, cols: tuple[Column, ...]) -> list[tuple[str, ...
     out = []
     for c in cols:
         k = c.key
-        if k in ("vm", "device", "name"):
+        if k in ("vm", "device", "backend", "name"):
             out.append([str(x) for x in take(k)])
         elif k in ("avail_rate", "used_rate"):
             out.append([si(x) for x in take(k)])

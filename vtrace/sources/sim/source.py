@@ -36,6 +36,7 @@ class SimSource(Source):
             "host": "simulated-host",
             "kernel": "simulated",
             "simulated": True,
+            "kvm_isa": "vmx",  # the scenario's kvm_exit codes are VMX basic exit reasons
             "sim_config": {fld.name: getattr(self.cfg, fld.name) for fld in fields(self.cfg)},
             "ts_start": T0,
             "pid": os.getpid(),
