@@ -51,7 +51,7 @@ static __always_inline void injection_head(struct vtrace_event *e, u8 kind)
 		e->obj = KVM_OBJ(*vm);
 }
 
-#if defined(HAVE_irqfd) || defined(HAVE_irqfd_fast)
+#if defined(HAVE_irqfd) || defined(HAVE_irqfd_fast) || defined(HAVE_set_irq)
 static __always_inline u32 userspace_pid(const void *kvm)
 {
 	u32 vm = 0;
@@ -226,6 +226,29 @@ int irqfd_fast_return(FN_CTX *ctx)
 	e.obj = KVM_OBJ(c.vm);
 	e.id = c.gsi;
 	e.aux = 1;
+	emit(&e);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_set_irq
+#undef FN_POINT
+#define FN_POINT FENTRY_set_irq
+#include "vtrace_fn.h"
+/*
+ * int kvm_set_irq(struct kvm *kvm, int irq_source_id, u32 irq, int level, bool line_status)
+ * (virt/kvm/irqchip.c), where the kvm_set_irq tracepoint fires: the VM by its
+ * struct kvm, also when a kthread raises the line (6.1's in-kernel PIT worker
+ * "kvm-pit/<pid>" has a tgid of its own). Kernels that refuse function probes
+ * take the tracepoint (kvm_set_irq above) instead.
+ */
+int set_irq_entry(FN_CTX *ctx)
+{
+	struct vtrace_event e = {};
+	head(&e, VTRACE_KVM_SET_IRQ);
+	e.obj = KVM_OBJ(userspace_pid((const void *)ARG(1)));
+	e.id = (u32)ARG(3);
+	e.aux = (u32)ARG(4);
 	emit(&e);
 	return 0;
 }
