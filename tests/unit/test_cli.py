@@ -152,6 +152,27 @@ def test_auto_source_falls_back_to_sim_with_notice(run, monkeypatch):
     assert "live tracing unavailable (live tracing needs root" in r.output
 
 
+def test_live_with_an_unknown_program_is_one_line_naming_the_known(run):
+    line = one_line_error(run("stat", "--source", "live:vhost,kmv", "1", "1"))
+    assert "unknown program kmv" in line and "vhost, virtio, block, kvm" in line
+
+
+def test_live_program_list_loads_only_those(run, monkeypatch):
+    """live:kvm,vhost compiles those two programs, in the probe table's order."""
+    import vtrace.live.source as live
+    import vtrace.sources as sources
+    asked = []
+
+    class Refused(live.LiveSource):
+        def __init__(self, **kw):
+            asked.append(kw["programs"])
+            raise live.LiveError("stopped here")
+    monkeypatch.setattr(sources, "live_available", lambda: (True, ""))
+    monkeypatch.setattr(live, "LiveSource", Refused)
+    assert "stopped here" in one_line_error(run("stat", "--source", "live:kvm,vhost", "1", "1"))
+    assert asked == [("vhost", "kvm")]
+
+
 def test_live_refused_says_why_and_names_sim(run, monkeypatch):
     import vtrace.sources as sources
     monkeypatch.setattr(sources, "live_available", lambda: (False, "bcc is not importable"))

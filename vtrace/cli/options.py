@@ -31,6 +31,7 @@ def parse_time(_ctx, _param, value):
 
 
 SOURCE_HELP = ("where events come from: auto (live when it can run here, else the simulator), live, "
+               "live:PROGRAM,... (only those probe programs, e.g. live:vhost,kvm), "
                "sim, sim:KEY=VAL,... (seed, vms, workload=mixed|net|blk, scale, ring, ...), replay:FILE, "
                "qemu:LOG (QEMU's virtio trace events)")
 

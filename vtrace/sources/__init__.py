@@ -68,14 +68,22 @@ def open_source(spec: str, *, realtime: bool = True, duration_ns: int | None = N
         except QemuLogError as e:
             raise SourceError(str(e)) from None
     if name == "live":
+        # live:PROGRAM,...: only those programs (probes/<name>.bpf.c), e.g. live:vhost,kvm on a host
+        from vtrace.live.programs import PROGRAM_NAMES
+        programs = tuple(p for p in arg.split(",") if p) or PROGRAM_NAMES
+        unknown = [p for p in programs if p not in PROGRAM_NAMES]
+        if unknown:
+            raise SourceError(f"--source live: unknown program {', '.join(unknown)} "
+                              f"(live:PROGRAM,... of {', '.join(PROGRAM_NAMES)})")
         ok, why = live_available()
         if not ok:
             raise SourceError(f"--source live: {why}; or use --source sim")
         from vtrace.live.source import LiveError, LiveSource
         try:
-            src = LiveSource(realtime=realtime, duration_ns=duration_ns, stream=stream)
+            src = LiveSource(realtime=realtime, duration_ns=duration_ns, stream=stream,
+                             programs=tuple(p for p in PROGRAM_NAMES if p in programs))
             src.start()
         except LiveError as e:
             raise SourceError(f"--source live: {e}") from None
         return src, notice
-    raise SourceError(f"unknown source {spec!r} (auto, live, sim[:k=v,...], replay:FILE, qemu:LOG)")
+    raise SourceError(f"unknown source {spec!r} (auto, live[:PROGRAM,...], sim[:k=v,...], replay:FILE, qemu:LOG)")
