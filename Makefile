@@ -59,7 +59,8 @@ test-vmlab: setup
 
 # The lab: Debian's stock kernel under QEMU, running vtrace live against real
 # vhost-net and vhost-vsock (user-space VMMs), vfio-pci with QEMU's edu device
-# behind its Intel IOMMU, and the guest's own virtio-blk (tests/vmlab; the
+# behind its Intel IOMMU, the guest's own virtio-blk, and (the realvm tier) two
+# real QEMU/KVM guests nested in the 6.1 and 6.12 labs (tests/vmlab; the
 # kernel is cached in /var/tmp/vtrace-lab).
 vmlab: test-vmlab
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Debian packages the test tiers need: bcc (python3-bpfcc + libbpfcc) and
-# bpftool for the live tier; QEMU, a static busybox, iproute2 (vdpa), make and gcc-12 (the
-# lab kernel's compiler, for its test module) for the vmlab tier
+# bpftool for the live tier; QEMU, a static busybox, iproute2 (vdpa, the realvm taps), make
+# and gcc-12 (the lab kernel's compiler, for its test module) with libc6-dev (the realvm
+# guests' static tool) for the vmlab tier
 # (which fetches the stock kernel itself with apt-get download); Prometheus
 # (with promtool), curl and openssl for the system tier's exporter tests. Installs
 # only what is missing; needs root for that.
 set -euo pipefail
-pkgs=(python3-bpfcc libbpfcc bpftool qemu-system-x86 busybox-static iproute2 prometheus curl openssl tmux make gcc-12)
+pkgs=(python3-bpfcc libbpfcc bpftool qemu-system-x86 busybox-static iproute2 prometheus curl openssl tmux make gcc-12 libc6-dev)
 # `install-system-deps.sh bench`: also the peers and loads make bench compares against
 [ "${1:-}" = bench ] && pkgs+=(fio bpftrace)
 missing=()

@@ -259,11 +259,13 @@ def _cpio_newc(entries: list[tuple[str, int, bytes]]) -> bytes:
     return out.getvalue()
 
 
-def initramfs(kernel: Kernel, modules: list[str], init: str, dest: Path) -> list[str]:
+def initramfs(kernel: Kernel, modules: list[str], init: str, dest: Path,
+              files: tuple[tuple[str, bytes, int], ...] = ()) -> list[str]:
     """Write a busybox initramfs whose /init is ``init``; returns the module load order.
 
     The modules land in /lib/modules as plain files; /init loads them with
-    insmod in the returned order (no depmod or modprobe needed).
+    insmod in the returned order (no depmod or modprobe needed). ``files``:
+    more (path, content, mode) entries.
     """
     if not os.path.exists(BUSYBOX):
         raise LabError(f"{BUSYBOX} is missing (apt-get install busybox-static)")
@@ -276,6 +278,7 @@ def initramfs(kernel: Kernel, modules: list[str], init: str, dest: Path) -> list
     for m in order:
         entries.append((f"lib/modules/{m}.ko", f, kernel.module_bytes(m)))
     entries.append(("init", x, init.encode()))
+    entries += [(name, stat.S_IFREG | mode, data) for name, data, mode in files]
     dest.write_bytes(gzip.compress(_cpio_newc(entries), compresslevel=1))
     return order
 
@@ -451,12 +454,12 @@ LAB_CPU = "max,avx=off,avx2=off"
 
 
 def boot_host_root(kernel: Kernel, initrd: Path, out: Path, script: str, extra: list[str] = (), *,
-                   timeout: int = 600, append: str = "") -> Run:
+                   timeout: int = 600, append: str = "", cpus: int = 2) -> Run:
     """Run ``script`` (sh) in the host-root guest; ``out`` is its /out. `-cpu max`:
     numpy needs more than qemu64's instruction set."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "run.sh").write_text(script)
-    run = boot(kernel, initrd, ["-smp", "2", "-cpu", LAB_CPU,
+    run = boot(kernel, initrd, ["-smp", str(cpus), "-cpu", LAB_CPU,
                                 "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
                                 "-virtfs", f"local,path={out},mount_tag=out,security_model=none", *extra],
                mem_mb=2048, timeout=timeout, append=f"ipv6.disable=1 {append}".strip())
@@ -472,7 +475,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 
 def run_host_root(workdir: Path, modules: list[str], script: str, extra: list[str] = (), *,
                   append: str = "", timeout: int = 600, kernel: Kernel | None = None,
-                  files: tuple[Path, ...] = ()) -> tuple[Path, Run]:
+                  files: tuple[Path, ...] = (), cpus: int = 2) -> tuple[Path, Run]:
     """The whole lab run: the stock kernel, an initramfs loading ``modules``
     in ``workdir``, ``files`` copied into /out, ``script`` run from the project
     root; returns (/out, run). A guest that hangs fails the test, with its
@@ -486,7 +489,8 @@ def run_host_root(workdir: Path, modules: list[str], script: str, extra: list[st
     out.mkdir(exist_ok=True)
     for f in files:
         shutil.copy(f, out / Path(f).name)
-    return out, boot_host_root(k, workdir / "initrd.gz", out, script, extra, append=append, timeout=timeout)
+    return out, boot_host_root(k, workdir / "initrd.gz", out, script, extra, append=append, timeout=timeout,
+                               cpus=cpus)
 
 
 def probe_table(out: Path, phase: str) -> dict[str, dict]:
