@@ -43,6 +43,7 @@ LAB_CPUS = 1
 # What a KVM host's operator runs: the host-side programs only (the lab host is
 # itself a virtio guest, whose 9p root the guest-side programs would trace too)
 SOURCE = "live:vhost,kvm"
+PAUSE_S = 3  # how long the vsock VM stays stopped (QEMU monitor stop ... cont)
 
 
 @dataclass
@@ -182,6 +183,9 @@ def host_script(kernel: lab.Kernel, vms: list[VM]) -> str:
         if vm.disk:
             setup.append(f"dd if=/dev/urandom of=/tmp/{vm.name}.img bs=1M count=4 2>/dev/null")
     vsock = sum(1 for vm in vms if vm.cid)
+    # the vsock VM is stopped mid-conversation, halfway through its messages (vsock_listen.py)
+    talker = next(vm for vm in vms if vm.cid)
+    pause = f"/tmp/{talker.name}.mon {max(1, talker.vsock_msgs // 2) * talker.vsock_size} {PAUSE_S}"
     starts = "\n".join(f"{qemu_command(kernel, vm, '/out')} 2>/out/{vm.name}.qemu.err & q{i}=$!"
                        for i, vm in enumerate(vms))
     booted = " && ".join(f"grep -q REALVM-WAIT /out/{vm.name}.console" for vm in vms)
@@ -193,7 +197,7 @@ def host_script(kernel: lab.Kernel, vms: list[VM]) -> str:
                         f"$(cat /sys/class/net/{vm.tap}/statistics/tx_packets)" for vm in vms)
     return "\n".join([
         *setup,
-        f"{py} tests/vmlab/vsock_listen.py {VSOCK_PORT} {vsock} /out/vsock.json /tmp/vsock.ready "
+        f"{py} tests/vmlab/vsock_listen.py {VSOCK_PORT} {vsock} /out/vsock.json /tmp/vsock.ready {pause} "
         "2>/out/vsock.err & lis=$!",
         "t0=$(date +%s)",
         starts,

@@ -2,10 +2,14 @@
 """The realvm lab host's AF_VSOCK echo server: serves N connections on PORT,
 echoing every byte back, then writes what each peer CID sent and got.
 
-    vsock_listen.py PORT N OUT.json READY_FILE
+    vsock_listen.py PORT N OUT.json READY_FILE [MONITOR AT_BYTES SECONDS]
 
 READY_FILE is created once the socket listens (the guests connect only after).
-OUT.json: {"<cid>": {"received": bytes, "sent": bytes}}.
+With MONITOR: once AT_BYTES have come in, before echoing them, the VM is
+stopped through its QEMU monitor (HMP `stop`) for SECONDS and continued: a VM
+stopped mid-conversation, its guest waiting for the echo, every time.
+OUT.json: {"<cid>": {"received": bytes, "sent": bytes}, "paused": [stop, cont]}
+(CLOCK_MONOTONIC ns, the clock vtrace's timestamps use).
 """
 
 from __future__ import annotations
@@ -13,11 +17,28 @@ from __future__ import annotations
 import json
 import socket
 import sys
+import time
 from pathlib import Path
+
+
+def monitor(path: str, command: str) -> None:
+    """One HMP command on QEMU's monitor socket, after its banner; returns once
+    QEMU has answered (its next prompt)."""
+    with socket.socket(socket.AF_UNIX) as mon:
+        mon.connect(path)
+        seen = b""
+        while not seen.endswith(b"(qemu) "):
+            seen += mon.recv(4096)
+        mon.sendall(command.encode() + b"\n")
+        seen = b""
+        while b"(qemu) " not in seen:
+            seen += mon.recv(4096)
 
 
 def main() -> int:
     port, n, out, ready = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+    mon, at, seconds = (sys.argv[5], int(sys.argv[6]), float(sys.argv[7])) if len(sys.argv) > 5 else ("", 0, 0.0)
+    paused: list[int] = []
     srv = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
     srv.bind((socket.VMADDR_CID_ANY, port))
     srv.listen(n)
@@ -29,9 +50,15 @@ def main() -> int:
         with conn:
             while data := conn.recv(65536):
                 got["received"] += len(data)
+                if mon and not paused and got["received"] >= at:
+                    paused.append(time.monotonic_ns())
+                    monitor(mon, "stop")
+                    time.sleep(seconds)
+                    monitor(mon, "cont")
+                    paused.append(time.monotonic_ns())
                 conn.sendall(data)
                 got["sent"] += len(data)
-    out.write_text(json.dumps(peers))
+    out.write_text(json.dumps({**peers, "paused": paused}))
     return 0
 
 
