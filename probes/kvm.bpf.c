@@ -51,7 +51,7 @@ static __always_inline void injection_head(struct vtrace_event *e, u8 kind)
 		e->obj = KVM_OBJ(*vm);
 }
 
-#if defined(HAVE_irqfd) || defined(HAVE_irqfd_fast) || defined(HAVE_set_irq)
+#if defined(HAVE_irqfd) || defined(HAVE_irqfd_fast) || defined(HAVE_set_irq) || defined(HAVE_release)
 static __always_inline u32 userspace_pid(const void *kvm)
 {
 	u32 vm = 0;
@@ -270,6 +270,26 @@ int noncoherent_unregister_entry(FN_CTX *ctx)
 {
 	struct vtrace_event e = {};
 	head(&e, VTRACE_NONCOHERENT_DMA_UNREGISTER);
+	emit(&e);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_release
+#undef FN_POINT
+#define FN_POINT FENTRY_release
+#include "vtrace_fn.h"
+/*
+ * static void kvm_destroy_vm(struct kvm *kvm) (virt/kvm/kvm_main.c): the last
+ * reference to the VM went (kvm_put_kvm), once per VM; the task is whoever
+ * dropped it, the VM is its struct kvm. vtrace keeps a VM's row until then
+ * (vtrace/aggregate/slots.py), however long it is stopped.
+ */
+int release_entry(FN_CTX *ctx)
+{
+	struct vtrace_event e = {};
+	head(&e, VTRACE_RELEASE);
+	e.obj = KVM_OBJ(userspace_pid((const void *)ARG(1)));
 	emit(&e);
 	return 0;
 }

@@ -19,6 +19,9 @@
  *   long vhost_vring_ioctl(struct vhost_dev *d, unsigned int ioctl, void __user *argp)
  *   void vhost_dev_reset_owner(struct vhost_dev *dev, struct vhost_iotlb *umem)
  *   long vhost_dev_set_owner(struct vhost_dev *dev)    every device's VHOST_SET_OWNER
+ *   void vhost_dev_cleanup(struct vhost_dev *dev)      the device lets its owner go:
+ *            its fd closed (vhost_net_release, vhost_vsock_dev_release: the VMM
+ *            exited or closed it) or RESET_OWNER; dev->vqs still valid at entry
  *   long vhost_vdpa_unlocked_ioctl(struct file *filep, unsigned int cmd, unsigned long arg)
  *            (drivers/vhost/vdpa.c, module vhost_vdpa) SET_VRING_ENABLE, SUSPEND
  *            (6.3+), RESUME (6.5+); filep->private_data is the struct vhost_vdpa
@@ -470,6 +473,21 @@ int set_owner_return(FN_CTX *ctx)
 	}
 	dev_changed();
 	each_queue(ctx, (const void *)a.a0, VTRACE_SET_OWNER, 0);
+	return 0;
+}
+#endif
+
+#ifdef HAVE_release
+#undef FN_POINT
+#define FN_POINT FENTRY_release
+#include "vtrace_fn.h"
+/* The device is let go (vhost_dev_cleanup): after this its queues carry no
+ * more events until an owner takes it again (SET_OWNER). vtrace forgets a
+ * released device's queues once they have been quiet for the eviction window,
+ * and only then (vtrace/aggregate/slots.py): a stopped VM's are kept. */
+int release_entry(FN_CTX *ctx)
+{
+	each_queue(ctx, (const void *)ARG(1), VTRACE_RELEASE, 0);
 	return 0;
 }
 #endif

@@ -46,6 +46,7 @@ enum vtrace_kind {
 	VTRACE_QUEUE_RESET = 21,
 	VTRACE_VRING_ENABLE = 22,	/* vhost-vdpa SET_VRING_ENABLE, id = 0/1 */
 	VTRACE_SET_OWNER = 23,		/* VHOST_SET_OWNER, per queue */
+	VTRACE_RELEASE = 24,		/* the device (per queue) or VM let go: vhost_dev_cleanup, kvm_destroy_vm */
 	/* virtio admin commands */
 	VTRACE_ADMIN_SUBMIT = 32,
 	VTRACE_ADMIN_COMPLETE = 33,

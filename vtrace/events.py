@@ -53,6 +53,7 @@ class Kind(enum.IntEnum):
     QUEUE_RESET = 21
     VRING_ENABLE = 22
     SET_OWNER = 23
+    RELEASE = 24
     ADMIN_SUBMIT = 32
     ADMIN_COMPLETE = 33
     KVM_EXIT = 48
@@ -111,6 +112,9 @@ KIND_FIELDS: dict[Kind, dict[str, str]] = {
     Kind.VRING_ENABLE: {"id": "enable"},
     # VHOST_SET_OWNER: the caller (pid) owns the device from here; one event per queue.
     Kind.SET_OWNER: {},
+    # The device let go (vhost_dev_cleanup: its fd closed, or RESET_OWNER; one event per
+    # queue) or the VM destroyed (kvm_destroy_vm, on its kvm object).
+    Kind.RELEASE: {},
     # cmd_data: the command-specific word (DEV_MODE_SET: flags, bit 0 = stopped).
     Kind.ADMIN_SUBMIT: {"id": "opcode", "len": "cmd_data", "aux": "group_type", "aux2": "member_id"},
     Kind.ADMIN_COMPLETE: {"id": "opcode", "len": "status", "aux": "group_type",
@@ -256,6 +260,10 @@ class ObjectInfo:
     # what the device serves: a vhost-net device's tap interface, a vhost-vsock
     # device's guest CID ("cid:3"); "" unknown or none
     backend: str = ""
+    # its VMM was started to receive a migration (QEMU's -incoming: a restore,
+    # or the destination of a live migration): its queues continue another
+    # process's, the same VM's and device's by name (vtrace/check/checker.py)
+    incoming: bool = False
 
     def to_json(self) -> dict:
         d = {
@@ -268,6 +276,8 @@ class ObjectInfo:
             d["member"] = self.member
         if self.backend:
             d["backend"] = self.backend
+        if self.incoming:
+            d["incoming"] = True
         return d
 
     @classmethod
@@ -280,6 +290,7 @@ class ObjectInfo:
                 size=int(d.get("size", 0)), layer=int(d.get("layer", Layer.VHOST)),
                 pid=int(d.get("pid", 0)), features=int(d.get("features", 0)),
                 member=int(d.get("member", 0)), backend=str(d.get("backend", "")),
+                incoming=bool(d.get("incoming", False)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"bad object record {d!r}: {e}") from None

@@ -18,7 +18,7 @@ _INSTANT = {Kind.KICK: "kick", Kind.KICK_SUPPRESSED: "kick suppressed", Kind.SIG
             Kind.SIGNAL_SUPPRESSED: "signal suppressed", Kind.NOTIFY_ENABLE: "notify enable",
             Kind.NOTIFY_DISABLE: "notify disable", Kind.SUSPEND: "suspend", Kind.RESUME: "resume",
             Kind.RESET: "reset", Kind.QUEUE_RESET: "queue reset", Kind.VRING_ENABLE: "vring enable",
-            Kind.SET_OWNER: "set owner",
+            Kind.SET_OWNER: "set owner", Kind.RELEASE: "release",
             Kind.VRING_BASE_GET: "get_vring_base", Kind.VRING_BASE_SET: "set_vring_base",
             Kind.KVM_IOEVENTFD: "ioeventfd", Kind.KVM_IRQFD: "irqfd", Kind.LOST: "events lost"}
 _STARTS = (Kind.AVAIL, Kind.FETCH)

@@ -25,6 +25,7 @@ class QueueState(str, Enum):
     STOPPED = "stopped"  # GET_VRING_BASE without a suspend before it
     DISABLED = "disabled"  # vhost-vdpa set_vq_ready(0)
     RESET = "reset"  # device or queue reset
+    RELEASED = "released"  # the device let go (its fd closed: the VMM exited); forgotten after the eviction window
 
     def __str__(self) -> str:
         return self.value
@@ -39,7 +40,7 @@ QUEUE_STATES: tuple[str, ...] = tuple(s.value for s in QueueState)
 
 # At most 4 characters: the STATE column of `vtrace stat` and `vtrace top`.
 STATE_SHORT: dict[str, str] = {"running": "run", "suspended": "susp", "stopped": "stop", "disabled": "dis",
-                               "reset": "rst"}
+                               "reset": "rst", "released": "rel"}
 assert set(STATE_SHORT) == set(QUEUE_STATES)
 
 

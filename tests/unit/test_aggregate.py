@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vtrace.aggregate import Aggregator, log2_bucket
-from vtrace.events import Batch, Kind, Layer, make
+from vtrace.events import Batch, Kind, Layer, ProbeStatus, make
 
 from .helpers import DEV, KVM, MIGRATION, OBJECTS, Q0, Q1, batch, ev, migration
 
@@ -262,6 +262,44 @@ def test_eviction_of_gone_objects():
     s = a.snapshot()
     assert {x.name for x in s.queues} == {"tx0"}
     assert s.in_flight_buffers(Q0) == []
+
+
+RELEASES = (ProbeStatus("vhost", "release", "fentry", True), ProbeStatus("kvm", "release", "fentry", True),
+            ProbeStatus("vhost", "used", "fentry", True))
+
+
+def test_where_releases_are_reported_only_released_objects_are_evicted():
+    a = Aggregator(evict_after_s=1.0)
+    start = batch([ev(Kind.FETCH, 0, id=1), ev(Kind.USED, 10, id=1), ev(Kind.FETCH, 20, obj=Q1, id=2),
+                   ev(Kind.KVM_EXIT, 30, obj=KVM, layer=Layer.KVM, id=1),
+                   ev(Kind.VRING_BASE_GET, 40, id=1), ev(Kind.VRING_BASE_GET, 50, obj=Q1, id=0)], t_end=100)
+    a.feed(Batch(start.events, start.t_end, start.objects, probes=RELEASES))
+    # the VM stays stopped for a minute, far past the window: nothing is forgotten
+    a.feed(batch([], t_end=60_000_000_000, objects=()))
+    s = a.snapshot()
+    assert {(x.name, x.state, x.used_total) for x in s.queues} == {("rx0", "stopped", 1), ("tx0", "stopped", 0)}
+    assert [vm.vm for vm in s.vms] == ["vm1"]
+    # its VMM exits: the devices' fds close (one event per queue), the VM is destroyed
+    t = 61_000_000_000
+    a.feed(batch([ev(Kind.RELEASE, t), ev(Kind.RELEASE, t, obj=Q1),
+                  ev(Kind.RELEASE, t + 1, obj=KVM, layer=Layer.KVM)], t_end=t + 2, objects=()))
+    s = a.snapshot()
+    assert {(x.name, x.state, x.in_flight) for x in s.queues} == {("rx0", "released", 0), ("tx0", "released", 0)}
+    a.feed(batch([], t_end=t + 500_000_000, objects=()))
+    assert len(a.snapshot().queues) == 2  # released, but not yet quiet for the window
+    a.feed(batch([], t_end=t + 1_100_000_000, objects=()))
+    s = a.snapshot()
+    assert s.queues == () and s.vms == ()
+
+
+def test_a_device_taken_again_is_held_again():
+    a = Aggregator(evict_after_s=1.0)
+    start = batch([ev(Kind.FETCH, 0, id=1), ev(Kind.RESET, 10, obj=DEV, queue=0xFFFF),
+                   ev(Kind.RELEASE, 10), ev(Kind.SET_OWNER, 20)], t_end=100)
+    a.feed(Batch(start.events, start.t_end, start.objects, probes=RELEASES))
+    a.feed(batch([], t_end=60_000_000_000, objects=()))
+    # rx0 released and taken again (RESET_OWNER, SET_OWNER), tx0 never released: both kept
+    assert {(x.name, x.state) for x in a.snapshot().queues} == {("rx0", "running"), ("tx0", "reset")}
 
 
 def test_snapshot_is_immutable():

@@ -346,3 +346,44 @@ def test_check_command_on_a_faulty_simulator():
     assert r.returncode == 0  # info only: below the default --fail-on error
     r = _vtrace("check", "--fail-on", "info", "--source", "sim:fault=signal_spurious", "-d", "2s")
     assert r.returncode == 1
+
+
+# A migration: the same VM's queue in the source process (pid 10) and in a
+# destination started with -incoming (pid 20), each its own kernel object.
+SRC_TX = ObjectInfo(obj=0x7000, vm="db1", device="net0", dev_type="net", queue=1, name="tx0", size=8,
+                    features=FEATS, pid=10)
+DST_TX = ObjectInfo(obj=0x7100, vm="db1", device="net0", dev_type="net", queue=1, name="tx0", size=8,
+                    features=FEATS, pid=20, incoming=True)
+
+
+def migrated(restore, *, dst=DST_TX, held=False):
+    src = [fetch(10, 1, SRC_TX)] + ([] if held else [used(20, 1, SRC_TX)]) + \
+        [e("vring_base_get", 30, SRC_TX, base=1), e("release", 40, SRC_TX)]
+    return run(src + [e("vring_base_set", 5 * MS, dst, base=restore), fetch(6 * MS, 2, dst, idx=2),
+                      used(7 * MS, 2, dst, idx=2), e("kick", 1500 * MS, dst, avail_idx=2)], objects=(SRC_TX, dst))
+
+
+def test_a_migrations_destination_continues_from_the_base_its_source_saved():
+    c = migrated(1)
+    assert c.tally["vring-base-mismatch"].checked == 1 and not found(c)
+    assert c.migrations == [("db1/net0/tx0", 10, 20, 5 * MS)]
+    c = migrated(0)  # restored at 0: the source's GET_VRING_BASE saved 1
+    assert found(c) == {"vring-base-mismatch"}
+    assert "SET_VRING_BASE 0, GET_VRING_BASE saved 1" in c.divergences[0].message
+
+
+def test_the_in_flight_set_at_the_stop_crosses_the_migration():
+    # head 1 in flight when the source stopped: the destination rewinds to the
+    # used index (base 0) and fetches it again, so nothing is lost
+    c = migrated(0, held=True)
+    assert c.tally["vring-base-mismatch"].checked == 1 and "vring-base-mismatch" not in found(c)
+    # restored at the saved base instead, head 1 is never completed
+    c = migrated(1, held=True)
+    assert {"inflight-at-stop", "inflight-lost-after-resume"} <= found(c)
+    assert "heads 1" in next(d.message for d in c.divergences if d.rule == "inflight-lost-after-resume")
+
+
+def test_a_cold_boot_of_a_vm_with_the_same_name_is_no_continuation():
+    c = migrated(0, dst=ObjectInfo(**{**DST_TX.to_json(), "incoming": False}))
+    assert not c.migrations and not found(c)
+    assert c.tally["vring-base-mismatch"].checked == 0

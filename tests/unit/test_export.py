@@ -212,5 +212,5 @@ def test_one_table_of_families_gives_both_paths_their_names_types_and_help():
 
 
 def test_queue_states_are_the_vocabularys():
-    assert QUEUE_STATES == ("running", "suspended", "stopped", "disabled", "reset")
+    assert QUEUE_STATES == ("running", "suspended", "stopped", "disabled", "reset", "released")
     assert all(QueueState(s) == s for s in QUEUE_STATES)

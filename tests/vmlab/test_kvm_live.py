@@ -27,7 +27,7 @@ pytestmark = pytest.mark.vmlab
 N_OUT = 41
 SVM_EXIT_IOIO = 0x7B  # arch/x86/include/uapi/asm/svm.h: an intercepted IN/OUT
 FN_POINTS = {"ioeventfd": "ioeventfd_write", "irqfd": "irqfd_inject",
-             "noncoherent_dma": "kvm_arch_register_noncoherent_dma"}
+             "noncoherent_dma": "kvm_arch_register_noncoherent_dma", "release": "kvm_destroy_vm"}
 WORK = f"{sys.executable} tests/vmlab/kvm_vfio.py /out/$1.kvm.json $BDF {N_OUT}"
 MODULES = ["kvm", "kvm_amd", "vfio", "vfio_iommu_type1", "vfio-pci"]
 
@@ -66,6 +66,15 @@ def test_kvm_points_attach(lab_run):
     for name in ("exit", "pio", "userspace_exit", "set_irq", "msi", *FN_POINTS):
         assert pts[name]["attached"], pts[name]
     assert {n: pts[n]["strategy"] for n in FN_POINTS} == {n: f"{how}:{fn}" for n, fn in FN_POINTS.items()}
+
+
+def test_each_vm_destroyed_is_released_once(lab_run):
+    """The workload made two VMs (the tiny guest's, the KVM-VFIO device's) and
+    closed every fd of both before it ended: each kvm_destroy_vm is one RELEASE
+    on the process's VM object, whichever task dropped the last reference."""
+    ev = lab_run["ev"]
+    rel = ev[ev["kind"] == Kind.RELEASE]
+    assert rel["obj"].tolist() == [KVM_TAG | lab_run["work"]["pid"]] * 2, rel
 
 
 def test_exits_port_writes_and_the_ioeventfd(lab_run):

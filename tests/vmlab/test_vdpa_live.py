@@ -39,7 +39,7 @@ SCRIPT = lab.capture_phases(
     after=f"[ $1 = kprobe ] && {{ {sys.executable} tests/vmlab/kprobe_missed.py {MISSES} /out/kmissed.json "
           "2>/out/kmissed.err; echo VTRACE-KMISSED $?; }")
 VHOST_POINTS = {"fetch", "used", "signal", "notify_enable", "notify_disable", "kick", "vring_ioctl", "reset_owner",
-                "set_owner", "vdpa_ioctl", "net_ioctl", "vsock_ioctl"}
+                "set_owner", "release", "vdpa_ioctl", "net_ioctl", "vsock_ioctl"}
 OP_KIND = {"set_vring_base": Kind.VRING_BASE_SET, "get_vring_base": Kind.VRING_BASE_GET,
            "set_vring_enable": Kind.VRING_ENABLE}
 
@@ -121,7 +121,8 @@ def test_vdpa_queue_lifecycle_matches_the_vmm_exactly(lab_run):
     """Per queue, in order: SET_OWNER; SET_VRING_BASE 0 and SET_VRING_ENABLE 1;
     the device-wide SUSPEND; GET_VRING_BASE with what the VDUSE device
     answered; SET_VRING_ENABLE 0, SET_VRING_BASE back, SET_VRING_ENABLE 1; the
-    device-wide RESUME. A SUSPEND or RESUME the kernel refuses records nothing,
+    device-wide RESUME; RELEASE as the VMM exits (its fd closed:
+    vhost_dev_cleanup). A SUSPEND or RESUME the kernel refuses records nothing,
     nor does the second SET_OWNER (EBUSY)."""
     rec = lab_run["vdpa"]
     assert rec["owner_again_errno"] == 16 and rec["bases"] == rec["device_avail"]
@@ -136,12 +137,13 @@ def test_vdpa_queue_lifecycle_matches_the_vmm_exactly(lab_run):
                     want.append((Kind.SUSPEND if op[0] == "suspend" else Kind.RESUME, 0))
             elif op[1] == q and op[0] in OP_KIND:
                 want.append((OP_KIND[op[0]], op[2]))
+        want.append((Kind.RELEASE, 0))
         ev = queues[f"q{q}"]
         got = [(Kind(int(k)), int(i)) for k, i in zip(ev["kind"], ev["id"])]
         assert got == want, (q, got, want)
 
 
-def test_vdpa_queues_are_named_and_end_running(lab_run):
+def test_vdpa_queues_are_named_and_end_released(lab_run):
     rec = lab_run["vdpa"]
     agg = Aggregator()
     Pipeline(ReplaySource(str(lab_run["capture"])), aggregator=agg).run()
@@ -150,11 +152,11 @@ def test_vdpa_queues_are_named_and_end_running(lab_run):
     assert {(x.name, x.size) for x in mine} == {(f"q{q}", rec["num"]) for q in range(rec["queues"])}
     suspended = rec["suspend_errno"] == 0
     for x in mine:
-        assert x.state == "running", (x.name, x.state)
+        assert x.state == "released", (x.name, x.state)  # the VMM exited
         whats = [e.what for e in x.timeline]
         assert whats == ["set_owner", "set_vring_base", "vring_enable"] + ["suspend"] * suspended + [
             "get_vring_base", "vring_enable", "set_vring_base", "vring_enable"] + ["resume"] * (
-            rec["resume_errno"] == 0), (x.name, whats)
+            rec["resume_errno"] == 0) + ["release"], (x.name, whats)
         base = rec["bases"][x.name[1:]]
         assert (x.last_suspend.base, x.last_suspend.restored_base) == (base, base)
     p = subprocess.run([sys.executable, "-m", "vtrace.cli", "check", str(lab_run["capture"])],

@@ -20,19 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def monitor(path: str, command: str) -> None:
-    """One HMP command on QEMU's monitor socket, after its banner; returns once
-    QEMU has answered (its next prompt)."""
-    with socket.socket(socket.AF_UNIX) as mon:
-        mon.connect(path)
-        seen = b""
-        while not seen.endswith(b"(qemu) "):
-            seen += mon.recv(4096)
-        mon.sendall(command.encode() + b"\n")
-        seen = b""
-        while b"(qemu) " not in seen:
-            seen += mon.recv(4096)
+from hmp import monitor  # tests/vmlab/hmp.py, beside this script
 
 
 def main() -> int:

@@ -70,6 +70,9 @@ class Aggregator:
             self.register(batch.objects)
         if batch.probes is not None:
             self.probes = tuple(batch.probes)
+            # a layer with an attached release point reports its objects' ends
+            self.slots.track_releases(Layer[p.layer.upper()] for p in self.probes
+                                      if p.point == "release" and p.attached and p.layer.upper() in Layer.__members__)
         ev = batch.events
         self.ts_end = max(self.ts_end, int(batch.t_end))
         if batch.counts is not None:
@@ -101,7 +104,10 @@ class Aggregator:
         for p in np.flatnonzero(IS_LIFECYCLE[kind]).tolist():
             if p > start:
                 self._pair(ev[start:p], slot[start:p], nslots, is_start[start:p], is_used[start:p])
-            self.lifecycle.apply(ev[p], self.slots.queue_slots(int(slot[p])), self.inflight)
+            queues = self.slots.queue_slots(int(slot[p]))
+            if kind[p] in (Kind.RELEASE, Kind.SET_OWNER):
+                self.slots.set_released({int(slot[p]), *queues}, kind[p] == Kind.RELEASE)
+            self.lifecycle.apply(ev[p], queues, self.inflight)
             start = p + 1
         if start < n:
             self._pair(ev[start:], slot[start:], nslots, is_start[start:], is_used[start:])

@@ -9,7 +9,8 @@ timeline of its lifecycle events.
     VRING_ENABLE off / on   -> disabled / disabled -> running
     RESET, QUEUE_RESET      -> reset  (drops what is in flight)
     a buffer made available reset -> running
-    SET_OWNER               noted only
+    SET_OWNER               noted; released -> running (the device taken again)
+    RELEASE                 -> released  (drops what is in flight: the device is gone)
 
 A device-level event applies to every queue of the device.
 """
@@ -27,10 +28,12 @@ from .inflight import InFlight
 
 TIMELINE_LEN = 32  # lifecycle events kept per queue
 
-RUNNING, SUSPENDED, STOPPED, DISABLED, RESET = "running", "suspended", "stopped", "disabled", "reset"
+RUNNING, SUSPENDED, STOPPED, DISABLED, RESET, RELEASED = (
+    "running", "suspended", "stopped", "disabled", "reset", "released")
 
 LIFECYCLE_KINDS = np.array([Kind.SUSPEND, Kind.RESUME, Kind.RESET, Kind.QUEUE_RESET,
-                            Kind.VRING_BASE_GET, Kind.VRING_BASE_SET, Kind.VRING_ENABLE, Kind.SET_OWNER],
+                            Kind.VRING_BASE_GET, Kind.VRING_BASE_SET, Kind.VRING_ENABLE, Kind.SET_OWNER,
+                            Kind.RELEASE],
                            dtype=np.uint8)
 IS_LIFECYCLE = np.zeros(256, dtype=bool)
 IS_LIFECYCLE[LIFECYCLE_KINDS] = True
@@ -119,7 +122,14 @@ class Lifecycle:
                 self._note(s, ts, "vring_enable", "on" if on else "off")
         elif k == Kind.SET_OWNER:
             for s in queues:
+                if self.state.get(s) == RELEASED:
+                    self.set_state(s, RUNNING)
                 self._note(s, ts, "set_owner", f"pid {int(e['pid'])}")
+        elif k == Kind.RELEASE:
+            inflight.drop(queues)
+            for s in queues:
+                self.set_state(s, RELEASED)
+                self._note(s, ts, "release")
         elif k in (Kind.RESET, Kind.QUEUE_RESET):
             inflight.drop(queues)
             what = "reset" if k == Kind.RESET else "queue_reset"

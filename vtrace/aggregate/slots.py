@@ -3,7 +3,10 @@ queue) in every per-object array, grown together, reused after eviction.
 
 A ``Slots`` maps kernel object pointers to rows, keeps each object's identity
 (ObjectInfo), when it was last seen and which queues belong to a device, and
-evicts objects gone quiet. The stores that keep per-object state (counters,
+evicts objects gone quiet. Where the source reports releases for a layer (a
+vhost device's fd closed, a VM destroyed: Kind.RELEASE), its objects are
+evicted only once released and quiet: a stopped VM, however long it stays
+stopped, keeps its rows while its VMM holds its devices. The stores that keep per-object state (counters,
 in flight, lifecycle, host) are told when the arrays grow, when a new object
 takes a row and when evicted objects leave theirs.
 """
@@ -73,6 +76,9 @@ class Slots:
         self.info: list[ObjectInfo | None] = []
         self.active = np.zeros(cap, dtype=bool)
         self.last_seen = np.zeros(cap, dtype=np.int64)
+        self.released = np.zeros(cap, dtype=bool)
+        # layers whose objects are evicted only once released (their source reports releases)
+        self.release_layers: frozenset[int] = frozenset()
         self.unidentified = 0  # events of objects no source introduced
         self._free: list[int] = []
         self._slot_of: dict[int, int] = {}
@@ -102,6 +108,7 @@ class Slots:
             return
         self.active = grown(self.active, cap)
         self.last_seen = grown(self.last_seen, cap)
+        self.released = grown(self.released, cap)
         for store in self.stores:
             store.grow(cap)
         self.cap = cap
@@ -117,6 +124,7 @@ class Slots:
         for store in self.stores:
             store.claim(s)
         self.active[s] = True
+        self.released[s] = False
         self.last_seen[s] = now
         self._slot_of[info.obj] = s
         self._by_device.setdefault((info.vm, info.device), []).append(s)
@@ -190,13 +198,26 @@ class Slots:
                 if self.info[s] is not None and self.info[s].queue != NO_QUEUE]
 
     # eviction ----------------------------------------------------------------
+    def track_releases(self, layers: Iterable[int]) -> None:
+        """The layers whose releases the source reports: their objects are
+        evicted only once released."""
+        self.release_layers = frozenset(int(layer) for layer in layers)
+
+    def set_released(self, slots: Iterable[int], released: bool) -> None:
+        """Objects let go (RELEASE), or taken again (a SET_OWNER after RESET_OWNER)."""
+        for s in slots:
+            self.released[s] = released
+
     def evict_stale(self, now: int, evict_ns: int) -> None:
-        """Free the slots of objects not seen for ``evict_ns``."""
+        """Free the slots of objects not seen for ``evict_ns`` (in a layer
+        whose releases are reported: released and not seen since)."""
         if now - self._last_evict < min(evict_ns, EVICT_CHECK_NS):
             return
         self._last_evict = now
         n = len(self.info)
-        gone = np.flatnonzero(self.active[:n] & (self.last_seen[:n] < now - evict_ns)).tolist()
+        quiet = np.flatnonzero(self.active[:n] & (self.last_seen[:n] < now - evict_ns)).tolist()
+        held = self.release_layers
+        gone = [s for s in quiet if self.released[s] or self.info[s].layer not in held]
         if not gone:
             return
         for store in self.stores:

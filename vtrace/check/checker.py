@@ -51,6 +51,8 @@ class Checker:
         self.device_member: dict[tuple[str, str], int] = {}
         self.not_queue: set[int] = set()
         self.admin = AdminCommands()
+        # queues that continued another process's (a migration): (where, source pid, destination pid, ts)
+        self.migrations: list[tuple[str, int, int, int]] = []
         self.events = 0
         self.resyncs = 0
         self.ts_end = 0
@@ -178,10 +180,30 @@ class Checker:
                 seg_end = int(np.searchsorted(data, pos))
                 if seg_end > seg_start:
                     self._segment(cols, queue, data[seg_start:seg_end])
+                if ctl_kind == Kind.VRING_BASE_SET and queue.saved_base is None:
+                    self._continue_migrated(queue, int(cols["ts"][pos]))
                 lifecycle.control(self.findings, cols, queue, pos, ctl_kind, value, self.stall_ns)
                 seg_start = seg_end
             if seg_start < data.size:
                 self._segment(cols, queue, data[seg_start:])
+
+    def _continue_migrated(self, queue: QueueState, ts: int) -> None:
+        """A migration's destination restarts a ring it never stopped: the
+        queue continues the same VM's device and queue (by name) that another
+        process stopped last, if its VMM was started to receive a migration
+        (ObjectInfo.incoming) and it has started no buffer of its own."""
+        info = queue.info
+        if info is None or not info.incoming or queue.seq:
+            return
+        name = (info.vm, info.device, info.name or str(info.queue))
+        stopped = [q for q in self.queues.values()
+                   if q is not queue and q.saved_base is not None and q.info is not None and q.info.pid != info.pid
+                   and (q.info.vm, q.info.device, q.info.name or str(q.info.queue)) == name]
+        if not stopped:
+            return
+        source = max(stopped, key=lambda q: q.stop_ts)
+        queue.continue_from(source)
+        self.migrations.append((queue.where, source.info.pid, info.pid, ts))
 
     # one queue, between lifecycle events --------------------------------------
     def _segment(self, cols: Columns, queue: QueueState, positions: np.ndarray) -> None:

@@ -26,6 +26,7 @@ def control(find: Findings, cols: Columns, queue: QueueState, pos: int, kind: in
         if kind == Kind.VRING_BASE_GET:
             queue.ring_stopped = True
             queue.saved_base = value & 0xFFFF
+            queue.stop_ts = ts
         else:
             queue.suspended = True
     elif kind == Kind.VRING_BASE_SET:

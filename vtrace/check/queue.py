@@ -43,6 +43,7 @@ class QueueState:
         self.ring_stopped = self.suspended = self.devstopped = False
         self.stop_reported = False
         self.saved_base: int | None = None
+        self.stop_ts = 0  # its last GET_VRING_BASE
         self.await_heads: dict[int, int] = {}  # head -> seq, in flight at stop, due after resume
         self.resumed_ts: int | None = None
         self.pending_kick: tuple[int, int, int] | None = None  # (ts, ordinal, avail_idx)
@@ -57,6 +58,23 @@ class QueueState:
         self.info = info
         self.where = f"{info.vm}/{info.device}/{info.name or info.queue}"
         return True
+
+    def continue_from(self, stopped: "QueueState") -> None:
+        """Take over a stopped queue of another process as this queue's past (a
+        migration: the same VM's device and queue, stopped in the source
+        process, restarted here): its buffers in flight, indices and saved base,
+        so the restart is checked as if the ring had stopped here. ``stopped``
+        gives its saved base up (a base is restored once)."""
+        self.grow(stopped.fl_seq.size)
+        for name in _HEAD_ARRAYS:
+            getattr(self, name)[: stopped.fl_seq.size] = getattr(stopped, name)
+        for name in ("start_kind", "seq", "last_used_seq", "last_used_idx", "last_avail", "synced",
+                     "stop_reported", "saved_base", "stop_ts"):
+            setattr(self, name, getattr(stopped, name))
+        self.await_heads = dict(stopped.await_heads)
+        self.ring_stopped = True
+        stopped.saved_base = None
+        stopped.await_heads = {}
 
     @property
     def running(self) -> bool:

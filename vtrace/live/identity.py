@@ -40,17 +40,32 @@ TAG_MASK = 0xFFFFFF0000000000
 _TAGGED = {KVM_TAG: ("kvm", Layer.KVM), IOMMU_TAG: ("iommu", Layer.IOMMU), VFIO_TAG: ("vfio", Layer.VFIO)}
 
 
+def vmm_args(pid: int, proc: str = "/proc") -> list[str] | None:
+    """The VMM's command line; None if it is gone, [] if exiting (its memory
+    already gone) or a kernel thread."""
+    try:
+        with open(f"{proc}/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return None
+    return [a.decode(errors="replace") for a in argv if a]
+
+
+def receives_migration(pid: int, proc: str = "/proc") -> bool:
+    """Whether the VMM was started to receive a migration: QEMU's -incoming
+    (a restore from a file, the destination of a live migration; libvirt's
+    restore and migration use it too)."""
+    return any(a in ("-incoming", "--incoming") for a in vmm_args(pid, proc) or ())
+
+
 def vm_name(pid: int, comm: str = "", proc: str = "/proc") -> str:
     """The VM's name from the VMM's command line (QEMU: -name guest=web1,... or -name web1).
     A VMM gone before vtrace read its identity (a short run between two reads) is
     ``<comm>-<pid>`` when the probe recorded its comm, else ``pid<N>``; one still
     exiting reads an empty command line and is named by its comm the same way."""
-    try:
-        with open(f"{proc}/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-    except OSError:
+    args = vmm_args(pid, proc)
+    if args is None:
         return f"{comm}-{pid}" if comm else f"pid{pid}"
-    args = [a.decode(errors="replace") for a in argv if a]
     if not args:  # exiting (its memory, and so its command line, already gone) or a kernel thread
         return f"{comm}-{pid}" if comm else f"?-{pid}"
     for i, a in enumerate(args[:-1]):
@@ -98,6 +113,7 @@ class _VhostQueue:
     features: int
     owner: int
     guest_cid: int   # its device's struct vhost_vsock guest_cid when first seen (vsock only)
+    incoming: bool   # its owner was started to receive a migration (receives_migration)
 
 
 @dataclass
@@ -298,7 +314,7 @@ class Identity:
             self.vhost_queues[obj] = _VhostQueue(
                 vm=vm_name(owner, "" if worker else comm, self.proc), dev_type=dev_type, role=role,
                 index=int(v.index), num=int(v.num), features=int(v.features), owner=owner,
-                guest_cid=int(getattr(v, "guest_cid", 0)))
+                guest_cid=int(getattr(v, "guest_cid", 0)), incoming=receives_migration(owner, self.proc))
             # by address and owner: a new owner's device may sit where a closed one's was
             key = (int(v.dev), owner)
             d = self.vhost_devs.get(key)
@@ -401,4 +417,5 @@ class Identity:
                           # net: rx0/tx0 per pair; vsock rx/tx; else (vdpa: any device type) q<index>
                           name=(f"{q.role}{qi // 2}" if q.dev_type == "net" and q.role else q.role
                                 or (f"q{qi}" if qi != 0xFFFF else "")),
-                          size=q.num, layer=int(Layer.VHOST), pid=q.owner, features=q.features, backend=backend)
+                          size=q.num, layer=int(Layer.VHOST), pid=q.owner, features=q.features, backend=backend,
+                          incoming=q.incoming)

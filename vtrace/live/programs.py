@@ -200,6 +200,10 @@ CATALOGUE: tuple[Point, ...] = (
     Point("vhost", "set_owner", "vhost", fn_strategies("vhost_dev_set_owner", ("kprobe", "set_owner_entry"),
                                              ("kretprobe", "set_owner_return")),
           "SET_OWNER: the caller owns the device (every queue)"),
+    # A released device's queues are forgotten after the eviction window, and
+    # only released ones: a stopped VM's are kept (vtrace/aggregate/slots.py).
+    Point("vhost", "release", "vhost", fn_strategies("vhost_dev_cleanup", ("kprobe", "release_entry")),
+          "the device let go: its fd closed (the VMM exited) or RESET_OWNER (every queue)"),
     # vhost-vdpa's own ioctls (module vhost_vdpa): SET_VRING_ENABLE per queue,
     # SUSPEND/RESUME for the whole device; its GET/SET_VRING_BASE reach vring_ioctl.
     Point("vhost", "vdpa_ioctl", "vhost", fn_strategies("vhost_vdpa_unlocked_ioctl", ("kprobe", "vdpa_ioctl_entry"),
@@ -277,6 +281,9 @@ CATALOGUE: tuple[Point, ...] = (
           "irqfd injections made where the eventfd was signalled (the MSI fast path: a vhost worker, a VMM thread)",
           offsets={"OFF_ROUTE_GSI": ("kvm_kernel_irq_routing_entry", "gsi"),
                    "OFF_KVM_USERSPACE_PID": ("kvm", "userspace_pid")}),
+    Point("kvm", "release", "kvm", fn_strategies("kvm_destroy_vm", ("kprobe", "release_entry")),
+          "the VM's last reference gone (kvm_destroy_vm): its row may be forgotten",
+          offsets={"OFF_KVM_USERSPACE_PID": ("kvm", "userspace_pid")}),
     Point("kvm", "noncoherent_dma", "kvm",
           fn_strategies("kvm_arch_register_noncoherent_dma", ("kprobe", "noncoherent_register_entry")),
           "a device without snoop control joined the VM (the unregister probe rides along)",
