@@ -65,6 +65,11 @@ def check_text(c: Checker, *, what: str, events: int, span_s: float, fail_on: st
                 w(f"      ... {len(d.evidence) - 4} more events")
         if n > len(shown):
             w(f"  ... {n - len(shown):,} more (-v for more, -j for all kept)")
+    if c.migrations:
+        w("")
+        w("CONTINUED IN ANOTHER PROCESS (a restore or migration: checked against the stop in the first)")
+        for where, source, dest, ts in sorted(c.migrations, key=lambda link: link[3]):
+            w(f"  +{(ts - t0) / 1e9:.6f}s {where}: pid {source} -> pid {dest}")
     w("")
     w("RULES")
     for r in RULES:
@@ -83,6 +88,8 @@ def check_json(c: Checker, *, what: str, events: int, span_s: float, fail_on: st
                    "not_checkable": c.tally[r.id].unchecked, "not_checkable_why": c.tally[r.id].why,
                    "status": rule_status(c, r.id)} for r in RULES],
         "divergences": [d.to_json() for d in c.divergences],
+        "migrations": [{"queue": where, "source_pid": source, "pid": dest, "ts": ts}
+                       for where, source, dest, ts in c.migrations],
     }
 
 

@@ -387,3 +387,12 @@ def test_a_cold_boot_of_a_vm_with_the_same_name_is_no_continuation():
     c = migrated(0, dst=ObjectInfo(**{**DST_TX.to_json(), "incoming": False}))
     assert not c.migrations and not found(c)
     assert c.tally["vring-base-mismatch"].checked == 0
+
+
+def test_check_output_names_each_queue_continued_in_another_process():
+    from vtrace.checkout import check_json, check_text
+    c = migrated(1)
+    text = check_text(c, what="t", events=0, span_s=0.0, fail_on="error", ts0=0)
+    assert "CONTINUED IN ANOTHER PROCESS" in text and "+0.005000s db1/net0/tx0: pid 10 -> pid 20" in text
+    assert check_json(c, what="t", events=0, span_s=0.0, fail_on="error")["migrations"] == [
+        {"queue": "db1/net0/tx0", "source_pid": 10, "pid": 20, "ts": 5 * MS}]

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -315,6 +317,11 @@ def test_a_vm_saved_and_restored_in_a_new_qemu_goes_on_from_its_saved_bases(real
     tally = r["tally"]
     assert tally["vring-base-mismatch"].checked >= 8 and tally["vring-base-mismatch"].found == 0, tally
     assert tally["inflight-at-stop"].found == 0 and tally["inflight-lost-after-resume"].found == 0, tally
+    # as an operator sees it
+    p = subprocess.run([sys.executable, "-m", "vtrace.cli", "check", str(r["out"] / "realvm.vtrace")],
+                       capture_output=True, text=True, cwd=lab.PROJECT)
+    assert p.returncode == 0 and "CONTINUED IN ANOTHER PROCESS" in p.stdout, p.stdout + p.stderr
+    assert sum(f"pid {source} -> pid {restored}" in ln for ln in p.stdout.splitlines()) == 4, p.stdout
 
 
 def test_a_stopped_vm_is_never_forgotten_a_gone_one_is(realvm_run):

@@ -54,7 +54,9 @@ RULES: tuple[Rule, ...] = (
     Rule("vring-base-mismatch", "restored vring base differs from the one saved at stop",
          "vhost VHOST_SET_VRING_BASE / VHOST_GET_VRING_BASE", "error",
          "The index restored at start must be the last_avail_idx saved at stop, or the used index "
-         "(rewind so in-flight buffers are fetched again). Anything else skips or replays buffers."),
+         "(rewind so in-flight buffers are fetched again). Anything else skips or replays buffers. "
+         "A VMM started with -incoming (a restore, a migration's destination) continues the queue of the "
+         "same VM, device and name that another process stopped last: checked across the two."),
     Rule("signal-missing", "a used-buffer notification the driver asked for was suppressed",
          "VIRTIO 1.2 §2.7.7.2 / §2.7.10 (vring_need_event)", "error",
          "With EVENT_IDX the device must notify when used_event lies in the range of entries it just "
