@@ -496,14 +496,19 @@ def run_host_root(workdir: Path, modules: list[str], script: str, extra: list[st
 def probe_table(out: Path, phase: str) -> dict[str, dict]:
     """The points as the phase's capture last described them (what `vtrace probes
     -j` prints: layer, point, strategy, attached, error, missed, uncounted), by
-    point name. The capture records them with its first batch and again whenever
-    a point's skipped runs grew; a second `vtrace probes` run per phase cost the
-    lab about 20 s of TCG each time for the same table."""
+    point name, or ``layer:point`` for a name more than one layer's catalogue
+    has (release), whichever programs the capture loaded.
+    The capture records them with its first batch and again whenever a point's
+    skipped runs grew; a second `vtrace probes` run per phase cost the lab about
+    20 s of TCG each time for the same table."""
     from vtrace.capture import CaptureReader
+    from vtrace.live.programs import CATALOGUE
+    names = [p.name for p in CATALOGUE]
     last = None
     for b in CaptureReader(str(out / f"{phase}.vtrace")).batches():
         if b.probes is not None:
-            last = {p.point: dict(p.__dict__) for p in b.probes}
+            last = {(p.point if names.count(p.point) == 1 else f"{p.layer}:{p.point}"): dict(p.__dict__)
+                    for p in b.probes}
     assert last is not None, f"the {phase} capture holds no probe table"
     return last
 

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.vmlab
 N_OUT = 41
 SVM_EXIT_IOIO = 0x7B  # arch/x86/include/uapi/asm/svm.h: an intercepted IN/OUT
 FN_POINTS = {"ioeventfd": "ioeventfd_write", "irqfd": "irqfd_inject",
-             "noncoherent_dma": "kvm_arch_register_noncoherent_dma", "release": "kvm_destroy_vm"}
+             "noncoherent_dma": "kvm_arch_register_noncoherent_dma", "kvm:release": "kvm_destroy_vm"}
 WORK = f"{sys.executable} tests/vmlab/kvm_vfio.py /out/$1.kvm.json $BDF {N_OUT}"
 MODULES = ["kvm", "kvm_amd", "vfio", "vfio_iommu_type1", "vfio-pci"]
 

@@ -39,7 +39,7 @@ SCRIPT = lab.capture_phases(
     after=f"[ $1 = kprobe ] && {{ {sys.executable} tests/vmlab/kprobe_missed.py {MISSES} /out/kmissed.json "
           "2>/out/kmissed.err; echo VTRACE-KMISSED $?; }")
 VHOST_POINTS = {"fetch", "used", "signal", "notify_enable", "notify_disable", "kick", "vring_ioctl", "reset_owner",
-                "set_owner", "release", "vdpa_ioctl", "net_ioctl", "vsock_ioctl"}
+                "set_owner", "vhost:release", "vdpa_ioctl", "net_ioctl", "vsock_ioctl"}
 OP_KIND = {"set_vring_base": Kind.VRING_BASE_SET, "get_vring_base": Kind.VRING_BASE_GET,
            "set_vring_enable": Kind.VRING_ENABLE}
 

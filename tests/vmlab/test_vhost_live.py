@@ -69,7 +69,7 @@ def _queues(lab_run, vmm: str = "vmm", names=("rx0", "tx0")) -> dict[str, np.nda
 def test_every_vhost_point_attaches_on_the_stock_kernel(lab_run):
     pts = {n: p for n, p in lab_run["probes"].items() if p["layer"] == "vhost"}
     assert set(pts) == {"fetch", "used", "signal", "notify_enable", "notify_disable", "kick", "vring_ioctl",
-                        "reset_owner", "set_owner", "release", "vdpa_ioctl", "net_ioctl", "vsock_ioctl"}
+                        "reset_owner", "set_owner", "vhost:release", "vdpa_ioctl", "net_ioctl", "vsock_ioctl"}
     failed = {n: p["error"] for n, p in pts.items() if not p["attached"]}
     # Debian 6.1 is built without vDPA (CONFIG_VDPA is not set): no vhost_vdpa module
     assert set(failed) == {"vdpa_ioctl"} and "vhost_vdpa_unlocked_ioctl is not in /proc/kallsyms" in \
