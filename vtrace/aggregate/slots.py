@@ -6,9 +6,10 @@ A ``Slots`` maps kernel object pointers to rows, keeps each object's identity
 evicts objects gone quiet. Where the source reports releases for a layer (a
 vhost device's fd closed, a VM destroyed: Kind.RELEASE), its objects are
 evicted only once released and quiet: a stopped VM, however long it stays
-stopped, keeps its rows while its VMM holds its devices. The stores that keep per-object state (counters,
-in flight, lifecycle, host) are told when the arrays grow, when a new object
-takes a row and when evicted objects leave theirs.
+stopped, keeps its rows while its VMM holds its devices. The stores that keep
+per-object state (counters, in flight, lifecycle, host) are told when the
+arrays grow, when a new object takes a row and when evicted objects leave
+theirs.
 """
 
 from __future__ import annotations
