@@ -36,8 +36,13 @@ class Syms:
 class Map:
     """A bcc hash as Identity reads it: items() of (key, value) in hash order (shuffled)."""
 
+    Key = int
+
     def __init__(self):
         self.rows: dict[int, SimpleNamespace] = {}
+
+    def __delitem__(self, key):
+        del self.rows[key]
 
     def items(self):
         rows = list(self.rows.items())
@@ -328,3 +333,26 @@ def test_a_queue_described_again_keeps_its_checker_model():
     c.feed(batch([], t_end=300, objects=(moved,)))
     assert c.queues[Q1].where == "vm1/net1/tx0" and Q1 in c.device_queues[("vm1", "net1")]
     assert Q1 not in c.device_queues[("vm1", "net0")]
+
+
+def test_released_queues_leave_the_kernels_identity_maps_once_named(tmp_path):
+    """vq_info and dev_info are bounded (4096 rows): a released device's rows go
+    once its queues are named. dev_info's row stays while its owner lives (a
+    RESET_OWNER: the device may be taken again, in its place in the open
+    order) and goes with an owner that has exited."""
+    h = Host(tmp_path)
+    h.vmm(100, "web1")
+    h.vmm(200, "db1")
+    web, web_q = h.open(100)
+    db, db_q = h.open(200)
+    h.queues_seen(100, web, web_q)
+    h.queues_seen(200, db, db_q)
+    ids = ids_for(h)
+    o, layer, pid, _k = columns(web_q + db_q)
+    kind = np.full(o.size, int(Kind.RELEASE), np.uint8)
+    assert len(ids.objects(o, layer, pid, kind)) == 4  # named first, from the rows about to go
+    (tmp_path / "200" / "cmdline").write_bytes(b"")  # db1's QEMU exiting: its memory, and command line, gone
+    ids.let_go(o, layer, kind)
+    assert h.bpf[b"vq_info"].rows == {}
+    assert set(h.bpf[b"dev_info"].rows) == {web}
+    ids.let_go(o, layer, kind)  # told twice (RELEASE per queue, a replay of rows): nothing left to delete

@@ -102,6 +102,15 @@ def taps_of(pid: int, proc: str = "/proc") -> list[str]:
     return [t for t in (tap_of(pid, fd, proc) for fd in fds) if t]
 
 
+def _forget(bpf, table: bytes, key: int) -> None:
+    """Delete one row of a program's hash map; none there (or no such map) is fine."""
+    try:
+        t = bpf[table]
+        del t[t.Key(key)]
+    except (KeyError, TypeError):
+        pass
+
+
 @dataclass
 class _VhostQueue:
     """A vhost queue as vq_info described it: kept to describe it again."""
@@ -201,6 +210,29 @@ class Identity:
             self.lives[ptr] = new = (ptr & 0xFFFFFFFFFFFF) | ((0xFFFF - gen) << 48)
             self.owner_of[ptr] = owner
             obj[(obj == now) & (ts >= t)] = new
+
+    def let_go(self, obj: np.ndarray, layer: np.ndarray, kind: np.ndarray) -> None:
+        """Delete the kernel's identity rows of the vhost queues these rows
+        release (RELEASE: the device's fd closed, or RESET_OWNER), once
+        ``objects`` has described them: vq_info holds 4096 queues and dev_info
+        4096 devices, and a host whose VMs come and go would fill them, leaving
+        later queues nameless. A device's dev_info row goes only with an owner
+        exiting or gone: after RESET_OWNER the owner may take the device again,
+        and its row holds the device's place in the VM's open order."""
+        released = obj[(kind == Kind.RELEASE) & (layer == Layer.VHOST)]
+        if not released.size:
+            return
+        bpf = next((b for name, b in self.loaded() if name == "vhost"), None)
+        if bpf is None:
+            return
+        ptr_of = {now: ptr for ptr, now in self.lives.items()}
+        for o in set(released.tolist()):
+            _forget(bpf, b"vq_info", ptr_of.get(o, o))
+            queue = self.vhost_queues.get(o)
+            if queue is not None and not vmm_args(queue.owner, self.proc):
+                for dev, _owner in self.owner_devs.get(queue.owner, ()):
+                    if o in self.vhost_devs[(dev, _owner)].queues:
+                        _forget(bpf, b"dev_info", dev)
 
     # descriptions -----------------------------------------------------------------
     def objects(self, obj: np.ndarray, layer: np.ndarray, pid: np.ndarray, kind: np.ndarray) -> list[ObjectInfo]:

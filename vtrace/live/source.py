@@ -213,6 +213,7 @@ class LiveSource:
             cols = columns(kc)
             obj, layer, pid, kind = (np.concatenate((a, b)) for a, b in zip((obj, layer, pid, kind), cols))
         objects = tuple(self.identity.objects(obj, layer, pid, kind))
+        self.identity.let_go(ev["obj"], ev["layer"], ev["kind"])  # named above: the kernel's rows may go
         # the probe table goes with the first batch, and again whenever a point's
         # skipped runs grew (read by _lost above)
         missed = tuple(sorted(self.loader.missed.items()))
