@@ -195,10 +195,9 @@ class Checker:
         info = queue.info
         if info is None or not info.incoming or queue.seq:
             return
-        name = (info.vm, info.device, info.name or str(info.queue))
         stopped = [q for q in self.queues.values()
                    if q is not queue and q.saved_base is not None and q.info is not None and q.info.pid != info.pid
-                   and (q.info.vm, q.info.device, q.info.name or str(q.info.queue)) == name]
+                   and q.where == queue.where]
         if not stopped:
             return
         source = max(stopped, key=lambda q: q.stop_ts)

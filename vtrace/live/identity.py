@@ -123,6 +123,7 @@ class _VhostQueue:
     owner: int
     guest_cid: int   # its device's struct vhost_vsock guest_cid when first seen (vsock only)
     incoming: bool   # its owner was started to receive a migration (receives_migration)
+    dev: int         # its struct vhost_dev (dev_info's key)
 
 
 @dataclass
@@ -230,9 +231,7 @@ class Identity:
             _forget(bpf, b"vq_info", ptr_of.get(o, o))
             queue = self.vhost_queues.get(o)
             if queue is not None and not vmm_args(queue.owner, self.proc):
-                for dev, _owner in self.owner_devs.get(queue.owner, ()):
-                    if o in self.vhost_devs[(dev, _owner)].queues:
-                        _forget(bpf, b"dev_info", dev)
+                _forget(bpf, b"dev_info", queue.dev)
 
     # descriptions -----------------------------------------------------------------
     def objects(self, obj: np.ndarray, layer: np.ndarray, pid: np.ndarray, kind: np.ndarray) -> list[ObjectInfo]:
@@ -346,7 +345,8 @@ class Identity:
             self.vhost_queues[obj] = _VhostQueue(
                 vm=vm_name(owner, "" if worker else comm, self.proc), dev_type=dev_type, role=role,
                 index=int(v.index), num=int(v.num), features=int(v.features), owner=owner,
-                guest_cid=int(getattr(v, "guest_cid", 0)), incoming=receives_migration(owner, self.proc))
+                guest_cid=int(getattr(v, "guest_cid", 0)), incoming=receives_migration(owner, self.proc),
+                dev=int(v.dev))
             # by address and owner: a new owner's device may sit where a closed one's was
             key = (int(v.dev), owner)
             d = self.vhost_devs.get(key)
